@@ -1,0 +1,139 @@
+import CP11Kit
+
+/// An error from the PKCS#11 layer: what failed, the PKCS#11 function and `CKR_*` value when a
+/// module call failed, and what to do next.
+///
+/// Modelled on swift-nio's `FileSystemError`: a stable ``Code`` to switch on, a message written
+/// for the person at the terminal, an optional hint, and where in the source it was thrown.
+public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        enum Base: String, Hashable, Sendable {
+            case moduleNotFound, moduleLoadFailed, functionFailed, invalidURI
+            case tokenNotFound, tokenAmbiguous, objectNotFound, objectAmbiguous
+            case pinUnavailable, pinIncorrect, pinLocked, pinExpired, pinSourceUnreadable
+            case mechanismUnsupported, keyUnsuitable, invalidDigest, certificateMismatch
+            case invalidArgument, invalidObject
+        }
+        let base: Base
+        public var description: String { base.rawValue }
+
+        /// The module file or registered name could not be found.
+        public static let moduleNotFound = Code(base: .moduleNotFound)
+        /// The module was found but could not be loaded or initialised.
+        public static let moduleLoadFailed = Code(base: .moduleLoadFailed)
+        /// A PKCS#11 function returned something other than `CKR_OK`.
+        public static let functionFailed = Code(base: .functionFailed)
+        /// A `pkcs11:` URI could not be parsed.
+        public static let invalidURI = Code(base: .invalidURI)
+        /// No token matched the URI.
+        public static let tokenNotFound = Code(base: .tokenNotFound)
+        /// More than one token matched the URI.
+        public static let tokenAmbiguous = Code(base: .tokenAmbiguous)
+        /// No object matched the URI.
+        public static let objectNotFound = Code(base: .objectNotFound)
+        /// More than one object matched where one was needed.
+        public static let objectAmbiguous = Code(base: .objectAmbiguous)
+        /// A PIN is needed and no source provided one.
+        public static let pinUnavailable = Code(base: .pinUnavailable)
+        /// `CKR_PIN_INCORRECT`: never retried automatically.
+        public static let pinIncorrect = Code(base: .pinIncorrect)
+        /// `CKR_PIN_LOCKED`.
+        public static let pinLocked = Code(base: .pinLocked)
+        /// `CKR_PIN_EXPIRED`.
+        public static let pinExpired = Code(base: .pinExpired)
+        /// A `pin-source` or PIN file could not be read.
+        public static let pinSourceUnreadable = Code(base: .pinSourceUnreadable)
+        /// The token cannot perform the requested algorithm.
+        public static let mechanismUnsupported = Code(base: .mechanismUnsupported)
+        /// The key cannot be used for this (wrong type, curve, size, or `CKA_SIGN` false).
+        public static let keyUnsuitable = Code(base: .keyUnsuitable)
+        /// A digest of the wrong length for the algorithm.
+        public static let invalidDigest = Code(base: .invalidDigest)
+        /// A certificate's public key is not the private key's.
+        public static let certificateMismatch = Code(base: .certificateMismatch)
+        /// A caller-supplied value is out of range.
+        public static let invalidArgument = Code(base: .invalidArgument)
+        /// An object on the token has attributes that make no sense (bad DER, unknown curve).
+        public static let invalidObject = Code(base: .invalidObject)
+    }
+
+    public var code: Code
+    /// What went wrong, naming the thing concerned.
+    public var message: String
+    /// The PKCS#11 function that failed, e.g. `C_Login`.
+    public var function: String?
+    /// The value it returned.
+    public var returnValue: ReturnValue?
+    /// What to do next.
+    public var hint: String?
+    /// The underlying error, if any.
+    public var cause: (any Error & Sendable)?
+    public var location: SourceLocation
+
+    public struct SourceLocation: Sendable, Hashable {
+        public var file: String
+        public var line: Int
+    }
+
+    public init(
+        _ code: Code, _ message: String, function: String? = nil, returnValue: ReturnValue? = nil,
+        hint: String? = nil, cause: (any Error & Sendable)? = nil,
+        file: String = #fileID, line: Int = #line
+    ) {
+        self.code = code
+        self.message = message
+        self.function = function
+        self.returnValue = returnValue
+        self.hint = hint
+        self.cause = cause
+        self.location = SourceLocation(file: file, line: line)
+    }
+
+    /// One line for the terminal: message, then `(C_Function: CKR_NAME)`, then the hint.
+    public var description: String {
+        var text = message
+        if let function, let returnValue {
+            text += " (\(function): \(returnValue.name))"
+        } else if let function {
+            text += " (\(function))"
+        }
+        if let hint { text += "\nhint: \(hint)" }
+        return text
+    }
+}
+
+extension PKCS11Error {
+    /// The error for a PKCS#11 call that did not return `CKR_OK`.
+    static func call(
+        _ function: String, _ rv: ReturnValue, _ message: String? = nil, hint: String? = nil,
+        file: String = #fileID, line: Int = #line
+    ) -> PKCS11Error {
+        let code: Code
+        switch rv {
+        case .pinIncorrect: code = .pinIncorrect
+        case .pinLocked: code = .pinLocked
+        case .pinExpired: code = .pinExpired
+        default: code = .functionFailed
+        }
+        return PKCS11Error(
+            code, message ?? "\(function) failed", function: function, returnValue: rv,
+            hint: hint ?? defaultHint(rv), file: file, line: line)
+    }
+
+    static func defaultHint(_ rv: ReturnValue) -> String? {
+        switch rv.rawValue {
+        case CK_RV(CKR_USER_NOT_LOGGED_IN):
+            return "log in first: give the PIN with --pin-file, P11JWT_PIN or pin-source in the URI"
+        case CK_RV(CKR_TOKEN_NOT_PRESENT), CK_RV(CKR_DEVICE_REMOVED):
+            return "the token was removed: insert it again and retry"
+        case CK_RV(CKR_KEY_FUNCTION_NOT_PERMITTED):
+            return "the key does not allow this operation (CKA_SIGN is false?)"
+        case CK_RV(CKR_MECHANISM_INVALID):
+            return "the token does not support this mechanism: see 'p11jwt mechanisms'"
+        case CK_RV(CKR_SESSION_READ_ONLY), CK_RV(CKR_TOKEN_WRITE_PROTECTED):
+            return "the token is write-protected"
+        default:
+            return nil
+        }
+    }
+}

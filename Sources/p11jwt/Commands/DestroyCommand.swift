@@ -1,0 +1,43 @@
+import ArgumentParser
+import Foundation
+import PKCS11
+
+struct DestroyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "destroy",
+        abstract: "Destroy the objects a URI selects (keys, certificates).",
+        discussion: "The URI must name objects (object=, id= or type=). Asks for confirmation on a terminal; elsewhere --yes is required.")
+
+    @Argument(help: ArgumentHelp("The objects (a pkcs11: URI).", valueName: "uri"))
+    var uri: String
+
+    @Flag(name: .long, help: "Do not ask for confirmation.")
+    var yes = false
+
+    @OptionGroup var moduleOptions: ModuleOptions
+    @OptionGroup var pinOptions: PINOptions
+
+    func run() throws {
+        let context = try TokenContext.open(uri, moduleOptions: moduleOptions, pins: pinOptions, login: true)
+        defer { context.close() }
+        guard context.uri.objectLabel != nil || context.uri.objectID != nil else {
+            throw CLIError.usage("refusing to destroy: the URI names no object (add object=LABEL or id=…)")
+        }
+        let objects = try context.token.objects(matching: context.uri)
+        guard !objects.isEmpty else {
+            throw PKCS11Error(.objectNotFound, "no object matches \(context.uri.redacted)")
+        }
+        for object in objects { print("\(object.objectClass): \(object.uri)") }
+        if !yes {
+            guard isatty(STDIN_FILENO) == 1 else {
+                throw CLIError.usage("not a terminal: pass --yes to destroy these \(objects.count) object(s)")
+            }
+            FileHandle.standardError.write(Data("destroy these \(objects.count) object(s)? [y/N] ".utf8))
+            guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
+                throw CLIError(message: "not confirmed; nothing destroyed")
+            }
+        }
+        try context.token.destroy(objects)
+        print("destroyed \(objects.count) object(s)")
+    }
+}

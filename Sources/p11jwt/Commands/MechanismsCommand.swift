@@ -1,0 +1,66 @@
+import ArgumentParser
+import Foundation
+import PKCS11
+
+struct MechanismsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mechanisms", abstract: "List a token's signing mechanisms and the JWS algorithms they make possible.")
+
+    @Option(name: .long, help: ArgumentHelp("The token (a pkcs11: URI).", valueName: "uri"))
+    var token: String
+
+    @Flag(name: .long, help: "List every mechanism, not only those that sign or generate key pairs.")
+    var all = false
+
+    @OptionGroup var moduleOptions: ModuleOptions
+    @OptionGroup var outputOptions: OutputOptions
+
+    struct Report: Encodable {
+        var token: String
+        var mechanisms: [Mechanism]
+        var algorithms: [Algorithm]
+    }
+
+    struct Mechanism: Encodable {
+        var name: String
+        var sign: Bool
+        var generateKeyPair: Bool
+        var minKeySize: UInt
+        var maxKeySize: UInt
+    }
+
+    struct Algorithm: Encodable {
+        var alg: String
+        var possible: Bool
+        var via: String?
+    }
+
+    func run() throws {
+        let context = try TokenContext.open(token, moduleOptions: moduleOptions, pins: nil, login: false)
+        defer { context.close() }
+        let set = context.token.mechanisms
+        let shown = set.all.filter { all || $0.canSign || $0.canGenerateKeyPair }
+        let report = Report(
+            token: context.token.uri,
+            mechanisms: shown.map {
+                Mechanism(
+                    name: $0.type.description, sign: $0.canSign, generateKeyPair: $0.canGenerateKeyPair,
+                    minKeySize: $0.minKeySize, maxKeySize: $0.maxKeySize)
+            },
+            algorithms: SignatureAlgorithm.allCases.map { alg in
+                let path = set.path(for: alg)
+                return Algorithm(alg: alg.rawValue, possible: path != nil, via: path?.rawValue)
+            })
+        if outputOptions.output == .json { return try printJSON(report) }
+        print("token: \(report.token)")
+        print("mechanisms:")
+        for m in report.mechanisms {
+            let uses = [m.sign ? "sign" : nil, m.generateKeyPair ? "generate-key-pair" : nil].compactMap { $0 }
+            print("  \(m.name.padding(toLength: 28, withPad: " ", startingAt: 0)) \(uses.joined(separator: ","))  keys \(m.minKeySize)–\(m.maxKeySize)")
+        }
+        print("JWS algorithms:")
+        for a in report.algorithms {
+            print("  \(a.alg)  \(a.possible ? "yes, via \(a.via!)" : "no")")
+        }
+    }
+}

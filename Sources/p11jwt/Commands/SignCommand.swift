@@ -1,0 +1,57 @@
+import ArgumentParser
+import Foundation
+import PKCS11
+
+extension SignatureAlgorithm: ExpressibleByArgument {}
+
+struct SignCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sign",
+        abstract: "Sign a digest with a key on the token (the Azure Key Vault 'sign' operation).",
+        discussion: """
+            The digest is the hash of your message (SHA-256 for *256, SHA-384 for *384, SHA-512 for *512),
+            base64url-encoded. Only the digest goes to the token. The signature is printed base64url;
+            ES* signatures are raw r||s as JWS wants them.
+            """)
+
+    @Option(name: .long, help: ArgumentHelp("The private key (a pkcs11: URI).", valueName: "uri"))
+    var key: String
+
+    @Option(name: .long, help: "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or ES512.")
+    var alg: SignatureAlgorithm
+
+    @Option(name: .long, help: ArgumentHelp("The digest, base64url.", valueName: "b64url"))
+    var digest: String
+
+    enum Output: String, ExpressibleByArgument { case raw, json }
+
+    @Option(name: .long, help: "raw: the base64url signature; json: {\"kid\",\"alg\",\"value\"}.")
+    var output: Output = .raw
+
+    @OptionGroup var moduleOptions: ModuleOptions
+    @OptionGroup var pinOptions: PINOptions
+
+    struct Result: Encodable {
+        var kid: String
+        var alg: String
+        var value: String
+    }
+
+    func validate() throws {
+        guard Base64URL.decode(digest) != nil else {
+            throw ValidationError("--digest is not base64url: '\(digest)'")
+        }
+    }
+
+    func run() throws {
+        let context = try TokenContext.open(key, moduleOptions: moduleOptions, pins: pinOptions, login: true)
+        defer { context.close() }
+        let key = try context.token.signingKey(context.uri)
+        let signature = try context.token.sign(digest: Base64URL.decode(digest)!, algorithm: alg, key: key)
+        let value = Base64URL.encode(signature)
+        switch output {
+        case .raw: print(value)
+        case .json: try printJSON(Result(kid: key.uri, alg: alg.rawValue, value: value))
+        }
+    }
+}

@@ -1,0 +1,136 @@
+import ArgumentParser
+import Foundation
+import Logging
+import PKCS11
+
+/// `--module` and logging: every command that talks to a token has these.
+struct ModuleOptions: ParsableArguments {
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "PKCS#11 module: a .so path or a p11-kit module name (default: module-path/module-name in the URI, else the p11-kit proxy).",
+            valueName: "path|name"))
+    var module: String?
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical (default: $P11JWT_LOG_LEVEL or warning).")
+    var logLevel: String?
+
+    @Flag(name: [.short, .long], help: "Shorthand for --log-level debug.")
+    var verbose = false
+
+    /// The module to load for `uri`: `--module` wins, then the URI's own module, then the proxy.
+    func spec(for uri: PKCS11URI?) -> ModuleSpec {
+        if let module { return ModuleSpec(module) }
+        if let uri { return ModuleSpec(uri: uri, fallback: .proxy) }
+        return .proxy
+    }
+
+    func makeLogger() throws -> Logger {
+        let text = verbose ? "debug" : (logLevel ?? ProcessInfo.processInfo.environment["P11JWT_LOG_LEVEL"] ?? "warning")
+        guard let level = Logger.Level(rawValue: text.lowercased()) else {
+            throw CLIError.usage("unknown log level '\(text)'")
+        }
+        LoggingBootstrap.once(level: level)
+        var logger = Logger(label: "p11jwt")
+        logger.logLevel = level
+        return logger
+    }
+}
+
+/// Logging is configured once per process, by the executable only.
+enum LoggingBootstrap {
+    nonisolated(unsafe) private static var done = false
+    private static let lock = NSLock()
+
+    static func once(level: Logger.Level) {
+        lock.withLock {
+            guard !done else { return }
+            done = true
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+        }
+    }
+}
+
+/// How to find the PIN. There is no `--pin VALUE`: argv is visible to every user.
+struct PINOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Read the user PIN from this file (first line).", valueName: "file"))
+    var pinFile: String?
+
+    var provider: PINProvider { PINProvider(pinFile: pinFile) }
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+struct OutputOptions: ParsableArguments {
+    @Option(name: .long, help: "Output format: text or json.")
+    var output: OutputFormat = .text
+}
+
+/// Prints a value as pretty, key-sorted JSON.
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    let data = try encoder.encode(value)
+    print(String(decoding: data, as: UTF8.self))
+}
+
+/// A module, a token and (optionally) a login, released together.
+struct TokenContext {
+    let logger: Logger
+    let module: Module
+    let token: Token
+    let uri: PKCS11URI
+
+    /// Parses `uriText`, loads the module, opens the one token it selects and, when `login`,
+    /// logs in with the first PIN source that has a PIN.
+    static func open(
+        _ uriText: String, moduleOptions: ModuleOptions, pins: PINOptions?, login: Bool
+    ) throws -> TokenContext {
+        let logger = try moduleOptions.makeLogger()
+        let uri = try PKCS11URI(uriText)
+        let module = try Module.load(moduleOptions.spec(for: uri), logger: logger)
+        let token = try Token.open(uri, module: module, logger: logger)
+        if login, let pins {
+            do {
+                try token.login(pins: pins.provider, uri: uri)
+            } catch {
+                token.close()
+                throw error
+            }
+        }
+        return TokenContext(logger: logger, module: module, token: token, uri: uri)
+    }
+
+    func close() {
+        token.close()
+        module.finalize()
+    }
+}
+
+extension Array where Element == UInt8 {
+    var hex: String { map { String(format: "%02x", $0) }.joined() }
+}
+
+/// Base64url without padding (RFC 7515 §2).
+enum Base64URL {
+    static func encode<D: Sequence>(_ bytes: D) -> String where D.Element == UInt8 {
+        Data(bytes).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-")
+            .replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
+
+    static func decode(_ text: String) -> [UInt8]? {
+        var s = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        guard !s.contains("=") || text.hasSuffix("=") else { return nil }
+        s = s.replacingOccurrences(of: "=", with: "")
+        s += String(repeating: "=", count: (4 - s.count % 4) % 4)
+        return Data(base64Encoded: s).map { [UInt8]($0) }
+    }
+}
