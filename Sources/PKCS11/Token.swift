@@ -29,7 +29,7 @@ public final class Token: Sendable {
     public let mechanisms: MechanismSet
     let logger: Logger
     private let primary: Mutex<Session>
-    private let pool: SessionPool
+    let pool: SessionPool
     private let credentials = Mutex<Credentials>(Credentials())
 
     private struct Credentials {
@@ -440,10 +440,11 @@ public final class Token: Sendable {
             case "rsa:4096": self = .rsa(bits: 4096)
             case "ec:p256", "ec:p-256", "ec:prime256v1": self = .ec(.p256)
             case "ec:p384", "ec:p-384", "ec:secp384r1": self = .ec(.p384)
+            case "ec:p521", "ec:p-521", "ec:secp521r1": self = .ec(.p521)
             default:
                 throw PKCS11Error(
                     .invalidArgument, "unknown key type '\(text)'",
-                    hint: "use rsa:2048, rsa:3072, rsa:4096, ec:p256 or ec:p384")
+                    hint: "use rsa:2048, rsa:3072, rsa:4096, ec:p256, ec:p384 or ec:p521")
             }
         }
 

@@ -23,6 +23,12 @@ public final class PKCS11URI: @unchecked Sendable, CustomStringConvertible {
                 .invalidURI, "not a valid PKCS#11 URI: '\(trimmed)': \(reason)",
                 hint: "a URI looks like pkcs11:token=MyToken;object=my-key;type=private — copy one from 'p11jwt tokens' or 'p11jwt objects'")
         }
+        if p11_kit_uri_any_unrecognized(uri) != 0 {
+            p11_kit_uri_free(uri)
+            throw PKCS11Error(
+                .invalidURI, "PKCS#11 URI '\(trimmed)' has an attribute or value p11-kit does not recognise",
+                hint: "check the spelling: object types are type=private|public|cert|secret-key|data; a URI looks like pkcs11:token=MyToken;object=my-key;type=private")
+        }
         self.uri = uri
         self.string = trimmed
     }

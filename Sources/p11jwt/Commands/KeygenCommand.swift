@@ -17,7 +17,7 @@ struct KeygenCommand: ParsableCommand {
     @Option(name: .long, help: "CKA_ID as hex (default: 16 random bytes).")
     var id: String?
 
-    @Option(name: .long, help: "rsa:2048, rsa:3072, rsa:4096, ec:p256 or ec:p384.")
+    @Option(name: .long, help: "rsa:2048, rsa:3072, rsa:4096, ec:p256, ec:p384 or ec:p521.")
     var type: String = "rsa:2048"
 
     @OptionGroup var moduleOptions: ModuleOptions

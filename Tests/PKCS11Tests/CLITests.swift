@@ -1,0 +1,229 @@
+import Crypto
+import Foundation
+import Testing
+@testable import PKCS11
+
+/// The `p11jwt` executable, run as a user would, each test with its own SoftHSM directory.
+@Suite("p11jwt command line")
+struct CLITests {
+    /// Reads a public key from the token with OpenSC's pkcs11-tool (not p11jwt) as PEM.
+    func publicKeyPEM(hsm: SoftHSMDirectory, token: String, label: String) throws -> String {
+        let der = hsm.directory.file("\(label).pub.der")
+        let read = try run("pkcs11-tool", ["--module", softHSMModulePath, "--token-label", token, "--read-object",
+                                           "--type", "pubkey", "--label", label, "-o", der], environment: hsm.environment)
+        try #require(read.status == 0, "pkcs11-tool: \(read.stderr)")
+        let pem = try run("openssl", ["pkey", "-pubin", "-inform", "DER", "-in", der])
+        try #require(pem.status == 0)
+        return pem.stdout
+    }
+
+    func json(_ text: String) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+    }
+
+    @Test func tokensListsTokensWithURIsThroughProxyNameAndPath() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-tokens"])
+        for module in [[], ["--module", "softhsm2"], ["--module", softHSMModulePath]] {
+            let result = try p11jwt(["tokens"] + module, hsm: hsm)
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stdout.contains("token 'cli-tokens'"))
+            #expect(result.stdout.contains("uri: pkcs11:"))
+        }
+        let result = try p11jwt(["tokens", "--module", softHSMModulePath, "--output", "json"], hsm: hsm)
+        let slots = try #require(try json(result.stdout)["slots"] as? [[String: Any]])
+        let token = try #require(slots.compactMap { $0["token"] as? [String: Any] }.first { $0["label"] as? String == "cli-tokens" })
+        let uri = try #require(token["uri"] as? String)
+        #expect(uri.contains("module-path="))
+        // The printed URI works as-is in the next command, with no --module.
+        let mechanisms = try p11jwt(["mechanisms", "--token", uri, "--output", "json"], hsm: hsm)
+        #expect(mechanisms.status == 0, "\(mechanisms.stderr)")
+    }
+
+    @Test func keygenThenSignVerifiesWithOpenSSLForRS256PS256AndES256() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-sign"])
+        let pin = ["--pin-file", hsm.pinFile]
+        let rsa = try p11jwt(["keygen", "--token", "pkcs11:token=cli-sign", "--label", "rsa", "--type", "rsa:2048"] + pin, hsm: hsm)
+        #expect(rsa.status == 0, "\(rsa.stderr)")
+        let rsaURI = rsa.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(rsaURI.hasPrefix("pkcs11:") && rsaURI.contains("object=rsa") && rsaURI.contains("type=private"))
+        let ec = try p11jwt(["keygen", "--token", "pkcs11:token=cli-sign", "--label", "ec", "--type", "ec:p256", "--output", "json"] + pin, hsm: hsm)
+        #expect(ec.status == 0, "\(ec.stderr)")
+        let ecURI = try #require(try json(ec.stdout)["uri"] as? String)
+
+        let message = randomBytes(200)
+        let digest = Array(SHA256.hash(data: message))
+        for (uri, label, algorithm) in [(rsaURI, "rsa", SignatureAlgorithm.RS256), (rsaURI, "rsa", .PS256), (ecURI, "ec", .ES256)] {
+            let result = try p11jwt(["sign", "--key", uri, "--alg", algorithm.rawValue, "--digest", base64url(digest), "--output", "json"] + pin, hsm: hsm)
+            #expect(result.status == 0, "\(result.stderr)")
+            let object = try json(result.stdout)
+            #expect(object["kid"] as? String == uri)
+            #expect(object["alg"] as? String == algorithm.rawValue)
+            let value = try #require(object["value"] as? String)
+            #expect(!value.contains("=") && !value.contains("+") && !value.contains("/"))
+            let signature = try #require(unbase64url(value))
+            let pem = try publicKeyPEM(hsm: hsm, token: "cli-sign", label: label)
+            #expect(try IndependentVerifier.openssl(signature, message: message, algorithm: algorithm, publicKeyPEM: pem), "\(algorithm)")
+        }
+        // raw output: just the base64url signature.
+        let raw = try p11jwt(["sign", "--key", ecURI, "--alg", "ES256", "--digest", base64url(digest)] + pin, hsm: hsm)
+        #expect(raw.status == 0)
+        #expect(unbase64url(raw.stdout)?.count == 64)
+    }
+
+    @Test func objectsShowsKeysCertificatesAndPairing() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-objects"])
+        let keygen = try p11jwt(["keygen", "--token", "pkcs11:token=cli-objects", "--label", "k1", "--type", "ec:p384", "--id", "0102"], hsm: hsm,
+                                environment: ["P11JWT_PIN": testPIN])
+        #expect(keygen.status == 0, "\(keygen.stderr)")
+        let listing = try p11jwt(["objects", "--token", "pkcs11:token=cli-objects", "--output", "json"], hsm: hsm, environment: ["P11JWT_PIN": testPIN])
+        #expect(listing.status == 0, "\(listing.stderr)")
+        let report = try json(listing.stdout)
+        let keys = try #require(report["privateKeys"] as? [[String: Any]])
+        #expect(keys.count == 1)
+        #expect(keys.first?["type"] as? String == "EC P-384")
+        #expect(keys.first?["id"] as? String == "0102")
+        #expect(keys.first?["pairing"] as? String == "no-certificate")
+        #expect(keys.first?["algorithms"] as? [String] == ["ES384"])
+        // Without a PIN: public objects only, with a warning, not a failure.
+        let anonymous = try p11jwt(["objects", "--token", "pkcs11:token=cli-objects", "--output", "json"], hsm: hsm)
+        #expect(anonymous.status == 0)
+        #expect(anonymous.stderr.contains("not logged in"))
+        #expect((try json(anonymous.stdout)["privateKeys"] as? [Any])?.isEmpty == true)
+        #expect((try json(anonymous.stdout)["publicKeys"] as? [Any])?.count == 1)
+    }
+
+    @Test func aWrongPINIsTriedExactlyOnceAndReportedWithTheTokenState() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-pin"])
+        let spyLog = hsm.directory.file("spy.log")
+        let wrong = try hsm.directory.write("wrong-pin", "987654\n")
+        let result = try p11jwt(
+            ["sign", "--module", "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so", "--key", "pkcs11:token=cli-pin;object=none",
+             "--alg", "ES256", "--digest", base64url(randomBytes(32)), "--pin-file", wrong],
+            hsm: hsm, environment: ["PKCS11SPY": softHSMModulePath, "PKCS11SPY_OUTPUT": spyLog])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("wrong PIN for token 'cli-pin'"))
+        #expect(result.stderr.contains("CKR_PIN_INCORRECT"))
+        #expect(result.stderr.contains("not retried"))
+        #expect(!result.stderr.contains("987654"))
+        // pkcs11-spy logged every call the CLI made: exactly one C_Login.
+        let log = try String(contentsOfFile: spyLog, encoding: .utf8)
+        #expect(log.components(separatedBy: ": C_Login\n").count - 1 == 1)
+        let tokens = try p11jwt(["tokens", "--module", softHSMModulePath, "--output", "json"], hsm: hsm)
+        #expect(tokens.stdout.contains("CKF_USER_PIN_COUNT_LOW"))
+    }
+
+    @Test func noPINOnANonTerminalFailsWithHowToGiveOne() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-nopin"])
+        let result = try p11jwt(["keygen", "--token", "pkcs11:token=cli-nopin", "--label", "x"], hsm: hsm)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("needs a PIN"))
+        #expect(result.stderr.contains("--pin-file"))
+    }
+
+    @Test(arguments: [
+        ["sign", "--key", "pkcs11:token=t", "--alg", "RS256", "--digest", "AAAA", "--pin", "1234"],
+        ["sign", "--key", "pkcs11:token=t", "--digest", "AAAA"],
+        ["sign", "--key", "pkcs11:token=t", "--alg", "HS256", "--digest", "AAAA"],
+        ["keygen", "--token", "pkcs11:token=t", "--label", "x", "--type", "rsa:1024"],
+        ["keygen", "--token", "pkcs11:token=t", "--label", "x", "--id", "xyz"],
+        ["no-such-command"],
+    ])
+    func usageErrorsExitWith2(_ arguments: [String]) throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-usage"])
+        let result = try p11jwt(arguments, hsm: hsm)
+        #expect(result.status == 2, "\(arguments): \(result.stderr)")
+    }
+
+    @Test func operationalErrorsExitWith1AndNameTheCause() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-errors"])
+        let pin = ["--pin-file", hsm.pinFile]
+        let digest = base64url(randomBytes(32))
+        var result = try p11jwt(["tokens", "--module", "/nonexistent/module.so"], hsm: hsm)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("/nonexistent/module.so") && result.stderr.contains("--module"))
+        result = try p11jwt(["sign", "--key", "pkcs11:token=absent;object=k", "--alg", "RS256", "--digest", digest] + pin, hsm: hsm)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("no token matches") && result.stderr.contains("token=cli-errors"))
+        result = try p11jwt(["sign", "--key", "token=cli-errors", "--alg", "RS256", "--digest", digest] + pin, hsm: hsm)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("not a valid PKCS#11 URI"))
+        #expect(try p11jwt(["keygen", "--token", "pkcs11:token=cli-errors", "--label", "ec", "--type", "ec:p256"] + pin, hsm: hsm).status == 0)
+        result = try p11jwt(["sign", "--key", "pkcs11:token=cli-errors;object=ec", "--alg", "ES256", "--digest", base64url(randomBytes(20))] + pin, hsm: hsm)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("got 20 bytes"))
+        result = try p11jwt(["sign", "--key", "pkcs11:token=cli-errors;object=ec", "--alg", "PS256", "--digest", digest] + pin, hsm: hsm)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("needs an RSA key"))
+    }
+
+    @Test func ps256FallsBackToRawRSAWhenTheTokenHidesPSS() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-nopss"], mechanisms: "CKM_RSA_PKCS,CKM_RSA_X_509,CKM_RSA_PKCS_KEY_PAIR_GEN,CKM_EC_KEY_PAIR_GEN,CKM_ECDSA,CKM_SHA256")
+        let pin = ["--pin-file", hsm.pinFile]
+        let mechanisms = try p11jwt(["mechanisms", "--token", "pkcs11:token=cli-nopss", "--output", "json"], hsm: hsm)
+        #expect(mechanisms.status == 0, "\(mechanisms.stderr)")
+        let report = try json(mechanisms.stdout)
+        let names = (report["mechanisms"] as? [[String: Any]])?.compactMap { $0["name"] as? String } ?? []
+        #expect(!names.contains("CKM_RSA_PKCS_PSS"), "the config must hide CKM_RSA_PKCS_PSS")
+        let ps256 = (report["algorithms"] as? [[String: Any]])?.first { $0["alg"] as? String == "PS256" }
+        #expect((ps256?["via"] as? String)?.hasPrefix("CKM_RSA_X_509") == true)
+
+        let keygen = try p11jwt(["keygen", "--token", "pkcs11:token=cli-nopss", "--label", "rsa"] + pin, hsm: hsm)
+        let uri = keygen.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let pem = try publicKeyPEM(hsm: hsm, token: "cli-nopss", label: "rsa")
+        for algorithm in [SignatureAlgorithm.PS256, .PS384, .PS512] {
+            let message = randomBytes(50)
+            let result = try p11jwt(["sign", "--key", uri, "--alg", algorithm.rawValue, "--digest", base64url(algorithm.hash.hash(message)), "-v"] + pin, hsm: hsm)
+            #expect(result.status == 0, "\(result.stderr)")
+            let signature = try #require(unbase64url(result.stdout))
+            #expect(try IndependentVerifier.openssl(signature, message: message, algorithm: algorithm, publicKeyPEM: pem), "\(algorithm)")
+            let key = try _RSAPublicKey(pem: pem)
+            #expect(try IndependentVerifier.swiftCrypto(signature, message: message, algorithm: algorithm, key: key))
+        }
+    }
+
+    @Test func destroyNeedsConfirmationOrYes() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-destroy"])
+        let pin = ["--pin-file", hsm.pinFile]
+        #expect(try p11jwt(["keygen", "--token", "pkcs11:token=cli-destroy", "--label", "doomed", "--type", "ec:p256"] + pin, hsm: hsm).status == 0)
+        var result = try p11jwt(["destroy", "pkcs11:token=cli-destroy;object=doomed"] + pin, hsm: hsm)
+        #expect(result.status == 2)
+        #expect(result.stderr.contains("--yes"))
+        result = try p11jwt(["destroy", "pkcs11:token=cli-destroy"] + pin + ["--yes"], hsm: hsm)
+        #expect(result.status == 2, "a URI without an object must not destroy everything")
+        var objects = try p11jwt(["objects", "--token", "pkcs11:token=cli-destroy", "--output", "json"] + pin, hsm: hsm)
+        #expect((try json(objects.stdout)["privateKeys"] as? [Any])?.count == 1)
+        result = try p11jwt(["destroy", "pkcs11:token=cli-destroy;object=doomed", "--yes"] + pin, hsm: hsm)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("destroyed 2 object(s)"))
+        objects = try p11jwt(["objects", "--token", "pkcs11:token=cli-destroy", "--output", "json"] + pin, hsm: hsm)
+        #expect((try json(objects.stdout)["privateKeys"] as? [Any])?.isEmpty == true)
+        #expect((try json(objects.stdout)["publicKeys"] as? [Any])?.isEmpty == true)
+    }
+}
+
+/// An RSA public key from PEM, via swift-crypto, as the library's `PublicKey` value.
+func _RSAPublicKey(pem: String) throws -> PublicKey {
+    let key = try _RSA.Signing.PublicKey(pemRepresentation: pem)
+    let components = try rsaComponents(key.derRepresentation)
+    let (n, e) = try #require(components)
+    return .rsa(modulus: n, exponent: e)
+}
+
+/// Modulus and exponent from a DER SubjectPublicKeyInfo (RSA), parsed with swift-asn1.
+func rsaComponents(_ spki: Data) throws -> ([UInt8], [UInt8])? {
+    let root = try DER.parse(Array(spki))
+    guard case .constructed(let nodes) = root.content else { return nil }
+    var iterator = nodes.makeIterator()
+    _ = iterator.next()  // AlgorithmIdentifier
+    guard let bitString = try iterator.next().map({ try ASN1BitString(derEncoded: $0) }) else { return nil }
+    let rsaKey = try DER.parse(Array(bitString.bytes))
+    guard case .constructed(let parts) = rsaKey.content else { return nil }
+    var p = parts.makeIterator()
+    guard let nNode = p.next(), let eNode = p.next() else { return nil }
+    let n = try ArraySlice<UInt8>(derEncoded: nNode)
+    let e = try ArraySlice<UInt8>(derEncoded: eNode)
+    return (Array(n.drop(while: { $0 == 0 })), Array(e))
+}
+
+import _CryptoExtras
+import SwiftASN1

@@ -1,0 +1,90 @@
+import Foundation
+import Testing
+@testable import PKCS11
+
+/// Login touches the token's PIN counter, so these run one at a time, on their own tokens.
+@Suite("Login and PINs", .serialized)
+struct LoginTests {
+    let noPrompt = PINProvider(environment: [:], allowPrompt: false)
+
+    @Test func noPINSourceIsAClearErrorThatSaysHowToGiveOne() throws {
+        try sharedHSM {
+            let token = try SharedSoftHSM.token("login-wrong")
+            defer { token.close() }
+            let error = try #require(throws: PKCS11Error.self) { try token.login(pins: noPrompt) }
+            #expect(error.code == .pinUnavailable)
+            #expect(error.message.contains("login-wrong"))
+            #expect(error.hint?.contains("--pin-file") == true)
+            #expect(error.hint?.contains("P11JWT_PIN") == true)
+            #expect(!token.isLoggedIn)
+        }
+    }
+
+    @Test func aWrongPINIsReportedWithThePINStateAndNotRetried() throws {
+        try sharedHSM {
+            let token = try SharedSoftHSM.token("login-wrong")
+            defer { token.close() }
+            #expect(try token.currentInfo().pinState.countLow == false)
+            let provider = PINProvider(environment: ["P11JWT_PIN": "000000"], allowPrompt: false)
+            let error = try #require(throws: PKCS11Error.self) { try token.login(pins: provider) }
+            #expect(error.code == .pinIncorrect)
+            #expect(error.function == "C_Login")
+            #expect(error.returnValue == .pinIncorrect)
+            #expect(error.message.contains("wrong PIN") && error.message.contains("$P11JWT_PIN"))
+            #expect(error.hint?.contains("not retried") == true)
+            #expect(error.description.contains("CKR_PIN_INCORRECT"))
+            #expect(!error.description.contains("000000"))
+            // SoftHSM records the failed attempt in the token flags.
+            #expect(try token.currentInfo().pinState.countLow == true)
+            #expect(!token.isLoggedIn)
+        }
+    }
+
+    @Test func thePINInTheURIComesFirst() throws {
+        try sharedHSM {
+            let dir = TemporaryDirectory()
+            // A wrong PIN file: if it were read before the URI's pin-value, login would fail.
+            let wrongFile = try dir.write("wrong", "999999\n")
+            let uri = try PKCS11URI("pkcs11:token=login?pin-value=\(testPIN)")
+            let token = try Token.open(uri, module: SharedSoftHSM.module, logger: testLogger)
+            defer { token.close() }
+            try token.login(pins: PINProvider(pinFile: wrongFile, environment: [:], allowPrompt: false), uri: uri)
+            #expect(token.isLoggedIn)
+            #expect(try token.currentInfo().pinState.countLow == false)
+        }
+    }
+
+    @Test func pinSourceFilesPINFilesAndTheEnvironmentAreRead() throws {
+        let dir = TemporaryDirectory()
+        let file = try dir.write("pin", "\(testPIN)\r\n")
+        let uri = try PKCS11URI("pkcs11:token=login?pin-source=file:\(file)")
+        let (fromURI, origin) = try #require(try noPrompt.pin(uri: uri, tokenLabel: "login"))
+        #expect(origin == .uriSource(file))
+        #expect(fromURI.withUnsafeBytes { Array($0) } == Array(testPIN.utf8))
+        let (fromFile, fileOrigin) = try #require(try PINProvider(pinFile: file, environment: [:], allowPrompt: false).pin(uri: nil, tokenLabel: "x"))
+        #expect(fileOrigin == .file(file))
+        #expect(fromFile.count == testPIN.utf8.count)
+        let (fromEnv, envOrigin) = try #require(try PINProvider(environment: ["P11JWT_PIN": "4321"], allowPrompt: false).pin(uri: nil, tokenLabel: "x"))
+        #expect(envOrigin == .environment("P11JWT_PIN"))
+        #expect(fromEnv.withUnsafeBytes { Array($0) } == Array("4321".utf8))
+        #expect(!"\(fromEnv)".contains("4321"))
+        #expect(try noPrompt.pin(uri: nil, tokenLabel: "x") == nil)
+        let missing = try #require(throws: PKCS11Error.self) {
+            try PINProvider(pinFile: dir.file("absent"), environment: [:], allowPrompt: false).pin(uri: nil, tokenLabel: "x")
+        }
+        #expect(missing.code == .pinSourceUnreadable)
+    }
+
+    @Test func loggingInTwiceIsHarmless() throws {
+        try sharedHSM {
+            let first = try SharedSoftHSM.loggedIn("login")
+            defer { first.close() }
+            // A second context in the same process: the token is already logged in
+            // (CKR_USER_ALREADY_LOGGED_IN / session state), which is success.
+            let second = try SharedSoftHSM.loggedIn("login")
+            defer { second.close() }
+            #expect(first.isLoggedIn && second.isLoggedIn)
+            try first.withPrimary { try $0.login(pin: SecretBytes(testPIN)) }
+        }
+    }
+}

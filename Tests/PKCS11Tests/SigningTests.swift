@@ -1,0 +1,139 @@
+import Crypto
+import Foundation
+import Testing
+@testable import PKCS11
+
+/// Keys generated once on the "signing" token for the whole suite.
+enum SigningFixture {
+    static let state: Result<(Token, [String: PrivateKeyObject]), any Error> = Result {
+        try sharedHSM {
+            let token = try SharedSoftHSM.loggedIn("signing")
+            var keys: [String: PrivateKeyObject] = [:]
+            for (label, spec) in [("rsa", "rsa:2048"), ("p256", "ec:p256"), ("p384", "ec:p384"), ("p521", "ec:p521")] {
+                keys[label] = try token.generateKeyPair(try Token.KeySpec(spec), label: label)
+            }
+            return (token, keys)
+        }
+    }
+
+    static func get() throws -> (Token, [String: PrivateKeyObject]) { try state.get() }
+
+    static func key(for algorithm: SignatureAlgorithm) throws -> (Token, PrivateKeyObject) {
+        let (token, keys) = try get()
+        let label: String
+        switch algorithm.curve {
+        case .p256: label = "p256"
+        case .p384: label = "p384"
+        case .p521: label = "p521"
+        case nil: label = "rsa"
+        }
+        return (token, try #require(keys[label]))
+    }
+}
+
+@Suite("Signing digests")
+struct SigningTests {
+    @Test(arguments: SignatureAlgorithm.allCases)
+    func signaturesVerifyWithSwiftCryptoAndOpenSSL(_ algorithm: SignatureAlgorithm) throws {
+        let (token, key) = try SigningFixture.key(for: algorithm)
+        let publicKey = try #require(key.publicKey)
+        let message = randomBytes(100)
+        let signature = try sharedHSM {
+            try token.sign(digest: algorithm.hash.hash(message), algorithm: algorithm, key: key)
+        }
+        if let curve = algorithm.curve {
+            #expect(signature.count == 2 * curve.coordinateLength, "ES* must be raw r||s")
+        } else {
+            #expect(signature.count == 256)
+        }
+        #expect(try IndependentVerifier.swiftCrypto(signature, message: message, algorithm: algorithm, key: publicKey))
+        let pem = try IndependentVerifier.publicKeyPEM(publicKey)
+        #expect(try IndependentVerifier.openssl(signature, message: message, algorithm: algorithm, publicKeyPEM: pem))
+        // And the signature is not valid for another message.
+        #expect(try !IndependentVerifier.swiftCrypto(signature, message: message + [1], algorithm: algorithm, key: publicKey))
+    }
+
+    @Test func rs256IsDeterministicAndPS256IsSalted() throws {
+        let (token, key) = try SigningFixture.key(for: .RS256)
+        let digest = Array(SHA256.hash(data: Array("fixed input".utf8)))
+        try sharedHSM {
+            let a = try token.sign(digest: digest, algorithm: .RS256, key: key)
+            let b = try token.sign(digest: digest, algorithm: .RS256, key: key)
+            #expect(a == b)
+            let c = try token.sign(digest: digest, algorithm: .PS256, key: key)
+            let d = try token.sign(digest: digest, algorithm: .PS256, key: key)
+            #expect(c != d)
+        }
+    }
+
+    @Test(arguments: [(SignatureAlgorithm.RS256, 20), (.PS384, 32), (.ES256, 48), (.ES384, 0)])
+    func aDigestOfTheWrongLengthIsRefused(_ algorithm: SignatureAlgorithm, _ length: Int) throws {
+        let (token, key) = try SigningFixture.key(for: algorithm)
+        let error = try #require(throws: PKCS11Error.self) {
+            try sharedHSM { try token.sign(digest: randomBytes(length), algorithm: algorithm, key: key) }
+        }
+        #expect(error.code == .invalidDigest)
+        #expect(error.message.contains("\(algorithm.digestLength) bytes"))
+        #expect(error.message.contains("got \(length) bytes"))
+    }
+
+    @Test func anAlgorithmTheKeyCannotDoIsRefusedWithWhatItCanDo() throws {
+        let (token, keys) = try SigningFixture.get()
+        let ec = try #require(keys["p256"]), rsa = try #require(keys["rsa"])
+        let rsaOnEC = try #require(throws: PKCS11Error.self) {
+            try token.sign(digest: randomBytes(32), algorithm: .RS256, key: ec)
+        }
+        #expect(rsaOnEC.code == .keyUnsuitable)
+        #expect(rsaOnEC.hint?.contains("ES256") == true)
+        let wrongCurve = try #require(throws: PKCS11Error.self) {
+            try token.sign(digest: randomBytes(48), algorithm: .ES384, key: ec)
+        }
+        #expect(wrongCurve.code == .keyUnsuitable)
+        #expect(wrongCurve.message.contains("P-384"))
+        let ecOnRSA = try #require(throws: PKCS11Error.self) {
+            try token.sign(digest: randomBytes(32), algorithm: .ES256, key: rsa)
+        }
+        #expect(ecOnRSA.code == .keyUnsuitable)
+    }
+
+    @Test func keyURIsMatchingNoKeyOrSeveralKeysAreErrorsThatListCandidates() throws {
+        let (token, keys) = try SigningFixture.get()
+        try sharedHSM {
+            let none = try #require(throws: PKCS11Error.self) {
+                try token.signingKey(try PKCS11URI("pkcs11:token=signing;object=absent"))
+            }
+            #expect(none.code == .objectNotFound)
+            #expect(none.hint?.contains("object=rsa") == true)
+            let many = try #require(throws: PKCS11Error.self) {
+                try token.signingKey(try PKCS11URI("pkcs11:token=signing"))
+            }
+            #expect(many.code == .objectAmbiguous)
+            for key in keys.values { #expect(many.hint?.contains(key.uri) == true) }
+            let one = try token.signingKey(try PKCS11URI(try #require(keys["p384"]).uri))
+            #expect(one.label == "p384")
+        }
+    }
+
+    @Test func thePSSFallbackEncodingVerifiesIndependently() throws {
+        // EMSA-PSS done here + raw RSA in the token, forced on a token that also has native PSS.
+        let (token, key) = try SigningFixture.key(for: .PS256)
+        let publicKey = try #require(key.publicKey)
+        for algorithm in [SignatureAlgorithm.PS256, .PS384, .PS512] {
+            let message = randomBytes(64)
+            let encoded = try Encoding.emsaPSS(digest: algorithm.hash.hash(message), hash: algorithm.hash, modulusBits: 2048)
+            let signature = try sharedHSM {
+                try token.pool.withSession { try $0.sign(mechanism: .rsaX509, key: key.identity.handle, data: encoded) }
+            }
+            #expect(try IndependentVerifier.swiftCrypto(signature, message: message, algorithm: algorithm, key: publicKey))
+        }
+    }
+
+    @Test func ecdsaSignaturesConvertToDERAndBack() throws {
+        let (token, key) = try SigningFixture.key(for: .ES256)
+        let digest = Array(SHA256.hash(data: randomBytes(10)))
+        let raw = try sharedHSM { try token.sign(digest: digest, algorithm: .ES256, key: key) }
+        let der = try ECDSASignatureEncoding.der(fromRaw: raw)
+        #expect(Array(try P256.Signing.ECDSASignature(rawRepresentation: raw).derRepresentation) == der)
+        #expect(try ECDSASignatureEncoding.raw(fromDER: der, coordinateLength: 32) == raw)
+    }
+}
