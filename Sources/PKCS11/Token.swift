@@ -114,8 +114,9 @@ public final class Token: Sendable {
     public var poolSessionCount: Int { pool.openCount }
     public var poolCapacity: Int { pool.capacity }
 
-    func withPrimary<R>(_ body: (Session) throws -> R) rethrows -> R {
-        try primary.withLock { try body($0) }
+    /// Runs `body` on the persistent session; `writing` for calls that change token objects.
+    func withPrimary<R>(writing: Bool = false, _ body: (Session) throws -> R) rethrows -> R {
+        try module.withObjectStore(writing: writing) { try primary.withLock { try body($0) } }
     }
 
     /// Reads the token's information afresh.
@@ -458,9 +459,6 @@ public final class Token: Sendable {
         }
     }
 
-    /// Key generation is serialised process-wide (SoftHSM has had races in parallel keygen).
-    private static let keygenLock = Mutex(())
-
     /// Generates a key pair on the token: private key sensitive, never extractable, for signing.
     /// `id` defaults to 16 random bytes. Refuses a label or id another private key already has.
     public func generateKeyPair(_ spec: KeySpec, label: String, id: [UInt8]? = nil) throws -> PrivateKeyObject {
@@ -492,10 +490,9 @@ public final class Token: Sendable {
                 .mechanismUnsupported, "token '\(self.info.label)' cannot generate \(spec) keys (no \(mechanism))",
                 hint: "see 'p11jwt mechanisms' for what it can do")
         }
-        let handle = try Self.keygenLock.withLock { _ in
-            try withPrimary { session in
-                try session.generateKeyPair(mechanism: mechanism, publicTemplate: publicTemplate, privateTemplate: privateTemplate).1
-            }
+        // Writes are serialised per module (see Module.withObjectStore).
+        let handle = try withPrimary(writing: true) { session in
+            try session.generateKeyPair(mechanism: mechanism, publicTemplate: publicTemplate, privateTemplate: privateTemplate).1
         }
         logger.info("generated key pair", metadata: ["type": "\(spec)", "label": "\(label)"])
         return try withPrimary { try privateKey($0, handle) }
@@ -526,7 +523,7 @@ public final class Token: Sendable {
             Attribute(CKA_ISSUER, bytes: issuer.serializedBytes),
             Attribute(CKA_SERIAL_NUMBER, bytes: [0x02] + derLength(serial.count) + serial),
         ]
-        let handle = try withPrimary { try $0.createObject(template) }
+        let handle = try withPrimary(writing: true) { try $0.createObject(template) }
         return CertificateObject(
             identity: ObjectIdentity(
                 handle: handle, objectClass: .certificate, label: label, id: id,
@@ -551,7 +548,7 @@ public final class Token: Sendable {
 
     /// Destroys objects (`C_DestroyObject`).
     public func destroy(_ objects: [ObjectIdentity]) throws {
-        try withPrimary { session in
+        try withPrimary(writing: true) { session in
             for object in objects { try session.destroyObject(object.handle) }
         }
     }

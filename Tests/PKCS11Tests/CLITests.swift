@@ -64,6 +64,13 @@ struct CLITests {
             let pem = try publicKeyPEM(hsm: hsm, token: "cli-sign", label: label)
             #expect(try IndependentVerifier.openssl(signature, message: message, algorithm: algorithm, publicKeyPEM: pem), "\(algorithm)")
         }
+        // A digest whose base64url starts with "-" is a value, not an option.
+        var dashed = randomBytes(16)
+        while !base64url(Array(SHA256.hash(data: dashed))).hasPrefix("-") { dashed = randomBytes(16) }
+        let dashedResult = try p11jwt(["sign", "--key", rsaURI, "--alg", "RS256", "--digest", base64url(Array(SHA256.hash(data: dashed)))] + pin, hsm: hsm)
+        #expect(dashedResult.status == 0, "\(dashedResult.stderr)")
+        let dashedSignature = try #require(unbase64url(dashedResult.stdout))
+        #expect(try IndependentVerifier.openssl(dashedSignature, message: dashed, algorithm: .RS256, publicKeyPEM: try publicKeyPEM(hsm: hsm, token: "cli-sign", label: "rsa")))
         // raw output: just the base64url signature.
         let raw = try p11jwt(["sign", "--key", ecURI, "--alg", "ES256", "--digest", base64url(digest)] + pin, hsm: hsm)
         #expect(raw.status == 0)

@@ -20,7 +20,8 @@ struct SignCommand: ParsableCommand {
     @Option(name: .long, help: "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or ES512.")
     var alg: SignatureAlgorithm
 
-    @Option(name: .long, help: ArgumentHelp("The digest, base64url.", valueName: "b64url"))
+    // Unconditional: a base64url value may start with "-".
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("The digest, base64url.", valueName: "b64url"))
     var digest: String
 
     enum Output: String, ExpressibleByArgument { case raw, json }
