@@ -91,10 +91,9 @@ public struct MechanismSet: Sendable {
     func canSign(_ type: MechanismType, keyBits: Int?) -> Bool {
         guard let info = info(type), info.canSign else { return false }
         guard let keyBits, type != .ecdsa else { return true }
-        // Some tokens report 0 for "no limit"; a few report bytes. Accept either reading.
-        let minOK = info.minKeySize == 0 || UInt(keyBits) >= info.minKeySize || UInt(keyBits / 8) >= info.minKeySize
-        let maxOK = info.maxKeySize == 0 || UInt(keyBits) <= info.maxKeySize || UInt(keyBits / 8) <= info.maxKeySize
-        return minOK && maxOK
+        // RSA sizes are in bits (PKCS#11 2.40 §2.1); 0 means no stated limit.
+        let bits = UInt(keyBits)
+        return (info.minKeySize == 0 || bits >= info.minKeySize) && (info.maxKeySize == 0 || bits <= info.maxKeySize)
     }
 
     /// The path this token would take for `algorithm` (nil: impossible here).

@@ -140,7 +140,15 @@ public final class Token: Sendable {
         let state = try withPrimary { try $0.state() }
         if state == CK_STATE(CKS_RO_USER_FUNCTIONS) || state == CK_STATE(CKS_RW_USER_FUNCTIONS) {
             // Another context in this process logged in already (login is per application).
-            credentials.withLock { $0.loggedIn = true }
+            // Still hold the PIN, from a source that needs no prompt, for keys that want a
+            // CKU_CONTEXT_SPECIFIC login before each signature.
+            var quiet = pins
+            quiet.allowPrompt = false
+            let held = (try? quiet.pin(uri: uri, tokenLabel: current.label))?.0
+            credentials.withLock {
+                $0.loggedIn = true
+                $0.contextPIN = held.map { .pin($0) } ?? (current.protectedAuthenticationPath ? .protectedPath : nil)
+            }
             return
         }
         let found = try pins.pin(uri: uri, tokenLabel: current.label)

@@ -24,12 +24,12 @@ struct P11JWT: AsyncParsableCommand {
         do {
             command = try parseAsRoot()
         } catch {
-            let code = exitCode(for: error)
-            if code == .success {
+            if exitCode(for: error) == .success {
                 exit(withError: error)  // --help, --version
             }
+            // Every parse error is a usage error: exit 2.
             FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
-            Foundation.exit(code == .validationFailure ? 2 : code.rawValue == 0 ? 0 : 2)
+            Foundation.exit(2)
         }
         do {
             if var asyncCommand = command as? AsyncParsableCommand {

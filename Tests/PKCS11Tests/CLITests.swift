@@ -1,6 +1,8 @@
 import Crypto
 import Foundation
+import SwiftASN1
 import Testing
+import _CryptoExtras
 @testable import PKCS11
 
 /// The `p11jwt` executable, run as a user would, each test with its own SoftHSM directory.
@@ -188,6 +190,22 @@ struct CLITests {
         }
     }
 
+    @Test func anAlgorithmTheTokenCannotDoIsRefusedWithWhatIsPossible() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-pkcs1only"], mechanisms: "CKM_RSA_PKCS,CKM_RSA_PKCS_KEY_PAIR_GEN")
+        let pin = ["--pin-file", hsm.pinFile]
+        let keygen = try p11jwt(["keygen", "--token", "pkcs11:token=cli-pkcs1only", "--label", "rsa"] + pin, hsm: hsm)
+        #expect(keygen.status == 0, "\(keygen.stderr)")
+        let result = try p11jwt(["sign", "--key", "pkcs11:token=cli-pkcs1only;object=rsa", "--alg", "PS256",
+                                 "--digest", base64url(randomBytes(32))] + pin, hsm: hsm)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("cannot do PS256"))
+        #expect(result.stderr.contains("CKM_RSA_PKCS_PSS or CKM_RSA_X_509"))
+        #expect(result.stderr.contains("possible with this key: RS256, RS384, RS512"))
+        let ec = try p11jwt(["keygen", "--token", "pkcs11:token=cli-pkcs1only", "--label", "ec", "--type", "ec:p256"] + pin, hsm: hsm)
+        #expect(ec.status == 1)
+        #expect(ec.stderr.contains("cannot generate ec:p256"))
+    }
+
     @Test func destroyNeedsConfirmationOrYes() throws {
         let hsm = try SoftHSMDirectory(labels: ["cli-destroy"])
         let pin = ["--pin-file", hsm.pinFile]
@@ -232,5 +250,3 @@ func rsaComponents(_ spki: Data) throws -> ([UInt8], [UInt8])? {
     return (Array(n.drop(while: { $0 == 0 })), Array(e))
 }
 
-import _CryptoExtras
-import SwiftASN1

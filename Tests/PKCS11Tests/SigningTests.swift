@@ -1,3 +1,4 @@
+import CP11Kit
 import Crypto
 import Foundation
 import Testing
@@ -135,5 +136,55 @@ struct SigningTests {
         let der = try ECDSASignatureEncoding.der(fromRaw: raw)
         #expect(Array(try P256.Signing.ECDSASignature(rawRepresentation: raw).derRepresentation) == der)
         #expect(try ECDSASignatureEncoding.raw(fromDER: der, coordinateLength: 32) == raw)
+    }
+}
+
+@Suite("Always-authenticate keys")
+struct AlwaysAuthenticateTests {
+    @Test func keysWithAlwaysAuthenticateGetAContextLoginBeforeEachSignature() throws {
+        try sharedHSM {
+            let token = try SharedSoftHSM.loggedIn("signing")
+            defer { token.close() }
+            // A PIV-style key: CKA_ALWAYS_AUTHENTICATE, made with the raw session API.
+            let id = randomBytes(8)
+            let handle = try token.withPrimary(writing: true) { session in
+                try session.generateKeyPair(
+                    mechanism: .ecKeyPairGen,
+                    publicTemplate: [.token(true), Attribute(CK_ATTRIBUTE_TYPE(CKA_EC_PARAMS), bytes: Curve.p256.ecParameters), .label("piv-like"), .id(id)],
+                    privateTemplate: [.token(true), .bool(CK_ATTRIBUTE_TYPE(CKA_PRIVATE), true), .bool(CK_ATTRIBUTE_TYPE(CKA_SIGN), true),
+                                      .bool(CK_ATTRIBUTE_TYPE(CKA_ALWAYS_AUTHENTICATE), true), .label("piv-like"), .id(id)]).1
+            }
+            let key = try token.signingKey(try PKCS11URI(PKCS11URI.format(token: token.info, id: id, objectClass: .privateKey)))
+            #expect(key.identity.handle == handle)
+            #expect(key.alwaysAuthenticate)
+            // Without the context login SoftHSM refuses C_Sign: prove it, so the test below means something.
+            let refused = try #require(throws: PKCS11Error.self) {
+                try token.pool.withSession { try $0.sign(mechanism: .ecdsa, key: handle, data: randomBytes(32)) }
+            }
+            #expect(refused.function == "C_Sign")
+            for _ in 0..<3 {
+                let message = randomBytes(40)
+                let signature = try token.sign(digest: Array(SHA256.hash(data: message)), algorithm: .ES256, key: key)
+                #expect(try IndependentVerifier.swiftCrypto(signature, message: message, algorithm: .ES256, key: try #require(key.publicKey)))
+            }
+        }
+    }
+}
+
+@Suite("Mechanism selection")
+struct MechanismSelectionTests {
+    @Test func pathsFollowWhatTheTokenOffers() {
+        func info(_ type: MechanismType, sign: Bool = true) -> MechanismInfo {
+            MechanismInfo(type: type, minKeySize: 1024, maxKeySize: 4096, flags: sign ? CK_FLAGS(CKF_SIGN) : 0)
+        }
+        let full = MechanismSet([info(.rsaPKCS), info(.rsaPKCSPSS), info(.rsaX509), info(.ecdsa)])
+        #expect(full.path(for: .PS256, keyBits: 2048) == .rsaPSS)
+        #expect(full.path(for: .RS512, keyBits: 2048) == .rsaPKCS1)
+        #expect(full.path(for: .PS256, keyBits: 8192) == nil, "outside the token's key-size range")
+        let noPSS = MechanismSet([info(.rsaPKCS), info(.rsaX509)])
+        #expect(noPSS.path(for: .PS384, keyBits: 3072) == .rsaPSSOverX509)
+        let verifyOnly = MechanismSet([info(.rsaPKCS, sign: false), info(.ecdsa, sign: false)])
+        #expect(verifyOnly.path(for: .RS256) == nil)
+        #expect(verifyOnly.path(for: .ES256) == nil)
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Crypto
 import Foundation
 import PKCS11
 import X509
@@ -68,7 +69,6 @@ struct ObjectsCommand: ParsableCommand {
         let filter = context.uri.selectsObject ? context.uri : nil
         let keys = try token.privateKeys(matching: filter)
         let certificates = try token.certificates(matching: filter)
-        let allCertificates = try token.certificates()
         let report = Report(
             token: token.uri, loggedIn: token.isLoggedIn,
             privateKeys: keys.map { key in
@@ -90,7 +90,6 @@ struct ObjectsCommand: ParsableCommand {
                     notBefore: cert.certificate?.notValidBefore, notAfter: cert.certificate?.notValidAfter,
                     sha1: Array(Insecure.SHA1.hash(data: cert.der)).hex)
             })
-        _ = allCertificates
         if outputOptions.output == .json { return try printJSON(report) }
         print("token: \(report.token)")
         if !report.loggedIn { print("(not logged in: private keys not shown)") }
@@ -115,5 +114,3 @@ struct ObjectsCommand: ParsableCommand {
         }
     }
 }
-
-import Crypto
