@@ -45,6 +45,13 @@ public struct ModuleInfo: Sendable, Hashable, Codable {
     public var description: String
     public var cryptokiVersion: String
     public var libraryVersion: String
+
+    init(_ info: CK_INFO) {
+        manufacturer = paddedString(info.manufacturerID)
+        description = paddedString(info.libraryDescription)
+        cryptokiVersion = "\(info.cryptokiVersion.major).\(info.cryptokiVersion.minor)"
+        libraryVersion = "\(info.libraryVersion.major).\(info.libraryVersion.minor)"
+    }
 }
 
 /// A loaded and initialised PKCS#11 module.
@@ -60,6 +67,8 @@ public final class Module: @unchecked Sendable {
     /// The p11-kit registered name, when loaded by name.
     public let registeredName: String?
     public let info: ModuleInfo
+    /// `C_GetInfo` as returned, for p11-kit's URI matching.
+    let rawInfo: CK_INFO
     /// The function list; immutable for the module's life.
     let functions: UnsafePointer<CK_FUNCTION_LIST>
     let logger: Logger
@@ -157,7 +166,8 @@ public final class Module: @unchecked Sendable {
         do {
             self.functions = try Self.functionList(handle: handle, file: soname)
             try Self.initialize(functions, file: soname, logger: logger)
-            self.info = try Self.readInfo(functions)
+            self.rawInfo = try Self.readInfo(functions)
+            self.info = ModuleInfo(rawInfo)
         } catch {
             dlclose(handle)
             throw error
@@ -208,15 +218,11 @@ public final class Module: @unchecked Sendable {
         }
     }
 
-    private static func readInfo(_ functions: UnsafePointer<CK_FUNCTION_LIST>) throws -> ModuleInfo {
+    private static func readInfo(_ functions: UnsafePointer<CK_FUNCTION_LIST>) throws -> CK_INFO {
         var info = CK_INFO()
         let rv = ReturnValue(functions.pointee.C_GetInfo(&info))
         guard rv.isOK else { throw PKCS11Error.call("C_GetInfo", rv) }
-        return ModuleInfo(
-            manufacturer: paddedString(info.manufacturerID),
-            description: paddedString(info.libraryDescription),
-            cryptokiVersion: "\(info.cryptokiVersion.major).\(info.cryptokiVersion.minor)",
-            libraryVersion: "\(info.libraryVersion.major).\(info.libraryVersion.minor)")
+        return info
     }
 
     var isFinalized: Bool { state.withLock { $0.finalized } }

@@ -45,8 +45,7 @@ public final class Token: Sendable {
 
     /// The one initialised token the URI selects; an error naming the tokens seen otherwise.
     public static func find(_ uri: PKCS11URI, module: Module) throws -> Slot {
-        var moduleInfo = CK_INFO()
-        _ = module.functions.pointee.C_GetInfo(&moduleInfo)
+        var moduleInfo = module.rawInfo
         let slots = try module.slots(tokenPresent: true)
         var seen: [(Slot, TokenInfo)] = []
         for slot in slots {
