@@ -77,16 +77,10 @@ public final class Module: @unchecked Sendable {
     /// Object-store access: reads (find, attributes) shared, writes (keygen, create, destroy)
     /// exclusive. SoftHSM's file store has failed with CKR_GENERAL_ERROR when a key pair was
     /// written while another thread rescanned the token. Signing does not take this lock.
-    private let objectStoreLock: UnsafeMutablePointer<pthread_rwlock_t> = {
-        let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
-        pthread_rwlock_init(lock, nil)
-        return lock
-    }()
+    private let objectStoreLock = ReadWriteLock()
 
     func withObjectStore<R>(writing: Bool, _ body: () throws -> R) rethrows -> R {
-        if writing { pthread_rwlock_wrlock(objectStoreLock) } else { pthread_rwlock_rdlock(objectStoreLock) }
-        defer { pthread_rwlock_unlock(objectStoreLock) }
-        return try body()
+        writing ? try objectStoreLock.withWriteLock(body) : try objectStoreLock.withReadLock(body)
     }
 
     private struct State {

@@ -52,8 +52,9 @@ public final class Token: Sendable {
             guard let info = try? slot.tokenInfo(), info.isInitialized else { continue }
             seen.append((slot, info))
         }
+        let moduleMatches = uri.matches(moduleInfo: &moduleInfo)
         let matches = seen.filter { slot, info in
-            uri.matches(slot: slot) && uri.matches(token: info) && uri.matches(moduleInfo: &moduleInfo)
+            moduleMatches && uri.matches(slot: slot) && uri.matches(token: info)
         }
         func list(_ tokens: [(Slot, TokenInfo)]) -> String {
             tokens.map { "  \(PKCS11URI.format(token: $0.1, module: module))" }.joined(separator: "\n")
@@ -313,9 +314,13 @@ public final class Token: Sendable {
 
     /// The certificate stored with a key: same `CKA_ID`, else same label.
     public func certificate(for key: PrivateKeyObject) throws -> CertificateObject? {
-        let all = try certificates()
-        if let id = key.id, let match = all.first(where: { $0.id == id }) { return match }
-        if let label = key.label, let match = all.first(where: { $0.label == label }) { return match }
+        Self.certificate(for: key, in: try certificates())
+    }
+
+    /// The certificate for `key` among `certificates` already read from the token.
+    public static func certificate(for key: PrivateKeyObject, in certificates: [CertificateObject]) -> CertificateObject? {
+        if let id = key.id, let match = certificates.first(where: { $0.id == id }) { return match }
+        if let label = key.label, let match = certificates.first(where: { $0.label == label }) { return match }
         return nil
     }
 

@@ -69,10 +69,12 @@ struct ObjectsCommand: ParsableCommand {
         let filter = context.uri.selectsObject ? context.uri : nil
         let keys = try token.privateKeys(matching: filter)
         let certificates = try token.certificates(matching: filter)
+        // Pair keys with certificates in memory: one read of the token's certificates.
+        let allCertificates = filter == nil ? certificates : try token.certificates()
         let report = Report(
             token: token.uri, loggedIn: token.isLoggedIn,
             privateKeys: keys.map { key in
-                let cert = (try? token.certificate(for: key)) ?? nil
+                let cert = Token.certificate(for: key, in: allCertificates)
                 let possible = key.algorithmsByKeyType.filter { (try? token.signingPath($0, key: key)) != nil }
                 return KeyReport(
                     uri: key.uri, label: key.label, id: key.identity.idHex, type: key.typeDescription,

@@ -161,20 +161,8 @@ func p11jwt(_ arguments: [String], hsm: SoftHSMDirectory, environment extra: [St
 /// SoftHSM reuses session handle numbers, so a test that closes a session behind the pool's
 /// back must not overlap with tests that open sessions. In-process tests run their bodies
 /// under `sharedHSM`; such a test runs under `exclusiveHSM`.
-nonisolated(unsafe) private let hsmLock: UnsafeMutablePointer<pthread_rwlock_t> = {
-    let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
-    pthread_rwlock_init(lock, nil)
-    return lock
-}()
+private let hsmLock = ReadWriteLock()
 
-func sharedHSM<R>(_ body: () throws -> R) rethrows -> R {
-    pthread_rwlock_rdlock(hsmLock)
-    defer { pthread_rwlock_unlock(hsmLock) }
-    return try body()
-}
+func sharedHSM<R>(_ body: () throws -> R) rethrows -> R { try hsmLock.withReadLock(body) }
 
-func exclusiveHSM<R>(_ body: () throws -> R) rethrows -> R {
-    pthread_rwlock_wrlock(hsmLock)
-    defer { pthread_rwlock_unlock(hsmLock) }
-    return try body()
-}
+func exclusiveHSM<R>(_ body: () throws -> R) rethrows -> R { try hsmLock.withWriteLock(body) }
