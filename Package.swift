@@ -5,7 +5,9 @@ let package = Package(
     name: "p11jwt",
     platforms: [.macOS(.v14)],
     products: [
+        .library(name: "JOSE", targets: ["JOSE"]),
         .library(name: "PKCS11", targets: ["PKCS11"]),
+        .library(name: "Entra", targets: ["Entra"]),
         .executable(name: "p11jwt", targets: ["p11jwt"]),
     ],
     dependencies: [
@@ -22,11 +24,23 @@ let package = Package(
             pkgConfig: "p11-kit-1",
             providers: [.apt(["libp11-kit-dev"])]
         ),
-        // The typed, Sendable layer over the PKCS#11 C API.
+        // JWS compact tokens over an external signer: algorithms, base64url, JSON, thumbprints,
+        // verification. Knows nothing of PKCS#11 or Entra.
+        .target(
+            name: "JOSE",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
+        // The typed, Sendable layer over the PKCS#11 C API; a token key is a JOSE signer.
         .target(
             name: "PKCS11",
             dependencies: [
                 "CP11Kit",
+                "JOSE",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -34,20 +48,67 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
+        // Entra ID: client assertions and Graph proof-of-possession tokens, clouds.
+        .target(
+            name: "Entra",
+            dependencies: [
+                "JOSE",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "p11jwt",
             dependencies: [
+                "JOSE",
                 "PKCS11",
+                "Entra",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
             ]
         ),
+        // SoftHSM set-up, child processes and independent verifiers shared by the test targets.
+        .target(
+            name: "TestSupport",
+            dependencies: [
+                "JOSE",
+                "PKCS11",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ],
+            path: "Tests/TestSupport"
+        ),
+        .testTarget(
+            name: "JOSETests",
+            dependencies: [
+                "JOSE",
+                "TestSupport",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
+        .testTarget(
+            name: "EntraTests",
+            dependencies: [
+                "Entra",
+                "JOSE",
+                "PKCS11",
+                "TestSupport",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+            ]
+        ),
         .testTarget(
             name: "PKCS11Tests",
             dependencies: [
+                "JOSE",
                 "PKCS11",
+                "TestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),

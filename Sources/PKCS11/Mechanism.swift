@@ -1,3 +1,4 @@
+import JOSE
 import CP11Kit
 
 /// A `CKM_*` mechanism type, printable by name.
@@ -98,7 +99,7 @@ public struct MechanismSet: Sendable {
 
     /// The path this token would take for `algorithm` (nil: impossible here).
     /// `keyBits` narrows by the mechanism's key-size range when known.
-    public func path(for algorithm: SignatureAlgorithm, keyBits: Int? = nil) -> SigningPath? {
+    public func path(for algorithm: JWSAlgorithm, keyBits: Int? = nil) -> SigningPath? {
         switch algorithm.family {
         case .rsaPKCS1:
             return canSign(.rsaPKCS, keyBits: keyBits) ? .rsaPKCS1 : nil

@@ -1,3 +1,4 @@
+import JOSE
 import CP11Kit
 import Crypto
 import _CryptoExtras
@@ -110,16 +111,17 @@ public struct PrivateKeyObject: Sendable {
         return keyType == .ec ? "EC (unknown curve)" : "CKK_0x" + String(keyType.rawValue, radix: 16)
     }
 
-    /// The JWS algorithms this key's type allows (before asking what the token supports).
-    public var algorithmsByKeyType: [SignatureAlgorithm] {
-        if keyType == .rsa { return [.RS256, .RS384, .RS512, .PS256, .PS384, .PS512] }
-        switch curve {
-        case .p256: return [.ES256]
-        case .p384: return [.ES384]
-        case .p521: return [.ES512]
-        case nil: return []
+    /// The key as JOSE classifies it; `nil` for key types or curves JWS has no algorithm for.
+    public var jwsKeyType: JWSKeyType? {
+        switch keyType {
+        case .rsa: return .rsa(bits: modulusBits ?? publicKey?.bits ?? 0)
+        case .ec: return curve.map { .ec($0) }
+        default: return nil
         }
     }
+
+    /// The JWS algorithms this key's type allows (before asking what the token supports).
+    public var algorithmsByKeyType: [JWSAlgorithm] { jwsKeyType?.algorithms ?? [] }
 }
 
 /// A public key object on the token.

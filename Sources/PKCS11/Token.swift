@@ -1,3 +1,4 @@
+import JOSE
 import CP11Kit
 import Foundation
 import Logging
@@ -329,17 +330,47 @@ public final class Token: Sendable {
     public func pairing(_ key: PrivateKeyObject, _ cert: CertificateObject?) -> Pairing {
         guard let cert else { return .noCertificate }
         guard let certificate = cert.certificate else { return .mismatch }
-        if let publicKey = key.publicKey {
-            return (try? publicKey.certificatePublicKey()) == certificate.publicKey ? .matches : .mismatch
+        return isKey(key, publicKey: certificate.publicKey) ? .matches : .mismatch
+    }
+
+    /// Whether `publicKey` is the public half of `key`.
+    public func isKey(_ key: PrivateKeyObject, publicKey: Certificate.PublicKey) -> Bool {
+        if let own = key.publicKey {
+            return (try? own.certificatePublicKey()) == publicKey
         }
-        guard let algorithm = key.algorithmsByKeyType.first, isLoggedIn else { return .mismatch }
+        guard let algorithm = key.algorithmsByKeyType.first, isLoggedIn else { return false }
         let message = Array("p11jwt key/certificate pairing check".utf8) + Self.randomID()
         guard let signature = try? sign(digest: algorithm.hash.hash(message), algorithm: algorithm, key: key) else {
-            return .mismatch
+            return false
         }
-        let ok = (try? SignatureVerifier.verify(
-            signature: signature, message: message, algorithm: algorithm, publicKey: certificate.publicKey)) ?? false
-        return ok ? .matches : .mismatch
+        return (try? JWSVerifier.verify(
+            signature: signature, message: message, algorithm: algorithm, publicKey: publicKey)) ?? false
+    }
+
+    /// The certificate chain for `key` from what the token holds: its certificate (same
+    /// `CKA_ID`, else label), then its issuers. Empty when the token has no certificate for the key.
+    public func certificateChain(for key: PrivateKeyObject) throws -> [JWSCertificate] {
+        let all = try certificates()
+        guard let leafObject = Self.certificate(for: key, in: all), let leaf = try? JWSCertificate(der: leafObject.der) else {
+            return []
+        }
+        return [leaf] + Self.issuers(of: leaf, in: all)
+    }
+
+    /// `leaf` followed by each issuer the token holds, found by subject name, up to a
+    /// self-issued certificate.
+    public func certificateChain(startingWith leaf: JWSCertificate) throws -> [JWSCertificate] {
+        [leaf] + Self.issuers(of: leaf, in: try certificates())
+    }
+
+    static func issuers(of leaf: JWSCertificate, in objects: [CertificateObject]) -> [JWSCertificate] {
+        let others = objects.compactMap { try? JWSCertificate(der: $0.der) }.filter { $0.der != leaf.der }
+        var chain = [leaf]
+        while let last = chain.last, !last.isSelfIssued, chain.count < 10,
+              let issuer = others.first(where: { $0.certificate.subject == last.certificate.issuer && !chain.contains($0) }) {
+            chain.append(issuer)
+        }
+        return Array(chain.dropFirst())
     }
 
     /// Refuses a certificate that is not the key's.
@@ -355,7 +386,7 @@ public final class Token: Sendable {
     // MARK: - Signing
 
     /// How this token would sign `algorithm` with `key`; an error when it cannot.
-    public func signingPath(_ algorithm: SignatureAlgorithm, key: PrivateKeyObject) throws -> SigningPath {
+    public func signingPath(_ algorithm: JWSAlgorithm, key: PrivateKeyObject) throws -> SigningPath {
         guard key.canSign else {
             throw PKCS11Error(
                 .keyUnsuitable, "key \(key.uri) may not sign (CKA_SIGN is false)",
@@ -393,7 +424,7 @@ public final class Token: Sendable {
 
     /// Signs a digest — never the message — as JWS `algorithm` wants it: PKCS#1 v1.5 over the
     /// DigestInfo, PSS (MGF1 = hash, salt = hash length), or ECDSA as raw `r ‖ s`.
-    public func sign(digest: [UInt8], algorithm: SignatureAlgorithm, key: PrivateKeyObject) throws -> [UInt8] {
+    public func sign(digest: [UInt8], algorithm: JWSAlgorithm, key: PrivateKeyObject) throws -> [UInt8] {
         guard digest.count == algorithm.digestLength else {
             throw PKCS11Error(
                 .invalidDigest,

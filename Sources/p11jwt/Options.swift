@@ -116,21 +116,3 @@ struct TokenContext {
 extension Array where Element == UInt8 {
     var hex: String { map { String(format: "%02x", $0) }.joined() }
 }
-
-/// Base64url without padding (RFC 7515 §2).
-enum Base64URL {
-    static func encode<D: Sequence>(_ bytes: D) -> String where D.Element == UInt8 {
-        Data(bytes).base64EncodedString()
-            .replacingOccurrences(of: "+", with: "-")
-            .replacingOccurrences(of: "/", with: "_")
-            .replacingOccurrences(of: "=", with: "")
-    }
-
-    static func decode(_ text: String) -> [UInt8]? {
-        var s = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
-        guard !s.contains("=") || text.hasSuffix("=") else { return nil }
-        s = s.replacingOccurrences(of: "=", with: "")
-        s += String(repeating: "=", count: (4 - s.count % 4) % 4)
-        return Data(base64Encoded: s).map { [UInt8]($0) }
-    }
-}

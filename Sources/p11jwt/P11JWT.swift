@@ -1,4 +1,5 @@
 import ArgumentParser
+import Entra
 import Foundation
 import PKCS11
 
@@ -15,7 +16,8 @@ struct P11JWT: AsyncParsableCommand {
             """,
         subcommands: [
             TokensCommand.self, ObjectsCommand.self, MechanismsCommand.self, KeygenCommand.self,
-            SignCommand.self, DestroyCommand.self,
+            SignCommand.self, DestroyCommand.self, AssertionCommand.self, PopCommand.self, JWTCommand.self,
+            DecodeCommand.self, ThumbprintCommand.self,
         ])
 
     /// Runs the command and maps errors to the documented exit codes (0 / 1 / 2).
@@ -41,6 +43,9 @@ struct P11JWT: AsyncParsableCommand {
         } catch let error as PKCS11Error {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             Foundation.exit(1)
+        } catch let error as EntraError {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            Foundation.exit(error.code == .invalidParameter ? 2 : 1)
         } catch let error as CLIError {
             FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
             Foundation.exit(error.exitCode)

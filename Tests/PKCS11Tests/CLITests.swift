@@ -1,9 +1,11 @@
+import JOSE
 import Crypto
 import Foundation
 import SwiftASN1
 import Testing
 import _CryptoExtras
 @testable import PKCS11
+import TestSupport
 
 /// The `p11jwt` executable, run as a user would, each test with its own SoftHSM directory.
 @Suite("p11jwt command line")
@@ -54,7 +56,7 @@ struct CLITests {
 
         let message = randomBytes(200)
         let digest = Array(SHA256.hash(data: message))
-        for (uri, label, algorithm) in [(rsaURI, "rsa", SignatureAlgorithm.RS256), (rsaURI, "rsa", .PS256), (ecURI, "ec", .ES256)] {
+        for (uri, label, algorithm) in [(rsaURI, "rsa", JWSAlgorithm.RS256), (rsaURI, "rsa", .PS256), (ecURI, "ec", .ES256)] {
             let result = try p11jwt(["sign", "--key", uri, "--alg", algorithm.rawValue, "--digest", base64url(digest), "--output", "json"] + pin, hsm: hsm)
             #expect(result.status == 0, "\(result.stderr)")
             let object = try json(result.stdout)
@@ -179,7 +181,7 @@ struct CLITests {
         let keygen = try p11jwt(["keygen", "--token", "pkcs11:token=cli-nopss", "--label", "rsa"] + pin, hsm: hsm)
         let uri = keygen.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         let pem = try publicKeyPEM(hsm: hsm, token: "cli-nopss", label: "rsa")
-        for algorithm in [SignatureAlgorithm.PS256, .PS384, .PS512] {
+        for algorithm in [JWSAlgorithm.PS256, .PS384, .PS512] {
             let message = randomBytes(50)
             let result = try p11jwt(["sign", "--key", uri, "--alg", algorithm.rawValue, "--digest", base64url(algorithm.hash.hash(message)), "-v"] + pin, hsm: hsm)
             #expect(result.status == 0, "\(result.stderr)")

@@ -4,6 +4,7 @@ import Foundation
 import Testing
 import X509
 @testable import PKCS11
+import TestSupport
 
 @Suite("Key generation")
 struct KeygenTests {

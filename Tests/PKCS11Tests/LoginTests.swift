@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import PKCS11
+import TestSupport
 
 /// Login touches the token's PIN counter, so these run one at a time, on their own tokens.
 @Suite("Login and PINs", .serialized)

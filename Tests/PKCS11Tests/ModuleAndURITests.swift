@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import PKCS11
+import TestSupport
 
 @Suite("Module loading")
 struct ModuleTests {

@@ -1,8 +1,10 @@
+import JOSE
 import CP11Kit
 import Crypto
 import Foundation
 import Testing
 @testable import PKCS11
+import TestSupport
 
 /// Keys generated once on the "signing" token for the whole suite.
 enum SigningFixture {
@@ -19,7 +21,7 @@ enum SigningFixture {
 
     static func get() throws -> (Token, [String: PrivateKeyObject]) { try state.get() }
 
-    static func key(for algorithm: SignatureAlgorithm) throws -> (Token, PrivateKeyObject) {
+    static func key(for algorithm: JWSAlgorithm) throws -> (Token, PrivateKeyObject) {
         let (token, keys) = try get()
         let label: String
         switch algorithm.curve {
@@ -34,8 +36,8 @@ enum SigningFixture {
 
 @Suite("Signing digests")
 struct SigningTests {
-    @Test(arguments: SignatureAlgorithm.allCases)
-    func signaturesVerifyWithSwiftCryptoAndOpenSSL(_ algorithm: SignatureAlgorithm) throws {
+    @Test(arguments: JWSAlgorithm.allCases)
+    func signaturesVerifyWithSwiftCryptoAndOpenSSL(_ algorithm: JWSAlgorithm) throws {
         let (token, key) = try SigningFixture.key(for: algorithm)
         let publicKey = try #require(key.publicKey)
         let message = randomBytes(100)
@@ -67,8 +69,8 @@ struct SigningTests {
         }
     }
 
-    @Test(arguments: [(SignatureAlgorithm.RS256, 20), (.PS384, 32), (.ES256, 48), (.ES384, 0)])
-    func aDigestOfTheWrongLengthIsRefused(_ algorithm: SignatureAlgorithm, _ length: Int) throws {
+    @Test(arguments: [(JWSAlgorithm.RS256, 20), (.PS384, 32), (.ES256, 48), (.ES384, 0)])
+    func aDigestOfTheWrongLengthIsRefused(_ algorithm: JWSAlgorithm, _ length: Int) throws {
         let (token, key) = try SigningFixture.key(for: algorithm)
         let error = try #require(throws: PKCS11Error.self) {
             try sharedHSM { try token.sign(digest: randomBytes(length), algorithm: algorithm, key: key) }
@@ -119,7 +121,7 @@ struct SigningTests {
         // EMSA-PSS done here + raw RSA in the token, forced on a token that also has native PSS.
         let (token, key) = try SigningFixture.key(for: .PS256)
         let publicKey = try #require(key.publicKey)
-        for algorithm in [SignatureAlgorithm.PS256, .PS384, .PS512] {
+        for algorithm in [JWSAlgorithm.PS256, .PS384, .PS512] {
             let message = randomBytes(64)
             let encoded = try Encoding.emsaPSS(digest: algorithm.hash.hash(message), hash: algorithm.hash, modulusBits: 2048)
             let signature = try sharedHSM {

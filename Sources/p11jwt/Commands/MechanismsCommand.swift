@@ -1,3 +1,4 @@
+import JOSE
 import ArgumentParser
 import Foundation
 import PKCS11
@@ -47,7 +48,7 @@ struct MechanismsCommand: ParsableCommand {
                     name: $0.type.description, sign: $0.canSign, generateKeyPair: $0.canGenerateKeyPair,
                     minKeySize: $0.minKeySize, maxKeySize: $0.maxKeySize)
             },
-            algorithms: SignatureAlgorithm.allCases.map { alg in
+            algorithms: JWSAlgorithm.allCases.map { alg in
                 let path = set.path(for: alg)
                 return Algorithm(alg: alg.rawValue, possible: path != nil, via: path?.rawValue)
             })

@@ -1,8 +1,10 @@
+import JOSE
 import ArgumentParser
 import Foundation
+import JOSE
 import PKCS11
 
-extension SignatureAlgorithm: ExpressibleByArgument {}
+extension JWSAlgorithm: ExpressibleByArgument {}
 
 struct SignCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -18,7 +20,7 @@ struct SignCommand: ParsableCommand {
     var key: String
 
     @Option(name: .long, help: "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or ES512.")
-    var alg: SignatureAlgorithm
+    var alg: JWSAlgorithm
 
     // Unconditional: a base64url value may start with "-".
     @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("The digest, base64url.", valueName: "b64url"))

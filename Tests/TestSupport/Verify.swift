@@ -1,14 +1,15 @@
+import JOSE
 import Crypto
 import Foundation
 import Testing
 import _CryptoExtras
-@testable import PKCS11
+import PKCS11
 
 /// Independent verification of token signatures: swift-crypto, and the `openssl` CLI.
 /// Neither goes through the code under test (keys are rebuilt from the raw modulus / point).
-enum IndependentVerifier {
+public enum IndependentVerifier {
     /// PEM of the public key, built by swift-crypto from the raw key material.
-    static func publicKeyPEM(_ key: PublicKey) throws -> String {
+    public static func publicKeyPEM(_ key: PublicKey) throws -> String {
         switch key {
         case .rsa(let n, let e): return try _RSA.Signing.PublicKey(n: n, e: e).pemRepresentation
         case .ec(.p256, let point): return try P256.Signing.PublicKey(x963Representation: point).pemRepresentation
@@ -18,7 +19,7 @@ enum IndependentVerifier {
     }
 
     /// swift-crypto's verdict on `signature` over `message`.
-    static func swiftCrypto(_ signature: [UInt8], message: [UInt8], algorithm: SignatureAlgorithm, key: PublicKey) throws -> Bool {
+    public static func swiftCrypto(_ signature: [UInt8], message: [UInt8], algorithm: JWSAlgorithm, key: PublicKey) throws -> Bool {
         switch (algorithm, key) {
         case (.RS256, .rsa(let n, let e)), (.PS256, .rsa(let n, let e)):
             let k = try _RSA.Signing.PublicKey(n: n, e: e)
@@ -45,7 +46,7 @@ enum IndependentVerifier {
     }
 
     /// `openssl pkeyutl -verify` over the digest of `message`.
-    static func openssl(_ signature: [UInt8], message: [UInt8], algorithm: SignatureAlgorithm, publicKeyPEM: String) throws -> Bool {
+    public static func openssl(_ signature: [UInt8], message: [UInt8], algorithm: JWSAlgorithm, publicKeyPEM: String) throws -> Bool {
         let dir = TemporaryDirectory("p11jwt-openssl")
         let pub = try dir.write("pub.pem", publicKeyPEM)
         let digestPath = dir.file("digest")
@@ -64,8 +65,8 @@ enum IndependentVerifier {
         case .p521: sig = Array(try P521.Signing.ECDSASignature(rawRepresentation: signature).derRepresentation)
         case nil: break
         }
-        FileManager.default.createFile(atPath: digestPath, contents: Data(digest))
-        FileManager.default.createFile(atPath: sigPath, contents: Data(sig))
+        _ = FileManager.default.createFile(atPath: digestPath, contents: Data(digest))
+        _ = FileManager.default.createFile(atPath: sigPath, contents: Data(sig))
         var args = ["pkeyutl", "-verify", "-pubin", "-inkey", pub, "-in", digestPath, "-sigfile", sigPath, "-pkeyopt", "digest:\(hashName)"]
         if algorithm.family == .rsaPSS {
             args += ["-pkeyopt", "rsa_padding_mode:pss", "-pkeyopt", "rsa_pss_saltlen:\(algorithm.digestLength)"]
@@ -76,19 +77,30 @@ enum IndependentVerifier {
 }
 
 /// Random bytes for messages.
-func randomBytes(_ count: Int) -> [UInt8] {
+public func randomBytes(_ count: Int) -> [UInt8] {
     var rng = SystemRandomNumberGenerator()
     return (0..<count).map { _ in rng.next() }
 }
 
-func base64url(_ bytes: [UInt8]) -> String {
+public func base64url(_ bytes: [UInt8]) -> String {
     Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
         .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
 }
 
-func unbase64url(_ text: String) -> [UInt8]? {
+public func unbase64url(_ text: String) -> [UInt8]? {
     var s = text.trimmingCharacters(in: .whitespacesAndNewlines)
         .replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
     s += String(repeating: "=", count: (4 - s.count % 4) % 4)
     return Data(base64Encoded: s).map { [UInt8]($0) }
+}
+
+/// Parses a compact JWS with Foundation only: the independent reading of what JOSE built.
+public func independentlyParse(_ compact: String) throws -> (header: [String: Any], claims: [String: Any], signingInput: [UInt8], signature: [UInt8]) {
+    let parts = compact.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+    try #require(parts.count == 3)
+    #expect(!compact.contains("="), "JWS base64url has no padding")
+    let decoded = try parts.map { try #require(unbase64url($0), "not base64url: \($0)") }
+    let header = try #require(JSONSerialization.jsonObject(with: Data(decoded[0])) as? [String: Any])
+    let claims = try #require(JSONSerialization.jsonObject(with: Data(decoded[1])) as? [String: Any])
+    return (header, claims, Array("\(parts[0]).\(parts[1])".utf8), decoded[2])
 }

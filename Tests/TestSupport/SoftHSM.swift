@@ -1,31 +1,31 @@
 import Foundation
 import Logging
 import Testing
-@testable import PKCS11
+import PKCS11
 
 /// The repository root (for hsm-config/ and the built binary).
-let repositoryRoot = URL(fileURLWithPath: #filePath)
-    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+public let repositoryRoot = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-let softHSMModulePath = "/usr/lib/softhsm/libsofthsm2.so"
-let testSOPIN = "12345678"
-let testPIN = "1234"
+public let softHSMModulePath = "/usr/lib/softhsm/libsofthsm2.so"
+public let testSOPIN = "12345678"
+public let testPIN = "1234"
 
 /// A directory removed when the value is released.
-final class TemporaryDirectory: @unchecked Sendable {
-    let url: URL
-    var path: String { url.path }
+public final class TemporaryDirectory: @unchecked Sendable {
+    public let url: URL
+    public var path: String { url.path }
 
-    init(_ prefix: String = "p11jwt-test") {
+    public init(_ prefix: String = "p11jwt-test") {
         url = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString.prefix(8))")
         try! FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     }
 
     deinit { try? FileManager.default.removeItem(at: url) }
 
-    func file(_ name: String) -> String { url.appendingPathComponent(name).path }
+    public func file(_ name: String) -> String { url.appendingPathComponent(name).path }
 
-    func write(_ name: String, _ contents: String, mode: Int = 0o600) throws -> String {
+    public func write(_ name: String, _ contents: String, mode: Int = 0o600) throws -> String {
         let path = file(name)
         try contents.write(toFile: path, atomically: true, encoding: .utf8)
         try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: path)
@@ -35,12 +35,12 @@ final class TemporaryDirectory: @unchecked Sendable {
 
 /// A SoftHSM token directory and config made by `hsm-config/init-softhsm`, with one or more
 /// tokens. Each suite gets its own tokens; CLI tests get their own directory and config.
-final class SoftHSMDirectory: @unchecked Sendable {
-    let directory = TemporaryDirectory("p11jwt-softhsm")
-    let config: String
-    let pinFile: String
+public final class SoftHSMDirectory: @unchecked Sendable {
+    public let directory = TemporaryDirectory("p11jwt-softhsm")
+    public let config: String
+    public let pinFile: String
 
-    init(labels: [String], mechanisms: String = "ALL") throws {
+    public init(labels: [String], mechanisms: String = "ALL") throws {
         var conf = ""
         for label in labels {
             let result = try run(
@@ -55,7 +55,7 @@ final class SoftHSMDirectory: @unchecked Sendable {
     }
 
     /// Environment for a child process using this SoftHSM directory.
-    var environment: [String: String] {
+    public var environment: [String: String] {
         var env = ProcessInfo.processInfo.environment
         env["SOFTHSM2_CONF"] = config
         env.removeValue(forKey: "P11JWT_PIN")
@@ -70,58 +70,58 @@ final class SoftHSMDirectory: @unchecked Sendable {
 /// `SOFTHSM2_CONF` at `C_Initialize`: so this process has one config, made for this run, with
 /// one token per suite (tests never share a token across suites, and find it by label).
 /// Tests that need a different SoftHSM configuration run the CLI in a child process.
-enum SharedSoftHSM {
-    static let labels = [
+public enum SharedSoftHSM {
+    public static let labels = [
         "module", "login", "login-wrong", "signing", "objects", "pool", "keygen", "cert",
-        "dup-a", "dup-b",
+        "dup-a", "dup-b", "entra", "entra-imported",
     ]
 
-    static let state: (SoftHSMDirectory, Module) = {
+    public static let state: (SoftHSMDirectory, Module) = {
         let hsm = try! SoftHSMDirectory(labels: labels)
         setenv("SOFTHSM2_CONF", hsm.config, 1)
         let module = try! Module.load(.path(softHSMModulePath), logger: testLogger)
         return (hsm, module)
     }()
 
-    static var module: Module { state.1 }
-    static var directory: SoftHSMDirectory { state.0 }
+    public static var module: Module { state.1 }
+    public static var directory: SoftHSMDirectory { state.0 }
 
-    static func token(_ label: String) throws -> Token {
+    public static func token(_ label: String) throws -> Token {
         precondition(labels.contains(label), "add '\(label)' to SharedSoftHSM.labels")
         return try Token.open(try PKCS11URI("pkcs11:token=\(label)"), module: module, logger: testLogger)
     }
 
     /// A token of this run, logged in.
-    static func loggedIn(_ label: String) throws -> Token {
+    public static func loggedIn(_ label: String) throws -> Token {
         let token = try token(label)
         try token.login(pins: PINProvider(pinFile: directory.pinFile, environment: [:], allowPrompt: false))
         return token
     }
 }
 
-let testLogger: Logger = {
+public let testLogger: Logger = {
     var logger = Logger(label: "p11jwt-tests")
     logger.logLevel = .warning
     return logger
 }()
 
 /// The result of a child process.
-struct ProcessResult {
-    var status: Int32
-    var stdout: String
-    var stderr: String
+public struct ProcessResult {
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
 }
 
 /// Runs a program to completion, capturing its output through files (no pipe deadlocks).
 @discardableResult
-func run(
+public func run(
     _ executable: String, _ arguments: [String], environment: [String: String]? = nil, stdin: String? = nil
 ) throws -> ProcessResult {
     let dir = TemporaryDirectory("p11jwt-proc")
     let outPath = dir.file("out"), errPath = dir.file("err"), inPath = dir.file("in")
-    FileManager.default.createFile(atPath: outPath, contents: nil)
-    FileManager.default.createFile(atPath: errPath, contents: nil)
-    FileManager.default.createFile(atPath: inPath, contents: Data((stdin ?? "").utf8))
+    _ = FileManager.default.createFile(atPath: outPath, contents: nil)
+    _ = FileManager.default.createFile(atPath: errPath, contents: nil)
+    _ = FileManager.default.createFile(atPath: inPath, contents: Data((stdin ?? "").utf8))
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable.hasPrefix("/") ? executable : "/usr/bin/env")
     process.arguments = executable.hasPrefix("/") ? arguments : [executable] + arguments
@@ -141,7 +141,7 @@ func run(
 }
 
 /// The `p11jwt` binary built by `scripts/setup` (or `swift build`).
-var p11jwtBinary: String {
+public var p11jwtBinary: String {
     get throws {
         let path = ProcessInfo.processInfo.environment["P11JWT_BIN"]
             ?? repositoryRoot.appendingPathComponent(".build/debug/p11jwt").path
@@ -152,7 +152,7 @@ var p11jwtBinary: String {
 
 /// Runs `p11jwt` against a SoftHSM directory.
 @discardableResult
-func p11jwt(_ arguments: [String], hsm: SoftHSMDirectory, environment extra: [String: String] = [:]) throws -> ProcessResult {
+public func p11jwt(_ arguments: [String], hsm: SoftHSMDirectory, environment extra: [String: String] = [:]) throws -> ProcessResult {
     var env = hsm.environment
     for (k, v) in extra { env[k] = v }
     return try run(try p11jwtBinary, arguments, environment: env)
@@ -161,8 +161,39 @@ func p11jwt(_ arguments: [String], hsm: SoftHSMDirectory, environment extra: [St
 /// SoftHSM reuses session handle numbers, so a test that closes a session behind the pool's
 /// back must not overlap with tests that open sessions. In-process tests run their bodies
 /// under `sharedHSM`; such a test runs under `exclusiveHSM`.
-private let hsmLock = ReadWriteLock()
+private let hsmQueue = DispatchQueue(label: "p11jwt-tests.hsm", attributes: .concurrent)
 
-func sharedHSM<R>(_ body: () throws -> R) rethrows -> R { try hsmLock.withReadLock(body) }
+public func sharedHSM<R>(_ body: () throws -> R) rethrows -> R { try hsmQueue.sync(execute: body) }
 
-func exclusiveHSM<R>(_ body: () throws -> R) rethrows -> R { try hsmLock.withWriteLock(body) }
+public func exclusiveHSM<R>(_ body: () throws -> R) rethrows -> R { try hsmQueue.sync(flags: .barrier, execute: body) }
+
+/// An RSA key and certificate made by openssl and put on a token with softhsm2-util (key) and
+/// pkcs11-tool (certificate): a key whose private half is known, for byte-for-byte comparisons.
+public struct ImportedKey: Sendable {
+    public let keyPEM: String
+    public let certificatePEM: String
+    public let certificateDER: [UInt8]
+    public let uri: String
+}
+
+public func importOpenSSLKey(
+    into hsm: SoftHSMDirectory, token: String, label: String, id: String, in dir: TemporaryDirectory, bits: Int = 2048
+) throws -> ImportedKey {
+    let key = dir.file("\(label).key.pem"), pem = dir.file("\(label).cert.pem"), der = dir.file("\(label).cert.der")
+    var r = try run("openssl", ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:\(bits)", "-out", key])
+    try #require(r.status == 0, "\(r.stderr)")
+    r = try run("openssl", ["req", "-x509", "-new", "-key", key, "-subj", "/CN=p11jwt \(label)", "-days", "30", "-out", pem])
+    try #require(r.status == 0, "\(r.stderr)")
+    r = try run("openssl", ["x509", "-in", pem, "-outform", "DER", "-out", der])
+    try #require(r.status == 0, "\(r.stderr)")
+    r = try run("softhsm2-util", ["--import", key, "--token", token, "--label", label, "--id", id, "--pin", testPIN], environment: hsm.environment)
+    try #require(r.status == 0, "softhsm2-util --import: \(r.stderr)")
+    r = try run("pkcs11-tool", [
+        "--module", softHSMModulePath, "--token-label", token, "--login", "--pin", testPIN,
+        "--write-object", der, "--type", "cert", "--id", id, "--label", label,
+    ], environment: hsm.environment)
+    try #require(r.status == 0, "pkcs11-tool --write-object: \(r.stderr)")
+    return ImportedKey(
+        keyPEM: key, certificatePEM: pem, certificateDER: [UInt8](try Data(contentsOf: URL(fileURLWithPath: der))),
+        uri: "pkcs11:token=\(token);object=\(label);type=private")
+}

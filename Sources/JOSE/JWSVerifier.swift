@@ -2,12 +2,11 @@ import Crypto
 import _CryptoExtras
 import X509
 
-/// Verifies JWS-style signatures (RSA PKCS#1 v1.5 / PSS, raw `r ‖ s` ECDSA) with swift-crypto.
-/// Used to check that a key and a certificate belong together.
-public enum SignatureVerifier {
+/// Verifies JWS signatures (RSA PKCS#1 v1.5 / PSS, raw `r ‖ s` ECDSA) with swift-crypto.
+public enum JWSVerifier {
     /// Whether `signature` is `publicKey`'s signature of `message` under `algorithm`.
     public static func verify(
-        signature: [UInt8], message: [UInt8], algorithm: SignatureAlgorithm, publicKey: Certificate.PublicKey
+        signature: [UInt8], message: [UInt8], algorithm: JWSAlgorithm, publicKey: Certificate.PublicKey
     ) throws -> Bool {
         switch algorithm.family {
         case .rsaPKCS1, .rsaPSS:

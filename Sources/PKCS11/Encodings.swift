@@ -1,95 +1,24 @@
 import Crypto
 import Foundation
+import JOSE
 
-/// The JWS signature algorithms (RFC 7518 §3.1) a token key can produce from a digest.
-public enum SignatureAlgorithm: String, Sendable, Hashable, CaseIterable, Codable {
-    case RS256, RS384, RS512
-    case PS256, PS384, PS512
-    case ES256, ES384, ES512
+// What PKCS#11 needs to know about JWS algorithms and curves, beyond their names.
 
-    public enum Family: Sendable, Hashable {
-        case rsaPKCS1, rsaPSS, ecdsa
-    }
-
-    public enum Hash: String, Sendable, Hashable {
-        case sha256 = "SHA-256", sha384 = "SHA-384", sha512 = "SHA-512"
-
-        public var length: Int {
-            switch self {
-            case .sha256: return 32
-            case .sha384: return 48
-            case .sha512: return 64
-            }
-        }
-
-        public func hash<D: DataProtocol>(_ data: D) -> [UInt8] {
-            switch self {
-            case .sha256: return Array(SHA256.hash(data: data))
-            case .sha384: return Array(SHA384.hash(data: data))
-            case .sha512: return Array(SHA512.hash(data: data))
-            }
-        }
-
-        /// DER `DigestInfo` prefix (RFC 8017 §9.2 note 1); the digest follows it.
-        var digestInfoPrefix: [UInt8] {
-            switch self {
-            case .sha256:
-                return [0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20]
-            case .sha384:
-                return [0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30]
-            case .sha512:
-                return [0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40]
-            }
-        }
-    }
-
-    public var family: Family {
+extension JWSAlgorithm.Hash {
+    /// DER `DigestInfo` prefix (RFC 8017 §9.2 note 1); the digest follows it.
+    var digestInfoPrefix: [UInt8] {
         switch self {
-        case .RS256, .RS384, .RS512: return .rsaPKCS1
-        case .PS256, .PS384, .PS512: return .rsaPSS
-        case .ES256, .ES384, .ES512: return .ecdsa
+        case .sha256:
+            return [0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20]
+        case .sha384:
+            return [0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30]
+        case .sha512:
+            return [0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40]
         }
     }
-
-    public var hash: Hash {
-        switch self {
-        case .RS256, .PS256, .ES256: return .sha256
-        case .RS384, .PS384, .ES384: return .sha384
-        case .RS512, .PS512, .ES512: return .sha512
-        }
-    }
-
-    /// The digest length this algorithm signs.
-    public var digestLength: Int { hash.length }
-
-    /// For ES*: the curve RFC 7518 pairs with it.
-    public var curve: Curve? {
-        switch self {
-        case .ES256: return .p256
-        case .ES384: return .p384
-        case .ES512: return .p521
-        default: return nil
-        }
-    }
-
-    public var isRSA: Bool { family != .ecdsa }
 }
 
-/// Named elliptic curves p11jwt knows.
-public enum Curve: String, Sendable, Hashable, Codable, CaseIterable {
-    case p256 = "P-256", p384 = "P-384", p521 = "P-521"
-
-    public var bits: Int {
-        switch self {
-        case .p256: return 256
-        case .p384: return 384
-        case .p521: return 521
-        }
-    }
-
-    /// Bytes in one coordinate, and in each of r and s.
-    public var coordinateLength: Int { (bits + 7) / 8 }
-
+extension Curve {
     /// DER of the named-curve OID, as `CKA_EC_PARAMS` holds it.
     public var ecParameters: [UInt8] {
         switch self {
@@ -110,7 +39,7 @@ public enum Curve: String, Sendable, Hashable, Codable, CaseIterable {
 enum Encoding {
     /// EMSA-PSS-ENCODE (RFC 8017 §9.1.1) with MGF1 over the same hash and salt length = hash
     /// length, padded to the modulus length for a raw (`CKM_RSA_X_509`) RSA operation.
-    static func emsaPSS(digest: [UInt8], hash: SignatureAlgorithm.Hash, modulusBits: Int) throws -> [UInt8] {
+    static func emsaPSS(digest: [UInt8], hash: JWSAlgorithm.Hash, modulusBits: Int) throws -> [UInt8] {
         let hLen = hash.length
         let sLen = hLen
         let emBits = modulusBits - 1
@@ -136,7 +65,7 @@ enum Encoding {
     }
 
     /// MGF1 (RFC 8017 §B.2.1).
-    static func mgf1(seed: [UInt8], length: Int, hash: SignatureAlgorithm.Hash) -> [UInt8] {
+    static func mgf1(seed: [UInt8], length: Int, hash: JWSAlgorithm.Hash) -> [UInt8] {
         var output: [UInt8] = []
         output.reserveCapacity(length + hash.length)
         var counter: UInt32 = 0

@@ -1,0 +1,101 @@
+import Foundation
+
+/// The Microsoft clouds: each has its own login (authority) host and Graph host.
+public enum EntraCloud: String, Sendable, Hashable, CaseIterable {
+    case global = "public"
+    case usGov = "usgov"
+    case usGovDoD = "usgov-dod"
+    case china
+
+    /// Where tokens come from: `{authorityHost}/{tenant}/oauth2/v2.0/token`.
+    public var authorityHost: URL {
+        switch self {
+        case .global: return URL(string: "https://login.microsoftonline.com")!
+        case .usGov, .usGovDoD: return URL(string: "https://login.microsoftonline.us")!
+        case .china: return URL(string: "https://login.partner.microsoftonline.cn")!
+        }
+    }
+
+    /// Microsoft Graph for this cloud.
+    public var graphEndpoint: URL {
+        switch self {
+        case .global: return URL(string: "https://graph.microsoft.com")!
+        case .usGov: return URL(string: "https://graph.microsoft.us")!
+        case .usGovDoD: return URL(string: "https://dod-graph.microsoft.us")!
+        case .china: return URL(string: "https://microsoftgraph.chinacloudapi.cn")!
+        }
+    }
+}
+
+/// Checks on the identifiers and endpoints Entra takes.
+public enum EntraValue {
+    /// A GUID in its usual 8-4-4-4-12 hex form.
+    public static func isGUID(_ text: String) -> Bool {
+        UUID(uuidString: text) != nil && text.count == 36
+    }
+
+    /// A tenant: its GUID or a verified domain (`contoso.onmicrosoft.com`). `common`,
+    /// `organizations` and `consumers` cannot issue app-only tokens.
+    public static func tenant(_ text: String) throws -> String {
+        let tenant = text.trimmingCharacters(in: .whitespaces)
+        guard !tenant.isEmpty else {
+            throw EntraError(
+                .invalidParameter, "the tenant is empty",
+                hint: "give --tenant (or AZURE_TENANT_ID): the directory (tenant) id GUID or a domain such as contoso.onmicrosoft.com")
+        }
+        let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: ".-"))
+        guard tenant.unicodeScalars.allSatisfy(allowed.contains), tenant.first != ".", tenant.first != "-" else {
+            throw EntraError(
+                .invalidParameter, "tenant '\(tenant)' is neither a GUID nor a domain name",
+                hint: "give the directory (tenant) id GUID or a domain such as contoso.onmicrosoft.com")
+        }
+        if ["common", "organizations", "consumers"].contains(tenant.lowercased()) {
+            throw EntraError(
+                .invalidParameter, "tenant '\(tenant)' is a multi-tenant alias; app-only tokens need a specific tenant",
+                hint: "give the directory (tenant) id GUID of the tenant the application lives in")
+        }
+        return tenant
+    }
+
+    /// A GUID identifier (`what` names it in the error: "client id", "object id").
+    public static func guid(_ text: String, what: String, hint: String) throws -> String {
+        let value = text.trimmingCharacters(in: .whitespaces)
+        guard !value.isEmpty else { throw EntraError(.invalidParameter, "the \(what) is empty", hint: hint) }
+        guard isGUID(value) else {
+            throw EntraError(.invalidParameter, "the \(what) '\(value)' is not a GUID", hint: hint)
+        }
+        return value.lowercased()
+    }
+
+    /// An endpoint base URL: `https://…`, or `http://` on a loopback address only; no query or
+    /// fragment; trailing `/` removed.
+    public static func endpoint(_ text: String, what: String) throws -> URL {
+        var trimmed = text.trimmingCharacters(in: .whitespaces)
+        while trimmed.hasSuffix("/") { trimmed.removeLast() }
+        guard let components = URLComponents(string: trimmed), let scheme = components.scheme?.lowercased(),
+              let host = components.host, !host.isEmpty, let url = components.url
+        else {
+            throw EntraError(.invalidParameter, "\(what) '\(text)' is not a URL", hint: "give it as https://host[:port]")
+        }
+        guard components.query == nil, components.fragment == nil else {
+            throw EntraError(.invalidParameter, "\(what) '\(text)' has a query or fragment; give only scheme, host and path")
+        }
+        switch scheme {
+        case "https":
+            return url
+        case "http" where isLoopback(host):
+            return url
+        case "http":
+            throw EntraError(
+                .invalidParameter, "\(what) '\(text)' is plain http on a non-loopback host",
+                hint: "use https; plain http is allowed only for 127.0.0.1, ::1 and localhost (e.g. the emulator with --http)")
+        default:
+            throw EntraError(.invalidParameter, "\(what) '\(text)' must be an https URL")
+        }
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        let h = host.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        return h == "localhost" || h == "::1" || h.hasPrefix("127.")
+    }
+}

@@ -1,0 +1,88 @@
+import ArgumentParser
+import Entra
+import Foundation
+import JOSE
+import PKCS11
+
+extension EntraCloud: ExpressibleByArgument {}
+
+struct AssertionCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "assertion",
+        abstract: "Make an Entra ID client assertion (private_key_jwt) signed by a key on the token.",
+        discussion: """
+            The header names the certificate by thumbprint: PS256 with x5t#S256 when the token can do
+            RSA-PSS (natively or over CKM_RSA_X_509), else RS256 with x5t. Only the SHA-256 digest of the
+            assertion goes to the token. Send the result as client_assertion with
+            client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer.
+            """)
+
+    @Option(name: .long, help: "The directory (tenant) id or domain. Default: $AZURE_TENANT_ID.")
+    var tenant: String?
+
+    @Option(name: .long, help: "The application (client) id. Default: $AZURE_CLIENT_ID.")
+    var clientID: String?
+
+    @Option(name: .long, help: "auto (PS256 if the token can, else RS256), PS256 or RS256; ES* for EC keys (Entra refuses those).")
+    var alg: AlgorithmArgument = .auto
+
+    @Flag(name: .long, help: "Send the certificate chain as x5c (Subject Name + Issuer authentication).")
+    var x5c = false
+
+    @Option(name: .long, help: ArgumentHelp("More certificates for x5c after the leaf (PEM, issuer first).", valueName: "file"))
+    var chainFile: String?
+
+    @Option(name: .long, help: ArgumentHelp("Seconds the assertion is valid (1…3600).", valueName: "seconds"))
+    var lifetime: Int = ClientAssertion.defaultLifetime
+
+    @Option(name: .long, help: ArgumentHelp("The login host. Default: $AZURE_AUTHORITY_HOST, else that of --cloud.", valueName: "url"))
+    var authorityHost: String?
+
+    @Option(name: .long, help: "public, usgov, usgov-dod or china: picks the authority host.")
+    var cloud: EntraCloud?
+
+    @Option(name: .long, help: ArgumentHelp("An extra claim; the value is JSON if it parses as JSON, else a string. Repeatable.", valueName: "name=value"))
+    var claim: [ClaimArgument] = []
+
+    @Flag(name: .long, help: "Let --claim replace the claims p11jwt sets (aud, iss, sub, jti, nbf, iat, exp).")
+    var override = false
+
+    @Option(name: .long, help: ArgumentHelp("kid header member: thumbprint (hex SHA-1), none, or a value. Default: none.", valueName: "kid"))
+    var kid: String?
+
+    @OptionGroup var signing: SigningOptions
+    @OptionGroup var outputOptions: OutputOptions
+
+    func validate() throws {
+        if chainFile != nil && !x5c { throw ValidationError("--chain-file is for x5c: add --x5c") }
+        if cloud != nil && authorityHost != nil { throw ValidationError("give --cloud or --authority-host, not both") }
+    }
+
+    func run() throws {
+        let env = ProcessInfo.processInfo.environment
+        let authority: URL
+        if let cloud {
+            authority = cloud.authorityHost
+        } else if let host = authorityHost ?? env["AZURE_AUTHORITY_HOST"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            authority = try EntraValue.endpoint(host, what: "authority host")
+        } else {
+            authority = EntraCloud.global.authorityHost
+        }
+        let algorithm: ClientAssertion.AlgorithmChoice
+        switch alg {
+        case .auto: algorithm = .auto
+        case .fixed(let a): algorithm = .fixed(a)
+        }
+        let parameters = ClientAssertion.Parameters(
+            tenant: tenant ?? env["AZURE_TENANT_ID"] ?? "", clientID: clientID ?? env["AZURE_CLIENT_ID"] ?? "",
+            authorityHost: authority, lifetime: lifetime, algorithm: algorithm, x5c: x5c,
+            kid: keyIDArgument(kid, default: .none), extraClaims: ClaimArgument.object(claim), overrideClaims: override)
+        // Check what needs no token before asking for a PIN.
+        _ = try EntraValue.tenant(parameters.tenant)
+        _ = try EntraValue.guid(parameters.clientID, what: "client id", hint: "give --client-id or AZURE_CLIENT_ID")
+        let (context, signer) = try signing.openSigner(requireCertificate: true, chainFile: chainFile)
+        defer { context.close() }
+        let jws = try ClientAssertion.make(parameters, signer: signer, logger: context.logger)
+        try printToken(jws, format: outputOptions.output)
+    }
+}

@@ -1,0 +1,33 @@
+import ArgumentParser
+import Entra
+import Foundation
+import JOSE
+import PKCS11
+
+struct PopCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pop",
+        abstract: "Make the Graph proof-of-possession token for addKey / removeKey, signed by a key on the token.",
+        discussion: """
+            The key must be one whose certificate is already registered on the application or service
+            principal. The proof is RS256 with x5t and kid, aud 00000002-0000-0000-c000-000000000000,
+            iss the object id, and is valid for 10 minutes.
+            """)
+
+    @Option(name: .long, help: "The object id of the application or service principal (not its appId).")
+    var objectID: String
+
+    @Option(name: .long, help: "RS256 (default) or PS256.")
+    var alg: JWSAlgorithm = .RS256
+
+    @OptionGroup var signing: SigningOptions
+    @OptionGroup var outputOptions: OutputOptions
+
+    func run() throws {
+        _ = try EntraValue.guid(objectID, what: "object id", hint: "give the application's object id (Graph 'id'), not its appId")
+        let (context, signer) = try signing.openSigner(requireCertificate: true)
+        defer { context.close() }
+        let jws = try ProofOfPossession.make(objectID: objectID, signer: signer, algorithm: alg, logger: context.logger)
+        try printToken(jws, format: outputOptions.output)
+    }
+}

@@ -1,0 +1,170 @@
+import ArgumentParser
+import Foundation
+import JOSE
+import PKCS11
+
+/// The key that signs and the certificate that names it: every command that makes a JWS has these.
+struct SigningOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The private key (a pkcs11: URI). Default: $P11JWT_KEY.", valueName: "uri"))
+    var key: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The key's certificate: a pkcs11: URI of a certificate object, or a PEM/DER file (default: the certificate on the token with the key's CKA_ID).",
+            valueName: "uri|file"))
+    var cert: String?
+
+    @Option(name: .long, help: ArgumentHelp("The key's certificate as a PEM or DER file (a PEM may go on with its chain, leaf first).", valueName: "file"))
+    var certFile: String?
+
+    @OptionGroup var moduleOptions: ModuleOptions
+    @OptionGroup var pinOptions: PINOptions
+
+    func validate() throws {
+        if cert != nil && certFile != nil { throw ValidationError("give --cert or --cert-file, not both") }
+    }
+
+    var keyURI: String {
+        get throws {
+            if let key { return key }
+            if let key = ProcessInfo.processInfo.environment["P11JWT_KEY"], !key.isEmpty { return key }
+            throw CLIError.usage("no key: give --key pkcs11:… or set P11JWT_KEY (list keys with 'p11jwt objects --token pkcs11:token=…')")
+        }
+    }
+
+    /// Opens the key's token, logs in and returns a signer for the key with its certificate
+    /// chain: from --cert / --cert-file (plus `chainFile`), else from the token. With
+    /// `requireCertificate`, no certificate is an error that says how to give one.
+    func openSigner(requireCertificate: Bool, chainFile: String? = nil) throws -> (TokenContext, TokenSigner) {
+        let context = try TokenContext.open(try keyURI, moduleOptions: moduleOptions, pins: pinOptions, login: true)
+        do {
+            let key = try context.token.signingKey(context.uri)
+            var chain: [JWSCertificate]?
+            if let file = certFile ?? cert.flatMap({ $0.hasPrefix("pkcs11:") ? nil : $0 }) {
+                chain = try readCertificates(file)
+            } else if let uri = cert {
+                let leaf = try certificate(uri: uri, context: context)
+                chain = try context.token.certificateChain(startingWith: leaf)
+            }
+            if let chainFile {
+                let extra = try readCertificates(chainFile)
+                let leaf = try chain?.first ?? context.token.certificateChain(for: key).first
+                chain = (leaf.map { [$0] } ?? []) + extra.filter { $0.der != leaf?.der }
+            }
+            let signer = try TokenSigner(token: context.token, key: key, certificateChain: chain)
+            if requireCertificate && signer.certificate == nil {
+                throw CLIError(message: """
+                    no certificate for key \(key.uri) on token '\(context.token.info.label)'
+                    hint: store the key's certificate on the token with the same CKA_ID, or give it with --cert pkcs11:… or --cert-file FILE.pem
+                    """)
+            }
+            return (context, signer)
+        } catch {
+            context.close()
+            throw error
+        }
+    }
+
+    /// The one certificate object a URI selects, on the key's token when the URI names it (or
+    /// names no token), else on the token the URI names.
+    private func certificate(uri text: String, context: TokenContext) throws -> JWSCertificate {
+        let uri = try PKCS11URI(text)
+        let sameToken = uri.matches(token: context.token.info)
+        let token = sameToken ? context.token : try Token.open(uri, module: context.module, logger: context.logger)
+        defer { if !sameToken { token.close() } }
+        let found = try token.certificates(matching: uri)
+        guard found.count == 1 else {
+            throw CLIError(message: found.isEmpty
+                ? "no certificate matches \(uri.redacted) on token '\(token.info.label)'\nhint: list certificates with 'p11jwt objects --token pkcs11:token=\(token.info.label)'"
+                : "\(found.count) certificates match \(uri.redacted):\n" + found.map { "  \($0.uri)" }.joined(separator: "\n"))
+        }
+        return try JWSCertificate(der: found[0].der)
+    }
+}
+
+/// The certificates in a PEM or DER file.
+func readCertificates(_ path: String) throws -> [JWSCertificate] {
+    guard let data = FileManager.default.contents(atPath: path) else {
+        throw CLIError(message: "cannot read certificate file \(path)")
+    }
+    return try JWSCertificate.all(fromPEMOrDER: [UInt8](data), source: path)
+}
+
+/// A certificate given as a pkcs11: URI (opened without login) or a PEM/DER file.
+func readCertificate(_ argument: String, moduleOptions: ModuleOptions) throws -> JWSCertificate {
+    guard argument.hasPrefix("pkcs11:") else { return try readCertificates(argument)[0] }
+    let context = try TokenContext.open(argument, moduleOptions: moduleOptions, pins: nil, login: false)
+    defer { context.close() }
+    let found = try context.token.certificates(matching: context.uri)
+    guard found.count == 1 else {
+        throw CLIError(message: found.isEmpty
+            ? "no certificate matches \(context.uri.redacted)\nhint: list certificates with 'p11jwt objects --token pkcs11:token=\(context.token.info.label)'"
+            : "\(found.count) certificates match \(context.uri.redacted):\n" + found.map { "  \($0.uri)" }.joined(separator: "\n"))
+    }
+    return try JWSCertificate(der: found[0].der)
+}
+
+/// `--claim name=value`: the value is JSON when it parses as JSON, else a string.
+struct ClaimArgument: ExpressibleByArgument {
+    var name: String
+    var value: JSONValue
+
+    init?(argument: String) {
+        guard let eq = argument.firstIndex(of: "="), eq != argument.startIndex else { return nil }
+        name = String(argument[..<eq])
+        let text = String(argument[argument.index(after: eq)...])
+        value = (try? JSONValue(parsing: text)) ?? .string(text)
+    }
+
+    static func object(_ claims: [ClaimArgument]) -> JSONObject {
+        var object = JSONObject()
+        for claim in claims { object[claim.name] = claim.value }
+        return object
+    }
+}
+
+/// `--alg auto|RS256|…`.
+enum AlgorithmArgument: ExpressibleByArgument, Equatable {
+    case auto
+    case fixed(JWSAlgorithm)
+
+    init?(argument: String) {
+        if argument.lowercased() == "auto" { self = .auto; return }
+        guard let algorithm = JWSAlgorithm(name: argument) else { return nil }
+        self = .fixed(algorithm)
+    }
+
+    static var allValueStrings: [String] { ["auto"] + JWSAlgorithm.allCases.map(\.rawValue) }
+}
+
+/// `--kid thumbprint|none|VALUE`.
+func keyIDArgument(_ text: String?, default fallback: JWSHeaderFields.KeyID) -> JWSHeaderFields.KeyID {
+    switch text {
+    case nil: return fallback
+    case "thumbprint": return .thumbprint
+    case "none": return .none
+    case let value?: return .value(value)
+    }
+}
+
+/// A signed token as `--output json` prints it.
+struct TokenReport: Encodable {
+    var header: JSONObject
+    var claims: JSONValue
+    var token: String
+
+    init(_ jws: JWS) {
+        header = jws.header
+        claims = jws.claims.map { .object($0) } ?? .string(String(decoding: jws.payload, as: UTF8.self))
+        token = jws.compact
+    }
+}
+
+/// Prints a token: compact on one line, or JSON.
+func printToken(_ jws: JWS, format: OutputFormat) throws {
+    switch format {
+    case .text: print(jws.compact)
+    case .json: try printJSON(TokenReport(jws))
+    }
+}

@@ -1,0 +1,86 @@
+import Foundation
+import JOSE
+import Testing
+import TestSupport
+
+@Suite("Base64url")
+struct Base64URLTests {
+    @Test func roundTripsEveryLengthAndMatchesFoundationsAlphabetSwap() throws {
+        for length in 0...70 {
+            let bytes = randomBytes(length)
+            let encoded = Base64URL.encode(bytes)
+            // Independent: Foundation's base64 with the RFC 4648 §5 substitutions, padding dropped.
+            #expect(encoded == base64url(bytes))
+            #expect(!encoded.contains("=") && !encoded.contains("+") && !encoded.contains("/"))
+            #expect(Base64URL.decode(encoded) == bytes)
+        }
+    }
+
+    @Test(arguments: ["YQ==", "YWI=", "a+b/", "YW J", "Y", "YWJj\n", "YR", "YWK"])
+    func refusesPaddingForeignCharactersAndNonCanonicalEndings(_ text: String) {
+        // "YR" and "YWK" carry non-zero bits past the last byte: a second spelling of "a" / "ab".
+        #expect(Base64URL.decode(text) == nil)
+    }
+
+    @Test func decodesTheCanonicalForms() {
+        #expect(Base64URL.decode("YQ") == Array("a".utf8))
+        #expect(Base64URL.decode("YWI") == Array("ab".utf8))
+        #expect(Base64URL.decode("_-8") == [0xff, 0xef])
+        #expect(Base64URL.decode("") == [])
+    }
+}
+
+@Suite("JSON values")
+struct JSONValueTests {
+    @Test func serialisesCompactlyInInsertionOrderWithRFC8259Escapes() throws {
+        var object = JSONObject()
+        object["z"] = "first"
+        object["a"] = .string("quote\" backslash\\ newline\n tab\t bell\u{07} slash/ é ✓")
+        object["n"] = .int(-17)
+        object["big"] = .int(1_795_390_727)
+        object["f"] = .double(1.5)
+        object["t"] = true
+        object["nil"] = .null
+        object["arr"] = .array([1, "x", .object(JSONObject(["k": false]))])
+        let text = object.serialized
+        #expect(text.hasPrefix(#"{"z":"first","a":"quote\" backslash\\ newline\n tab\t bell\u0007 slash/ é ✓","n":-17"#))
+        #expect(!text.contains(" :") && !text.contains(", "))
+        // An independent parser reads back the same values.
+        let parsed = try #require(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+        #expect(parsed["a"] as? String == "quote\" backslash\\ newline\n tab\t bell\u{07} slash/ é ✓")
+        #expect(parsed["n"] as? Int == -17)
+        #expect(parsed["big"] as? Int == 1_795_390_727)
+        #expect(parsed["f"] as? Double == 1.5)
+        #expect(parsed["t"] as? Bool == true)
+        #expect(parsed["nil"] is NSNull)
+        #expect(parsed.count == 8)
+    }
+
+    @Test func parsesTypesWithoutConfusingBooleansAndNumbers() throws {
+        let object = try JSONObject(parsing: Data(#"{"b":true,"i":42,"d":4.25,"s":"x","a":[1,null],"o":{"k":"v"},"e":1.7e9}"#.utf8))
+        #expect(object["b"] == .bool(true))
+        #expect(object["i"] == .int(42))
+        #expect(object["d"] == .double(4.25))
+        #expect(object["s"] == .string("x"))
+        #expect(object["a"] == .array([.int(1), .null]))
+        #expect(object["o"]?.objectValue?["k"] == "v")
+        #expect(object["e"]?.int64Value == 1_700_000_000)
+    }
+
+    @Test(arguments: ["{bad", "[1,2]", "\"text\"", ""])
+    func refusesWhatIsNotAnObject(_ text: String) {
+        let error = #expect(throws: JOSEError.self) { try JSONObject(parsing: Data(text.utf8), what: "the claims") }
+        #expect(error?.code == .malformed)
+    }
+
+    @Test func mergeKeepsExistingMembersUnlessToldToOverwrite() {
+        var base = JSONObject(["aud": "a", "iss": "i"])
+        let conflicts = base.merge(JSONObject(["aud": "other", "iss": "i", "extra": 1]), overwrite: false)
+        #expect(conflicts == ["aud"])
+        #expect(base["aud"] == "a")
+        #expect(base["extra"] == 1)
+        #expect(base.keys == ["aud", "iss", "extra"])
+        base.merge(JSONObject(["aud": "other"]), overwrite: true)
+        #expect(base["aud"] == "other")
+    }
+}
