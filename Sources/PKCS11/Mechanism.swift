@@ -1,5 +1,5 @@
-import JOSE
 import CP11Kit
+import JOSE
 
 /// A `CKM_*` mechanism type, printable by name.
 public struct MechanismType: RawRepresentable, Hashable, Sendable, CustomStringConvertible {

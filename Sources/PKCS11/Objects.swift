@@ -1,8 +1,8 @@
-import JOSE
 import CP11Kit
 import Crypto
 import _CryptoExtras
 import Foundation
+import JOSE
 import SwiftASN1
 import X509
 

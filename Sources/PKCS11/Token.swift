@@ -1,9 +1,9 @@
-import JOSE
 import CP11Kit
 import Foundation
+import JOSE
 import Logging
-import Synchronization
 import SwiftASN1
+import Synchronization
 import X509
 
 /// An open token: one persistent session kept for the token's life (it holds the login and

@@ -1,5 +1,5 @@
-import Foundation
 import Entra
+import Foundation
 import JOSE
 import Logging
 import PKCS11

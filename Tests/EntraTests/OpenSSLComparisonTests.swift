@@ -1,5 +1,5 @@
-import Foundation
 import Entra
+import Foundation
 import JOSE
 import PKCS11
 import Testing

@@ -1,11 +1,11 @@
 import Crypto
+import _CryptoExtras
 import Foundation
 import JOSE
 import SwiftASN1
 import Testing
 import TestSupport
 import X509
-import _CryptoExtras
 
 /// swift-crypto's verdict, written out per algorithm (not through JWSVerifier).
 func swiftCryptoVerifies(_ signature: [UInt8], _ message: [UInt8], _ algorithm: JWSAlgorithm, _ key: ReferenceSigner.Key) throws -> Bool {

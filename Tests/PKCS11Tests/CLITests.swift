@@ -1,10 +1,10 @@
-import JOSE
 import Crypto
+import _CryptoExtras
 import Foundation
+import JOSE
+@testable import PKCS11
 import SwiftASN1
 import Testing
-import _CryptoExtras
-@testable import PKCS11
 import TestSupport
 
 /// The `p11jwt` executable, run as a user would, each test with its own SoftHSM directory.

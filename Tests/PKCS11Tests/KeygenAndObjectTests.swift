@@ -1,10 +1,10 @@
 import CP11Kit
 import Crypto
 import Foundation
-import Testing
-import X509
 @testable import PKCS11
+import Testing
 import TestSupport
+import X509
 
 @Suite("Key generation")
 struct KeygenTests {

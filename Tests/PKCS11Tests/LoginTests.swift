@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 @testable import PKCS11
+import Testing
 import TestSupport
 
 /// Login touches the token's PIN counter, so these run one at a time, on their own tokens.

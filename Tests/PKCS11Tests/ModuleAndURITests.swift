@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 @testable import PKCS11
+import Testing
 import TestSupport
 
 @Suite("Module loading")

@@ -1,9 +1,9 @@
-import JOSE
 import CP11Kit
 import Crypto
 import Foundation
-import Testing
+import JOSE
 @testable import PKCS11
+import Testing
 import TestSupport
 
 /// Keys generated once on the "signing" token for the whole suite.

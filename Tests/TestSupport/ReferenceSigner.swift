@@ -1,9 +1,9 @@
 import Crypto
+import _CryptoExtras
 import Foundation
 import JOSE
 import SwiftASN1
 import X509
-import _CryptoExtras
 
 /// The in-memory software signer JOSE is tested against, and that hardware results are compared
 /// with. EC keys sign through swift-crypto; RSA keys through `openssl pkeyutl` (swift-crypto

@@ -1,7 +1,7 @@
 import Foundation
 import Logging
-import Testing
 import PKCS11
+import Testing
 
 /// The repository root (for hsm-config/ and the built binary).
 public let repositoryRoot = URL(fileURLWithPath: #filePath)

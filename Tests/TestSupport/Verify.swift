@@ -1,9 +1,9 @@
-import JOSE
 import Crypto
-import Foundation
-import Testing
 import _CryptoExtras
+import Foundation
+import JOSE
 import PKCS11
+import Testing
 
 /// Independent verification of token signatures: swift-crypto, and the `openssl` CLI.
 /// Neither goes through the code under test (keys are rebuilt from the raw modulus / point).

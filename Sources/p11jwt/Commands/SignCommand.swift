@@ -1,6 +1,6 @@
-import JOSE
 import ArgumentParser
 import Foundation
+import JOSE
 import JOSE
 import PKCS11
 
