@@ -29,7 +29,7 @@ public enum ClientAssertion {
         public var algorithm: AlgorithmChoice
         /// Send the certificate chain as `x5c` (Subject Name + Issuer authentication).
         public var x5c: Bool
-        /// `kid` in the header (none by default: the thumbprint member identifies the key).
+        /// `kid` in the header: by default the uppercase hex SHA-1 thumbprint, as Microsoft.IdentityModel writes it.
         public var kid: JWSHeaderFields.KeyID
         public var extraClaims: JSONObject
         /// Let `extraClaims` replace required claims.
@@ -38,7 +38,7 @@ public enum ClientAssertion {
         public init(
             tenant: String, clientID: String, authorityHost: URL = EntraCloud.global.authorityHost,
             lifetime: Int = ClientAssertion.defaultLifetime, algorithm: AlgorithmChoice = .auto, x5c: Bool = false,
-            kid: JWSHeaderFields.KeyID = .none, extraClaims: JSONObject = JSONObject(), overrideClaims: Bool = false
+            kid: JWSHeaderFields.KeyID = .thumbprint, extraClaims: JSONObject = JSONObject(), overrideClaims: Bool = false
         ) {
             self.tenant = tenant
             self.clientID = clientID

@@ -16,10 +16,11 @@ struct AssertionTests {
             let jws = try ClientAssertion.make(
                 .init(tenant: tenantID, clientID: clientID), signer: signer, now: now, jti: jti, logger: testLogger)
             let (header, claims) = try foundationJSON(jws)
-            #expect(header.count == 3)
+            #expect(Set(header.keys) == ["alg", "typ", "x5t#S256", "kid"])
             #expect(header["alg"] as? String == "PS256")
             #expect(header["typ"] as? String == "JWT")
             #expect(header["x5t#S256"] as? String == sha(try EntraFixture.certificate("rsa"), sha256: true))
+            #expect(header["kid"] as? String == unbase64url(sha(try EntraFixture.certificate("rsa"), sha256: false))!.map { String(format: "%02X", $0) }.joined())
             #expect(claims["aud"] as? String == "https://login.microsoftonline.com/\(tenantID)/oauth2/v2.0/token")
             #expect(claims["iss"] as? String == clientID)
             #expect(claims["sub"] as? String == clientID)
@@ -32,17 +33,17 @@ struct AssertionTests {
         }
     }
 
-    @Test func forcedRS256UsesX5tAndOptionalKidAndX5cFromTheToken() throws {
+    @Test func forcedRS256UsesX5tAndX5cFromTheTokenAndKidCanBeLeftOut() throws {
         try EntraFixture.withSigner("rsa") { signer in
             #expect(signer.certificateChain.map(\.der) == [try EntraFixture.certificate("rsa"), try EntraFixture.certificate("ca")])
             let jws = try ClientAssertion.make(
-                .init(tenant: "contoso.onmicrosoft.com", clientID: clientID.uppercased(), lifetime: 300, algorithm: .fixed(.RS256), x5c: true, kid: .thumbprint),
+                .init(tenant: "contoso.onmicrosoft.com", clientID: clientID.uppercased(), lifetime: 300, algorithm: .fixed(.RS256), x5c: true, kid: .none),
                 signer: signer, now: now, logger: testLogger)
             let (header, claims) = try foundationJSON(jws)
             #expect(header["alg"] as? String == "RS256")
             #expect(header["x5t"] as? String == sha(try EntraFixture.certificate("rsa"), sha256: false))
             #expect(header["x5t#S256"] == nil)
-            #expect((header["kid"] as? String)?.count == 40)
+            #expect(header["kid"] == nil, "--kid none")
             let x5c = try #require(header["x5c"] as? [String]).compactMap { Data(base64Encoded: $0).map { [UInt8]($0) } }
             #expect(x5c == [try EntraFixture.certificate("rsa"), try EntraFixture.certificate("ca")])
             #expect(claims["iss"] as? String == clientID, "client ids are sent lowercase")

@@ -47,7 +47,7 @@ struct AssertionCommand: ParsableCommand {
     @Flag(name: .long, help: "Let --claim replace the claims p11jwt sets (aud, iss, sub, jti, nbf, iat, exp).")
     var override = false
 
-    @Option(name: .long, help: ArgumentHelp("kid header member: thumbprint (hex SHA-1), none, or a value. Default: none.", valueName: "kid"))
+    @Option(name: .long, help: ArgumentHelp("kid header member: thumbprint (hex SHA-1), none, or a value. Default: thumbprint.", valueName: "kid"))
     var kid: String?
 
     @OptionGroup var signing: SigningOptions
@@ -76,7 +76,7 @@ struct AssertionCommand: ParsableCommand {
         let parameters = ClientAssertion.Parameters(
             tenant: tenant ?? env["AZURE_TENANT_ID"] ?? "", clientID: clientID ?? env["AZURE_CLIENT_ID"] ?? "",
             authorityHost: authority, lifetime: lifetime, algorithm: algorithm, x5c: x5c,
-            kid: keyIDArgument(kid, default: .none), extraClaims: ClaimArgument.object(claim), overrideClaims: override)
+            kid: keyIDArgument(kid, default: .thumbprint), extraClaims: ClaimArgument.object(claim), overrideClaims: override)
         // Check what needs no token before asking for a PIN.
         _ = try EntraValue.tenant(parameters.tenant)
         _ = try EntraValue.guid(parameters.clientID, what: "client id", hint: "give --client-id or AZURE_CLIENT_ID")
