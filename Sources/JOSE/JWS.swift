@@ -62,19 +62,32 @@ public struct JWS: Sendable, Hashable {
     /// Signs `payload` under `header`, whose `alg` names the algorithm. The signing input is
     /// hashed here; the signer sees only the digest. Errors the signer throws are rethrown as they are.
     public static func sign(header: JSONObject, payload: [UInt8], signer: some JWSSigner) throws -> JWS {
-        guard let name = header["alg"]?.stringValue, let algorithm = JWSAlgorithm(rawValue: name) else {
-            throw JOSEError(.invalidValue, "the header's alg must be one of \(JWSAlgorithm.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
+        let algorithm = try algorithm(of: header)
         guard signer.keyType.algorithms.contains(algorithm) else {
             throw JOSEError(
                 .unsupportedAlgorithm, "\(algorithm.rawValue) cannot be made with a \(signer.keyType) key",
                 hint: "this key can do \(signer.keyType.algorithms.map(\.rawValue).joined(separator: ", "))")
         }
+        return try sign(header: header, payload: payload) { signingInput in
+            // The signer's own errors (PKCS#11 function, CKR_* value) pass through unchanged.
+            try signer.sign(digest: algorithm.hash.hash(signingInput), algorithm: algorithm)
+        }
+    }
+
+    /// Signs with a key held in this process, which is handed the whole signing input (for
+    /// software keys, such as the emulator's token-signing key).
+    public static func sign(header: JSONObject, payload: [UInt8], signMessage: ([UInt8]) throws -> [UInt8]) throws -> JWS {
+        _ = try algorithm(of: header)
         let signingInput = Base64URL.encode(Array(header.serialized.utf8)) + "." + Base64URL.encode(payload)
-        let digest = algorithm.hash.hash(Array(signingInput.utf8))
-        // The signer's own errors (PKCS#11 function, CKR_* value) pass through unchanged.
-        let signature = try signer.sign(digest: digest, algorithm: algorithm)
+        let signature = try signMessage(Array(signingInput.utf8))
         return JWS(header: header, payload: payload, signature: signature, signingInput: signingInput)
+    }
+
+    private static func algorithm(of header: JSONObject) throws -> JWSAlgorithm {
+        guard let name = header["alg"]?.stringValue, let algorithm = JWSAlgorithm(rawValue: name) else {
+            throw JOSEError(.invalidValue, "the header's alg must be one of \(JWSAlgorithm.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return algorithm
     }
 
     /// Signs JWT `claims` (the payload is their compact JSON).

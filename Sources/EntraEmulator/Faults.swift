@@ -1,0 +1,77 @@
+import Foundation
+
+/// Faults the emulator injects, set at start and changed at run time through
+/// `POST /_emulator/faults` (so tests can flip them).
+public final class Faults: @unchecked Sendable {
+    public struct Settings: Codable, Sendable, Equatable {
+        /// Added to every response's latency, in milliseconds.
+        public var latencyMilliseconds: Int = 0
+        /// Seconds after addKey during which the token endpoint does not yet know the new key.
+        public var propagationDelaySeconds: Double = 0
+        /// Seconds added to the emulator's clock.
+        public var clockOffsetSeconds: Double = 0
+        /// Refuse a client assertion whose `jti` was seen before.
+        public var rejectReplay = false
+        /// The next `count` requests of `route` ("token", "addKey", "removeKey", "graph") get
+        /// `status` (429 with `Retry-After`, or 503).
+        public var failures: [Failure] = []
+        /// The next `count` addKey / removeKey calls are applied, then the connection is dropped.
+        public var dropAfterApply: [Failure] = []
+
+        public init() {}
+    }
+
+    public struct Failure: Codable, Sendable, Equatable {
+        public var route: String
+        public var count: Int
+        public var status: Int?
+        public var retryAfter: Int?
+
+        public init(route: String, count: Int, status: Int? = nil, retryAfter: Int? = nil) {
+            self.route = route
+            self.count = count
+            self.status = status
+            self.retryAfter = retryAfter
+        }
+    }
+
+    private let lock = NSLock()
+    private var current: Settings
+    private var seenJTIs: [String: Double] = [:]
+
+    public init(_ settings: Settings = Settings()) { current = settings }
+
+    public var settings: Settings {
+        get { lock.withLock { current } }
+        set { lock.withLock { current = newValue } }
+    }
+
+    var propagationDelay: TimeInterval { settings.propagationDelaySeconds }
+    var rejectReplay: Bool { settings.rejectReplay }
+    var now: Date { Date().addingTimeInterval(settings.clockOffsetSeconds) }
+
+    /// Takes one injected failure for `route`, if any is pending.
+    func takeFailure(_ route: String) -> Failure? { take(route, \.failures) }
+
+    /// Whether this `route` call should be applied and then have its connection dropped.
+    func takeDrop(_ route: String) -> Bool { take(route, \.dropAfterApply) != nil }
+
+    private func take(_ route: String, _ list: WritableKeyPath<Settings, [Failure]>) -> Failure? {
+        lock.withLock {
+            guard let i = current[keyPath: list].firstIndex(where: { $0.route == route && $0.count > 0 }) else { return nil }
+            current[keyPath: list][i].count -= 1
+            return current[keyPath: list][i]
+        }
+    }
+
+    /// Records a `jti`; false when it was already used and has not expired.
+    func recordAssertion(jti: String, until exp: Double) -> Bool {
+        lock.withLock {
+            let now = Date().timeIntervalSince1970
+            seenJTIs = seenJTIs.filter { $0.value + 300 > now }
+            if seenJTIs[jti] != nil { return false }
+            seenJTIs[jti] = exp
+            return true
+        }
+    }
+}

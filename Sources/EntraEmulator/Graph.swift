@@ -1,0 +1,303 @@
+import Foundation
+import JOSE
+
+/// A Microsoft Graph error: status, `error.code`, `error.message`.
+public struct GraphError: Error, Sendable, Equatable {
+    public var status: Int
+    public var code: String
+    public var message: String
+    /// Why, in the emulator's words (real Graph says less); sent as `innerError.emulatorReason`.
+    public var reason: String?
+
+    public init(_ status: Int, _ code: String, _ message: String, reason: String? = nil) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.reason = reason
+    }
+
+    static func malformed(_ reason: String) -> GraphError {
+        GraphError(401, "Authentication_MissingOrMalformed", "Access Token missing or malformed.", reason: reason)
+    }
+
+    static func badRequest(_ message: String) -> GraphError { GraphError(400, "Request_BadRequest", message) }
+
+    static let denied = GraphError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+
+    func body(clientRequestID: String?, now: Date) -> JSONObject {
+        var inner = JSONObject([
+            "date": .string(isoDate(now)), "request-id": .string(UUID().uuidString.lowercased()),
+            "client-request-id": .string(clientRequestID ?? UUID().uuidString.lowercased()),
+        ])
+        if let reason { inner["emulatorReason"] = .string(reason) }
+        return JSONObject(["error": .object(JSONObject(["code": .string(code), "message": .string(message), "innerError": .object(inner)]))])
+    }
+}
+
+/// The object a Graph URL names.
+enum GraphTarget: Equatable {
+    case application(id: String)
+    case applicationByAppID(String)
+    case servicePrincipal(id: String)
+    case servicePrincipalByAppID(String)
+
+    var isServicePrincipal: Bool {
+        switch self {
+        case .servicePrincipal, .servicePrincipalByAppID: return true
+        default: return false
+        }
+    }
+}
+
+/// Who is calling: from a bearer token this emulator issued.
+struct GraphCaller {
+    var appId: String
+    var roles: [String]
+    var tenantId: String
+}
+
+/// Graph's key-credential API on applications and service principals.
+struct GraphAPI: Sendable {
+    static let proofAudience = "00000002-0000-0000-c000-000000000000"
+    static let graphAudiences: Set<String> = [
+        "https://graph.microsoft.com", "https://graph.microsoft.com/", "00000003-0000-0000-c000-000000000000",
+        "https://graph.microsoft.us", "https://dod-graph.microsoft.us", "https://microsoftgraph.chinacloudapi.cn",
+    ]
+
+    let store: StateStore
+    let key: EmulatorSigningKey
+
+    /// Checks the bearer token: issued by this emulator, for Graph, unexpired.
+    func authenticate(_ authorization: String?, now: Date) throws(GraphError) -> GraphCaller {
+        let invalid = { (reason: String) in
+            GraphError(401, "InvalidAuthenticationToken", reason == "missing" ? "Access token is empty." : "Access token validation failure. Invalid audience.", reason: reason)
+        }
+        guard let authorization, authorization.lowercased().hasPrefix("bearer ") else { throw invalid("missing") }
+        let token = String(authorization.dropFirst("bearer ".count)).trimmingCharacters(in: .whitespaces)
+        guard let jws = try? JWS(compact: token), key.verifies(jws), let claims = jws.claims else {
+            throw GraphError(401, "InvalidAuthenticationToken", "Access token validation failure.", reason: "not a token signed by this emulator")
+        }
+        guard let aud = claims["aud"]?.stringValue, Self.graphAudiences.contains(aud) else {
+            throw invalid("the token's aud is '\(claims["aud"]?.stringValue ?? "")', not Microsoft Graph")
+        }
+        guard let exp = claims["exp"]?.numberValue, exp > now.timeIntervalSince1970 else {
+            throw GraphError(401, "InvalidAuthenticationToken", "Lifetime validation failed, the token is expired.", reason: "expired")
+        }
+        guard claims["idtyp"] == "app", let appId = claims["appid"]?.stringValue, let tid = claims["tid"]?.stringValue else {
+            throw GraphError(401, "InvalidAuthenticationToken", "Access token validation failure.", reason: "not an app-only token")
+        }
+        return GraphCaller(appId: appId, roles: claims["roles"]?.arrayValue?.compactMap(\.stringValue) ?? [], tenantId: tid)
+    }
+
+    /// `addKey`: the new credential, after the caller, the body and the proof pass.
+    func addKey(_ target: GraphTarget, body: [UInt8], caller: GraphCaller, now: Date) throws(GraphError) -> JSONObject {
+        let request = try parse(body)
+        guard case .object(let keyObject)? = request["keyCredential"] else {
+            throw GraphError.badRequest("The request body must contain a keyCredential.")
+        }
+        if let password = request["passwordCredential"], password != .null {
+            throw GraphError.badRequest("passwordCredential must be null when adding an AsymmetricX509Cert key credential.")
+        }
+        guard keyObject["type"] == "AsymmetricX509Cert" else {
+            throw GraphError.badRequest("Invalid value specified for property 'type' of resource 'KeyCredential'.")
+        }
+        guard keyObject["usage"] == "Verify" else {
+            throw GraphError.badRequest("Invalid value specified for property 'usage' of resource 'KeyCredential'.")
+        }
+        guard let keyText = keyObject["key"]?.stringValue, let der = Data(base64Encoded: keyText).map({ [UInt8]($0) }) else {
+            throw GraphError.badRequest("Invalid value specified for property 'key' of resource 'KeyCredential': not base64.")
+        }
+        guard (try? JWSCertificate(der: der)) != nil else {
+            throw GraphError.badRequest("Key credential's key is not a valid certificate (a DER X.509 certificate without private key is required).")
+        }
+        let start = try date(keyObject["startDateTime"], "startDateTime")
+        let end = try date(keyObject["endDateTime"], "endDateTime")
+        let proof = request["proof"]?.stringValue
+        return try mutate(target, caller: caller, now: now) { credentials, objectID in
+            try verifyProof(proof, objectID: objectID, credentials: credentials, now: now)
+            let credential: KeyCredential
+            do {
+                credential = try KeyCredential.make(
+                    certificateDER: der, displayName: keyObject["displayName"]?.stringValue, start: start, end: end, now: now)
+            } catch { throw GraphError.badRequest("Key credential's key is not a valid certificate.") }
+            guard !credentials.contains(where: { $0.key == credential.key }) else {
+                throw GraphError.badRequest("Another key credential with the same certificate (thumbprint \(credential.thumbprint?.hexSHA1 ?? "")) already exists on this object.")
+            }
+            credentials.append(credential)
+            return Self.json(credential)
+        }
+    }
+
+    /// `removeKey`.
+    func removeKey(_ target: GraphTarget, body: [UInt8], caller: GraphCaller, now: Date) throws(GraphError) {
+        let request = try parse(body)
+        guard let keyID = request["keyId"]?.stringValue, UUID(uuidString: keyID) != nil else {
+            throw GraphError.badRequest("The request body must contain a keyId (a GUID).")
+        }
+        let proof = request["proof"]?.stringValue
+        _ = try mutate(target, caller: caller, now: now) { credentials, objectID in
+            try verifyProof(proof, objectID: objectID, credentials: credentials, now: now)
+            guard let index = credentials.firstIndex(where: { $0.keyId == keyID.lowercased() }) else {
+                throw GraphError(404, "Request_ResourceNotFound", "No key credential with keyId '\(keyID)' exists on this object.")
+            }
+            credentials.remove(at: index)
+            return JSONObject()
+        }
+    }
+
+    /// `GET applications/{id}`: needs a role.
+    func get(_ target: GraphTarget, caller: GraphCaller) throws(GraphError) -> JSONObject {
+        let state: EmulatorState
+        do { state = try store.read() } catch { throw GraphError(500, "generalException", "\(error)") }
+        let (t, a) = try locate(target, in: state)
+        let app = state.tenants[t].applications[a]
+        try authorize(caller, app: app, tenantId: state.tenants[t].id, selfServiceAllowed: false)
+        if target.isServicePrincipal {
+            return JSONObject([
+                "id": .string(app.servicePrincipal.id), "appId": .string(app.appId), "displayName": .string(app.displayName),
+                "keyCredentials": .array(app.servicePrincipal.keyCredentials.map { .object(Self.json($0, withKey: true)) }),
+            ])
+        }
+        return JSONObject([
+            "id": .string(app.id), "appId": .string(app.appId), "displayName": .string(app.displayName),
+            "keyCredentials": .array(app.keyCredentials.map { .object(Self.json($0, withKey: true)) }),
+        ])
+    }
+
+    /// `PATCH applications/{id}` with `keyCredentials`: replaces the whole collection; needs a role.
+    func patch(_ target: GraphTarget, body: [UInt8], caller: GraphCaller, now: Date) throws(GraphError) {
+        let request = try parse(body)
+        guard let list = request["keyCredentials"]?.arrayValue else {
+            throw GraphError.badRequest("Only keyCredentials can be updated on this emulator.")
+        }
+        var credentials: [KeyCredential] = []
+        for item in list {
+            guard let object = item.objectValue, object["type"] == "AsymmetricX509Cert", object["usage"] == "Verify",
+                  let der = object["key"]?.stringValue.flatMap({ Data(base64Encoded: $0) }).map({ [UInt8]($0) }),
+                  var credential = try? KeyCredential.make(
+                      certificateDER: der, displayName: object["displayName"]?.stringValue,
+                      start: try date(object["startDateTime"], "startDateTime"), end: try date(object["endDateTime"], "endDateTime"), now: now)
+            else { throw GraphError.badRequest("Invalid value specified for property 'keyCredentials' of resource 'Application'.") }
+            if let keyID = object["keyId"]?.stringValue, UUID(uuidString: keyID) != nil { credential.keyId = keyID.lowercased() }
+            credentials.append(credential)
+        }
+        do {
+            try store.update { state in
+                let (t, a) = try locate(target, in: state)
+                try authorize(caller, app: state.tenants[t].applications[a], tenantId: state.tenants[t].id, selfServiceAllowed: false)
+                if target.isServicePrincipal {
+                    state.tenants[t].applications[a].servicePrincipal.keyCredentials = credentials
+                } else {
+                    state.tenants[t].applications[a].keyCredentials = credentials
+                }
+            }
+        } catch let error as GraphError { throw error } catch { throw GraphError(500, "generalException", "\(error)") }
+    }
+
+    // MARK: - Rules
+
+    /// Finds the target, checks the caller may change it, and runs `body` on its key
+    /// credentials under the state lock.
+    private func mutate(
+        _ target: GraphTarget, caller: GraphCaller, now: Date,
+        _ body: (inout [KeyCredential], String) throws -> JSONObject
+    ) throws(GraphError) -> JSONObject {
+        do {
+            return try store.update { state -> JSONObject in
+                let (t, a) = try locate(target, in: state)
+                let app = state.tenants[t].applications[a]
+                try authorize(caller, app: app, tenantId: state.tenants[t].id, selfServiceAllowed: true)
+                if target.isServicePrincipal {
+                    return try body(&state.tenants[t].applications[a].servicePrincipal.keyCredentials, app.servicePrincipal.id)
+                }
+                return try body(&state.tenants[t].applications[a].keyCredentials, app.id)
+            }
+        } catch let error as GraphError {
+            throw error
+        } catch {
+            throw GraphError(500, "generalException", "\(error)")
+        }
+    }
+
+    private func locate(_ target: GraphTarget, in state: EmulatorState) throws(GraphError) -> (Int, Int) {
+        let found: (tenant: Int, app: Int)?
+        switch target {
+        case .application(let id): found = state.locate(application: id, byAppID: false)
+        case .applicationByAppID(let appId): found = state.locate(application: appId, byAppID: true)
+        case .servicePrincipal(let id): found = state.locate(servicePrincipal: id, byAppID: false)
+        case .servicePrincipalByAppID(let appId): found = state.locate(servicePrincipal: appId, byAppID: true)
+        }
+        guard let found else {
+            throw GraphError(404, "Request_ResourceNotFound", "Resource '\(target)' does not exist or one of its queried reference-property objects are not present.")
+        }
+        return (found.tenant, found.app)
+    }
+
+    /// An app may roll its own keys (application or service principal) with no role; anything
+    /// else needs Application.ReadWrite.All, or .OwnedBy on an application it owns.
+    private func authorize(_ caller: GraphCaller, app: AppRegistration, tenantId: String, selfServiceAllowed: Bool) throws(GraphError) {
+        guard caller.tenantId == tenantId else { throw GraphError.denied }
+        if selfServiceAllowed && caller.appId == app.appId { return }
+        if caller.roles.contains("Application.ReadWrite.All") { return }
+        if caller.roles.contains("Application.ReadWrite.OwnedBy") && (app.owners.contains(caller.appId) || caller.appId == app.appId) { return }
+        if !selfServiceAllowed && caller.roles.contains("Application.Read.All") { return }
+        throw GraphError.denied
+    }
+
+    /// The proof: signed by a currently valid certificate of the target object (matched by
+    /// `x5t` / `kid`), `aud` 00000002-…, `iss` the object id, at most 10 minutes, now inside.
+    private func verifyProof(_ proof: String?, objectID: String, credentials: [KeyCredential], now: Date) throws(GraphError) {
+        guard let proof, !proof.isEmpty else { throw GraphError.badRequest("The request body must contain a proof.") }
+        let valid = credentials.filter { $0.isValid(at: now) }
+        guard !valid.isEmpty else {
+            throw GraphError.badRequest("The object has no currently valid certificate credential to verify the proof; add the first key with PATCH (Update application) instead.")
+        }
+        let jws: JWS
+        do { jws = try JWS(compact: proof) } catch { throw GraphError.malformed("the proof is not a compact JWS: \(error)") }
+        guard jws.algorithm == .RS256 || jws.algorithm == .PS256 else { throw GraphError.malformed("the proof's alg must be RS256 (or PS256)") }
+        guard let claims = jws.claims else { throw GraphError.malformed("the proof's payload is not a JSON object") }
+        guard claims["aud"]?.stringValue == Self.proofAudience else { throw GraphError.malformed("the proof's aud must be \(Self.proofAudience)") }
+        guard claims["iss"]?.stringValue?.lowercased() == objectID else { throw GraphError.malformed("the proof's iss must be the object id \(objectID)") }
+        guard let nbf = claims["nbf"]?.numberValue, let exp = claims["exp"]?.numberValue else { throw GraphError.malformed("the proof needs nbf and exp") }
+        guard exp - nbf <= 600 else { throw GraphError.malformed("the proof is valid for \(Int(exp - nbf))s; at most 600s is allowed") }
+        let t = now.timeIntervalSince1970
+        guard nbf <= t, t <= exp else { throw GraphError.malformed("the proof is not valid now (nbf \(Int(nbf)), exp \(Int(exp)), now \(Int(t)))") }
+        let x5t = jws.header["x5t"]?.stringValue.flatMap { Base64URL.decode($0) }
+        let kid = jws.header["kid"]?.stringValue?.uppercased()
+        guard let credential = valid.first(where: { c in
+            guard let tp = c.thumbprint else { return false }
+            return (x5t != nil && tp.sha1 == x5t!) || (kid != nil && tp.hexSHA1 == kid!)
+        }) else { throw GraphError.malformed("the proof's x5t / kid names no currently valid certificate of this object") }
+        guard let der = credential.certificateDER, let certificate = try? JWSCertificate(der: der), jws.isValid(publicKey: certificate.publicKey) else {
+            throw GraphError.malformed("the proof's signature does not verify with certificate \(credential.thumbprint?.hexSHA1 ?? "")")
+        }
+    }
+
+    private func parse(_ body: [UInt8]) throws(GraphError) -> JSONObject {
+        do { return try JSONObject(parsing: body, what: "the request body") } catch {
+            throw GraphError.badRequest("Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format.")
+        }
+    }
+
+    private func date(_ value: JSONValue?, _ name: String) throws(GraphError) -> Date? {
+        guard let value, value != .null else { return nil }
+        guard let text = value.stringValue, let date = ISO8601DateFormatter().date(from: text) else {
+            throw GraphError.badRequest("Invalid value specified for property '\(name)' of resource 'KeyCredential'.")
+        }
+        return date
+    }
+
+    /// A keyCredential as Graph returns it (`key` only on GET with $select).
+    static func json(_ c: KeyCredential, withKey: Bool = false) -> JSONObject {
+        JSONObject([
+            "customKeyIdentifier": .string(c.customKeyIdentifier),
+            "displayName": c.displayName.map { .string($0) } ?? .null,
+            "endDateTime": .string(isoDate(c.endDateTime)),
+            "key": withKey ? .string(c.key) : .null,
+            "keyId": .string(c.keyId),
+            "startDateTime": .string(isoDate(c.startDateTime)),
+            "type": .string(c.type),
+            "usage": .string(c.usage),
+        ])
+    }
+}

@@ -1,0 +1,142 @@
+import ArgumentParser
+import EntraEmulator
+import Foundation
+import Hummingbird
+import Logging
+import ServiceLifecycle
+
+@main
+struct EntraEmulatorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "entra-emulator",
+        abstract: "An offline stand-in for the Entra ID token endpoint and Graph's key-credential API.",
+        subcommands: [Serve.self, App.self])
+}
+
+struct StateOption: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The state directory (apps, keys, CA, url).", valueName: "dir"))
+    var state: String
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve on loopback until SIGTERM / SIGINT; prints the base URL and writes it to <state>/url.")
+
+    @OptionGroup var stateOption: StateOption
+
+    @Option(name: .long, help: "Port (0: any free port).")
+    var port: Int = 0
+
+    @Option(name: .long, help: "127.0.0.1, ::1 or localhost.")
+    var host = "127.0.0.1"
+
+    @Flag(name: .long, help: "Plain HTTP instead of HTTPS (loopback only).")
+    var http = false
+
+    @Flag(name: .long, help: "Refuse a client assertion whose jti was already used.")
+    var rejectReplay = false
+
+    @Option(name: .long, help: ArgumentHelp("Seconds before a key added with addKey is accepted by the token endpoint.", valueName: "seconds"))
+    var propagationDelay: Double = 0
+
+    @Option(name: .long, help: ArgumentHelp("Seconds added to the emulator's clock.", valueName: "seconds"))
+    var clockOffset: Double = 0
+
+    @Option(name: .long, help: ArgumentHelp("Latency added to every response.", valueName: "ms"))
+    var latency: Int = 0
+
+    @Option(name: .long, help: "Log level.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var faults = Faults.Settings()
+        faults.rejectReplay = rejectReplay
+        faults.propagationDelaySeconds = propagationDelay
+        faults.clockOffsetSeconds = clockOffset
+        faults.latencyMilliseconds = latency
+        let emulator = try Emulator(.init(stateDirectory: stateOption.state, host: host, port: port, http: http, faults: faults))
+        var logger = Logger(label: "entra-emulator")
+        logger.logLevel = level
+        let app = try emulator.makeApplication(logger: logger) { url in
+            FileHandle.standardOutput.write(Data((url + "\n").utf8))
+        }
+        let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+struct App: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Manage applications (works while the server runs).", subcommands: [Create.self, Show.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Register an application and its service principal; prints {tenantId, appId, id, servicePrincipalId, keyId}.")
+
+        @OptionGroup var stateOption: StateOption
+
+        @Option(name: .long, help: "Display name.")
+        var name: String
+
+        @Option(name: .long, help: ArgumentHelp("A certificate (PEM or DER) to register as its first key credential.", valueName: "file"))
+        var cert: String?
+
+        @Option(name: .long, help: ArgumentHelp("A Graph application permission to grant (repeatable).", valueName: "role"))
+        var role: [String] = []
+
+        @Option(name: .long, help: ArgumentHelp("The appId of an owning application (repeatable).", valueName: "appId"))
+        var owner: [String] = []
+
+        @Option(name: .long, help: "Tenant id or domain (default: the first tenant; created if new).")
+        var tenant: String?
+
+        func run() async throws {
+            let store = try StateStore(directory: stateOption.state)
+            var der: [UInt8]?
+            if let cert {
+                guard let data = FileManager.default.contents(atPath: cert) else { throw ValidationError("cannot read \(cert)") }
+                der = try EmulatorCertificates.der(fromPEMOrDER: [UInt8](data), source: cert)
+            }
+            let created = try store.createApplication(name: name, certificate: der, roles: role, owners: owner, tenant: tenant)
+            try printJSON(created)
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show an application with its key credentials.")
+
+        @OptionGroup var stateOption: StateOption
+
+        @Option(name: .long, help: "The appId.")
+        var appId: String?
+
+        @Option(name: .long, help: "The object id.")
+        var id: String?
+
+        func validate() throws {
+            if (appId == nil) == (id == nil) { throw ValidationError("give --app-id or --id") }
+        }
+
+        func run() async throws {
+            let store = try StateStore(directory: stateOption.state)
+            guard let (tenant, app) = try store.application(id: id, appId: appId) else {
+                throw ValidationError("no application with \(id.map { "id \($0)" } ?? "appId \(appId!)")")
+            }
+            struct Shown: Encodable { var tenantId: String; var application: AppRegistration }
+            try printJSON(Shown(tenantId: tenant.id, application: app))
+        }
+    }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    encoder.dateEncodingStrategy = .iso8601
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
