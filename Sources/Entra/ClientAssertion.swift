@@ -50,6 +50,21 @@ public enum ClientAssertion {
             self.extraClaims = extraClaims
             self.overrideClaims = overrideClaims
         }
+
+        /// Checks tenant, client id and lifetime — everything that needs no key — and returns
+        /// the tenant and the client id as the assertion carries them.
+        public func validated() throws -> (tenant: String, clientID: String) {
+            let tenant = try EntraValue.tenant(self.tenant)
+            let clientID = try EntraValue.guid(
+                self.clientID, what: "client id",
+                hint: "give --client-id (or AZURE_CLIENT_ID): the application (client) id GUID from the app registration")
+            guard lifetime > 0, lifetime <= ClientAssertion.maximumLifetime else {
+                throw EntraError(
+                    .invalidParameter, "assertion lifetime \(lifetime)s is outside 1…\(ClientAssertion.maximumLifetime)s",
+                    hint: "Microsoft documents 5–10 minutes; the default is \(ClientAssertion.defaultLifetime)s")
+            }
+            return (tenant, clientID)
+        }
     }
 
     /// `{authorityHost}/{tenant}/oauth2/v2.0/token`: the assertion's audience and where it is sent.
@@ -102,15 +117,7 @@ public enum ClientAssertion {
     public static func make(
         _ parameters: Parameters, signer: some JWSSigner, now: Date = Date(), jti: UUID = UUID(), logger: Logger
     ) throws -> JWS {
-        let tenant = try EntraValue.tenant(parameters.tenant)
-        let clientID = try EntraValue.guid(
-            parameters.clientID, what: "client id",
-            hint: "give --client-id (or AZURE_CLIENT_ID): the application (client) id GUID from the app registration")
-        guard parameters.lifetime > 0, parameters.lifetime <= maximumLifetime else {
-            throw EntraError(
-                .invalidParameter, "assertion lifetime \(parameters.lifetime)s is outside 1…\(maximumLifetime)s",
-                hint: "Microsoft documents 5–10 minutes; the default is \(defaultLifetime)s")
-        }
+        let (tenant, clientID) = try parameters.validated()
         let algorithm = try algorithm(parameters.algorithm, signer: signer)
         if !entraAccepts(algorithm) {
             logger.warning(

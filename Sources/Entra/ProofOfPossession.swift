@@ -13,13 +13,18 @@ public enum ProofOfPossession {
     /// Graph refuses proofs valid for longer.
     public static let lifetime = 600
 
+    /// The object id as the proof carries it; an error unless it is a GUID.
+    public static func validated(objectID: String) throws -> String {
+        try EntraValue.guid(
+            objectID, what: "object id",
+            hint: "give the application's (or service principal's) object id — 'id' in Graph, 'Object ID' in the portal — not its appId")
+    }
+
     public static func make(
         objectID: String, signer: some JWSSigner, algorithm: JWSAlgorithm = .RS256, now: Date = Date(),
         jti: UUID = UUID(), logger: Logger
     ) throws -> JWS {
-        let objectID = try EntraValue.guid(
-            objectID, what: "object id",
-            hint: "give the application's (or service principal's) object id — 'id' in Graph, 'Object ID' in the portal — not its appId")
+        let objectID = try validated(objectID: objectID)
         guard case .rsa = signer.keyType else {
             throw EntraError(
                 .unsupportedKey, "Graph proofs of possession are RSA-signed; this key is \(signer.keyType)",

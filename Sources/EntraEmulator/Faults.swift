@@ -15,8 +15,6 @@ public final class Faults: @unchecked Sendable {
         /// The next `count` requests of `route` ("token", "addKey", "removeKey", "graph") get
         /// `status` (429 with `Retry-After`, or 503).
         public var failures: [Failure] = []
-        /// The next `count` addKey / removeKey calls are applied, then the connection is dropped.
-        public var dropAfterApply: [Failure] = []
 
         public init() {}
     }
@@ -51,16 +49,11 @@ public final class Faults: @unchecked Sendable {
     var now: Date { Date().addingTimeInterval(settings.clockOffsetSeconds) }
 
     /// Takes one injected failure for `route`, if any is pending.
-    func takeFailure(_ route: String) -> Failure? { take(route, \.failures) }
-
-    /// Whether this `route` call should be applied and then have its connection dropped.
-    func takeDrop(_ route: String) -> Bool { take(route, \.dropAfterApply) != nil }
-
-    private func take(_ route: String, _ list: WritableKeyPath<Settings, [Failure]>) -> Failure? {
+    func takeFailure(_ route: String) -> Failure? {
         lock.withLock {
-            guard let i = current[keyPath: list].firstIndex(where: { $0.route == route && $0.count > 0 }) else { return nil }
-            current[keyPath: list][i].count -= 1
-            return current[keyPath: list][i]
+            guard let i = current.failures.firstIndex(where: { $0.route == route && $0.count > 0 }) else { return nil }
+            current.failures[i].count -= 1
+            return current.failures[i]
         }
     }
 

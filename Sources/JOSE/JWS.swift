@@ -101,18 +101,6 @@ public struct JWS: Sendable, Hashable {
         return (try? JWSVerifier.verify(
             signature: signature, message: Array(signingInput.utf8), algorithm: algorithm, publicKey: publicKey)) ?? false
     }
-
-    /// Throws unless the signature verifies with the certificate's key.
-    public func verify(certificate: JWSCertificate) throws {
-        guard let algorithm else {
-            throw JOSEError(.signatureInvalid, "alg \(header["alg"]?.serialized ?? "(none)") is not a signature algorithm this tool verifies")
-        }
-        guard isValid(publicKey: certificate.publicKey) else {
-            throw JOSEError(
-                .signatureInvalid,
-                "the \(algorithm.rawValue) signature does not verify with certificate \(certificate.thumbprint.hexSHA1) (\(certificate.certificate.subject))")
-        }
-    }
 }
 
 /// The header members that name the signing certificate and key.

@@ -313,6 +313,21 @@ public final class Token: Sendable {
             hint: "use one of these URIs:\n" + keys.map { "  \($0.uri)" }.joined(separator: "\n"))
     }
 
+    /// The one certificate the URI selects. Zero or several matches are errors that say what
+    /// was seen.
+    public func certificate(matching uri: PKCS11URI) throws -> CertificateObject {
+        let found = try certificates(matching: uri)
+        if found.count == 1 { return found[0] }
+        if found.isEmpty {
+            throw PKCS11Error(
+                .objectNotFound, "no certificate matches \(uri.redacted) on token '\(info.label)'",
+                hint: "list certificates with 'p11jwt objects --token pkcs11:token=\(info.label)'")
+        }
+        throw PKCS11Error(
+            .objectAmbiguous, "\(found.count) certificates match \(uri.redacted) on token '\(info.label)'",
+            hint: "use one of these URIs:\n" + found.map { "  \($0.uri)" }.joined(separator: "\n"))
+    }
+
     /// The certificate stored with a key: same `CKA_ID`, else same label.
     public func certificate(for key: PrivateKeyObject) throws -> CertificateObject? {
         Self.certificate(for: key, in: try certificates())

@@ -73,13 +73,20 @@ struct SigningOptions: ParsableArguments {
         let sameToken = uri.matches(token: context.token.info)
         let token = sameToken ? context.token : try Token.open(uri, module: context.module, logger: context.logger)
         defer { if !sameToken { token.close() } }
-        let found = try token.certificates(matching: uri)
-        guard found.count == 1 else {
-            throw CLIError(message: found.isEmpty
-                ? "no certificate matches \(uri.redacted) on token '\(token.info.label)'\nhint: list certificates with 'p11jwt objects --token pkcs11:token=\(token.info.label)'"
-                : "\(found.count) certificates match \(uri.redacted):\n" + found.map { "  \($0.uri)" }.joined(separator: "\n"))
-        }
-        return try JWSCertificate(der: found[0].der)
+        return try JWSCertificate(der: try token.certificate(matching: uri).der)
+    }
+}
+
+/// `--x5c [--chain-file PEM]`: send the certificate chain in the header.
+struct ChainOptions: ParsableArguments {
+    @Flag(name: .long, help: "Send the certificate chain as x5c, leaf first (Subject Name + Issuer authentication).")
+    var x5c = false
+
+    @Option(name: .long, help: ArgumentHelp("More certificates for x5c after the leaf (PEM, issuer first; default: the issuers on the token).", valueName: "file"))
+    var chainFile: String?
+
+    func validate() throws {
+        if chainFile != nil && !x5c { throw ValidationError("--chain-file is for x5c: add --x5c") }
     }
 }
 
@@ -96,13 +103,7 @@ func readCertificate(_ argument: String, moduleOptions: ModuleOptions) throws ->
     guard argument.hasPrefix("pkcs11:") else { return try readCertificates(argument)[0] }
     let context = try TokenContext.open(argument, moduleOptions: moduleOptions, pins: nil, login: false)
     defer { context.close() }
-    let found = try context.token.certificates(matching: context.uri)
-    guard found.count == 1 else {
-        throw CLIError(message: found.isEmpty
-            ? "no certificate matches \(context.uri.redacted)\nhint: list certificates with 'p11jwt objects --token pkcs11:token=\(context.token.info.label)'"
-            : "\(found.count) certificates match \(context.uri.redacted):\n" + found.map { "  \($0.uri)" }.joined(separator: "\n"))
-    }
-    return try JWSCertificate(der: found[0].der)
+    return try JWSCertificate(der: try context.token.certificate(matching: context.uri).der)
 }
 
 /// `--claim name=value`: the value is JSON when it parses as JSON, else a string.

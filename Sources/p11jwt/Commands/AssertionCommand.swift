@@ -26,11 +26,7 @@ struct AssertionCommand: ParsableCommand {
     @Option(name: .long, help: "auto (PS256 if the token can, else RS256), PS256 or RS256; ES* for EC keys (Entra refuses those).")
     var alg: AlgorithmArgument = .auto
 
-    @Flag(name: .long, help: "Send the certificate chain as x5c (Subject Name + Issuer authentication).")
-    var x5c = false
-
-    @Option(name: .long, help: ArgumentHelp("More certificates for x5c after the leaf (PEM, issuer first).", valueName: "file"))
-    var chainFile: String?
+    @OptionGroup var chain: ChainOptions
 
     @Option(name: .long, help: ArgumentHelp("Seconds the assertion is valid (1…3600).", valueName: "seconds"))
     var lifetime: Int = ClientAssertion.defaultLifetime
@@ -54,7 +50,6 @@ struct AssertionCommand: ParsableCommand {
     @OptionGroup var outputOptions: OutputOptions
 
     func validate() throws {
-        if chainFile != nil && !x5c { throw ValidationError("--chain-file is for x5c: add --x5c") }
         if cloud != nil && authorityHost != nil { throw ValidationError("give --cloud or --authority-host, not both") }
     }
 
@@ -75,12 +70,11 @@ struct AssertionCommand: ParsableCommand {
         }
         let parameters = ClientAssertion.Parameters(
             tenant: tenant ?? env["AZURE_TENANT_ID"] ?? "", clientID: clientID ?? env["AZURE_CLIENT_ID"] ?? "",
-            authorityHost: authority, lifetime: lifetime, algorithm: algorithm, x5c: x5c,
+            authorityHost: authority, lifetime: lifetime, algorithm: algorithm, x5c: chain.x5c,
             kid: keyIDArgument(kid, default: .thumbprint), extraClaims: ClaimArgument.object(claim), overrideClaims: override)
         // Check what needs no token before asking for a PIN.
-        _ = try EntraValue.tenant(parameters.tenant)
-        _ = try EntraValue.guid(parameters.clientID, what: "client id", hint: "give --client-id or AZURE_CLIENT_ID")
-        let (context, signer) = try signing.openSigner(requireCertificate: true, chainFile: chainFile)
+        _ = try parameters.validated()
+        let (context, signer) = try signing.openSigner(requireCertificate: true, chainFile: chain.chainFile)
         defer { context.close() }
         let jws = try ClientAssertion.make(parameters, signer: signer, logger: context.logger)
         try printToken(jws, format: outputOptions.output)

@@ -37,25 +37,20 @@ struct JWTCommand: ParsableCommand {
     @Flag(name: .customLong("x5t-s256"), help: "Add x5t#S256 (SHA-256 thumbprint).")
     var x5tS256 = false
 
-    @Flag(name: .long, help: "Add x5c (the certificate chain).")
-    var x5c = false
-
-    @Option(name: .long, help: ArgumentHelp("More certificates for x5c after the leaf (PEM).", valueName: "file"))
-    var chainFile: String?
+    @OptionGroup var chain: ChainOptions
 
     @OptionGroup var signing: SigningOptions
     @OptionGroup var outputOptions: OutputOptions
 
     func validate() throws {
         if let lifetime, lifetime <= 0 { throw ValidationError("--lifetime must be positive") }
-        if chainFile != nil && !x5c { throw ValidationError("--chain-file is for x5c: add --x5c") }
     }
 
     func run() throws {
         var claimObject = try JSONObject(parsing: try readArgument(claims, what: "--claims"), what: "the claims")
         let extraHeader = try header.map { try JSONObject(parsing: try readArgument($0, what: "--header"), what: "--header") } ?? JSONObject()
-        let needsCertificate = x5t || x5tS256 || x5c || kid == "thumbprint"
-        let (context, signer) = try signing.openSigner(requireCertificate: needsCertificate, chainFile: chainFile)
+        let needsCertificate = x5t || x5tS256 || chain.x5c || kid == "thumbprint"
+        let (context, signer) = try signing.openSigner(requireCertificate: needsCertificate, chainFile: chain.chainFile)
         defer { context.close() }
         let algorithm: JWSAlgorithm
         switch alg {
@@ -80,7 +75,7 @@ struct JWTCommand: ParsableCommand {
         }
         let fields = JWSHeaderFields(
             type: typ == "none" ? nil : typ, x5t: x5t, x5tS256: x5tS256,
-            kid: keyIDArgument(kid, default: signer.certificate == nil ? .none : .thumbprint), x5c: x5c,
+            kid: keyIDArgument(kid, default: signer.certificate == nil ? .none : .thumbprint), x5c: chain.x5c,
             extra: extraHeader)
         let jws = try JWS.sign(
             header: try fields.header(algorithm: algorithm, certificateChain: signer.certificateChain),

@@ -24,7 +24,8 @@ struct PopCommand: ParsableCommand {
     @OptionGroup var outputOptions: OutputOptions
 
     func run() throws {
-        _ = try EntraValue.guid(objectID, what: "object id", hint: "give the application's object id (Graph 'id'), not its appId")
+        // Check what needs no token before asking for a PIN.
+        _ = try ProofOfPossession.validated(objectID: objectID)
         let (context, signer) = try signing.openSigner(requireCertificate: true)
         defer { context.close() }
         let jws = try ProofOfPossession.make(objectID: objectID, signer: signer, algorithm: alg, logger: context.logger)
