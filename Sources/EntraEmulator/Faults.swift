@@ -13,10 +13,21 @@ public final class Faults: @unchecked Sendable {
         /// Refuse a client assertion whose `jti` was seen before.
         public var rejectReplay = false
         /// The next `count` requests of `route` ("token", "addKey", "removeKey", "graph") get
-        /// `status` (429 with `Retry-After`, or 503).
+        /// `status` (429 with `Retry-After`, or 503), or, with `dropAfterApply` (addKey and
+        /// removeKey), are applied and then answered by closing the connection.
         public var failures: [Failure] = []
 
         public init() {}
+
+        /// Members left out keep their defaults, so `{"rejectReplay":true}` is a whole setting.
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            latencyMilliseconds = try c.decodeIfPresent(Int.self, forKey: .latencyMilliseconds) ?? 0
+            propagationDelaySeconds = try c.decodeIfPresent(Double.self, forKey: .propagationDelaySeconds) ?? 0
+            clockOffsetSeconds = try c.decodeIfPresent(Double.self, forKey: .clockOffsetSeconds) ?? 0
+            rejectReplay = try c.decodeIfPresent(Bool.self, forKey: .rejectReplay) ?? false
+            failures = try c.decodeIfPresent([Failure].self, forKey: .failures) ?? []
+        }
     }
 
     public struct Failure: Codable, Sendable, Equatable {
@@ -24,12 +35,15 @@ public final class Faults: @unchecked Sendable {
         public var count: Int
         public var status: Int?
         public var retryAfter: Int?
+        /// Commit the change, then close the connection without a response.
+        public var dropAfterApply: Bool?
 
-        public init(route: String, count: Int, status: Int? = nil, retryAfter: Int? = nil) {
+        public init(route: String, count: Int, status: Int? = nil, retryAfter: Int? = nil, dropAfterApply: Bool? = nil) {
             self.route = route
             self.count = count
             self.status = status
             self.retryAfter = retryAfter
+            self.dropAfterApply = dropAfterApply
         }
     }
 
@@ -48,10 +62,13 @@ public final class Faults: @unchecked Sendable {
     var rejectReplay: Bool { settings.rejectReplay }
     var now: Date { Date().addingTimeInterval(settings.clockOffsetSeconds) }
 
-    /// Takes one injected failure for `route`, if any is pending.
-    func takeFailure(_ route: String) -> Failure? {
+    /// Takes one injected failure for `route`, if any is pending: an error status before the
+    /// request is handled, or (`afterApply`) a connection drop after it was applied.
+    func takeFailure(_ route: String, afterApply: Bool = false) -> Failure? {
         lock.withLock {
-            guard let i = current.failures.firstIndex(where: { $0.route == route && $0.count > 0 }) else { return nil }
+            guard let i = current.failures.firstIndex(where: {
+                $0.route == route && $0.count > 0 && ($0.dropAfterApply ?? false) == afterApply
+            }) else { return nil }
             current.failures[i].count -= 1
             return current.failures[i]
         }

@@ -98,28 +98,10 @@ struct GraphAPI: Sendable {
         if let password = request["passwordCredential"], password != .null {
             throw GraphError.badRequest("passwordCredential must be null when adding an AsymmetricX509Cert key credential.")
         }
-        guard keyObject["type"] == "AsymmetricX509Cert" else {
-            throw GraphError.badRequest("Invalid value specified for property 'type' of resource 'KeyCredential'.")
-        }
-        guard keyObject["usage"] == "Verify" else {
-            throw GraphError.badRequest("Invalid value specified for property 'usage' of resource 'KeyCredential'.")
-        }
-        guard let keyText = keyObject["key"]?.stringValue, let der = Data(base64Encoded: keyText).map({ [UInt8]($0) }) else {
-            throw GraphError.badRequest("Invalid value specified for property 'key' of resource 'KeyCredential': not base64.")
-        }
-        guard (try? JWSCertificate(der: der)) != nil else {
-            throw GraphError.badRequest("Key credential's key is not a valid certificate (a DER X.509 certificate without private key is required).")
-        }
-        let start = try date(keyObject["startDateTime"], "startDateTime")
-        let end = try date(keyObject["endDateTime"], "endDateTime")
+        let credential = try keyCredential(keyObject, now: now)
         let proof = request["proof"]?.stringValue
         return try mutate(target, caller: caller, now: now) { credentials, objectID in
             try verifyProof(proof, objectID: objectID, credentials: credentials, now: now)
-            let credential: KeyCredential
-            do {
-                credential = try KeyCredential.make(
-                    certificateDER: der, displayName: keyObject["displayName"]?.stringValue, start: start, end: end, now: now)
-            } catch { throw GraphError.badRequest("Key credential's key is not a valid certificate.") }
             guard !credentials.contains(where: { $0.key == credential.key }) else {
                 throw GraphError.badRequest("Another key credential with the same certificate (thumbprint \(credential.thumbprint?.hexSHA1 ?? "")) already exists on this object.")
             }
@@ -172,13 +154,14 @@ struct GraphAPI: Sendable {
         }
         var credentials: [KeyCredential] = []
         for item in list {
-            guard let object = item.objectValue, object["type"] == "AsymmetricX509Cert", object["usage"] == "Verify",
-                  let der = object["key"]?.stringValue.flatMap({ Data(base64Encoded: $0) }).map({ [UInt8]($0) }),
-                  var credential = try? KeyCredential.make(
-                      certificateDER: der, displayName: object["displayName"]?.stringValue,
-                      start: try date(object["startDateTime"], "startDateTime"), end: try date(object["endDateTime"], "endDateTime"), now: now)
-            else { throw GraphError.badRequest("Invalid value specified for property 'keyCredentials' of resource 'Application'.") }
+            guard let object = item.objectValue else {
+                throw GraphError.badRequest("Invalid value specified for property 'keyCredentials' of resource 'Application'.")
+            }
+            var credential = try keyCredential(object, now: now)
             if let keyID = object["keyId"]?.stringValue, UUID(uuidString: keyID) != nil { credential.keyId = keyID.lowercased() }
+            guard !credentials.contains(where: { $0.key == credential.key }) else {
+                throw GraphError.badRequest("keyCredentials lists the certificate with thumbprint \(credential.thumbprint?.hexSHA1 ?? "") twice.")
+            }
             credentials.append(credential)
         }
         do {
@@ -270,6 +253,27 @@ struct GraphAPI: Sendable {
         }) else { throw GraphError.malformed("the proof's x5t / kid names no currently valid certificate of this object") }
         guard let der = credential.certificateDER, let certificate = try? JWSCertificate(der: der), jws.isValid(publicKey: certificate.publicKey) else {
             throw GraphError.malformed("the proof's signature does not verify with certificate \(credential.thumbprint?.hexSHA1 ?? "")")
+        }
+    }
+
+    /// A keyCredential object of an addKey or PATCH body: `AsymmetricX509Cert`, `Verify`, `key`
+    /// the base64 DER of a certificate (no private key), dates defaulting to its validity.
+    private func keyCredential(_ object: JSONObject, now: Date) throws(GraphError) -> KeyCredential {
+        guard object["type"] == "AsymmetricX509Cert" else {
+            throw GraphError.badRequest("Invalid value specified for property 'type' of resource 'KeyCredential'.")
+        }
+        guard object["usage"] == "Verify" else {
+            throw GraphError.badRequest("Invalid value specified for property 'usage' of resource 'KeyCredential'.")
+        }
+        guard let keyText = object["key"]?.stringValue, let der = Data(base64Encoded: keyText).map({ [UInt8]($0) }) else {
+            throw GraphError.badRequest("Invalid value specified for property 'key' of resource 'KeyCredential': not base64.")
+        }
+        let start = try date(object["startDateTime"], "startDateTime")
+        let end = try date(object["endDateTime"], "endDateTime")
+        do {
+            return try KeyCredential.make(certificateDER: der, displayName: object["displayName"]?.stringValue, start: start, end: end, now: now)
+        } catch {
+            throw GraphError.badRequest("Key credential's key is not a valid certificate (a DER X.509 certificate without private key is required).")
         }
     }
 

@@ -29,8 +29,8 @@ public struct EmulatorRoutes: Sendable {
         return list
     }
 
-    public func router() -> Router<BasicRequestContext> {
-        let router = Router()
+    public func router() -> Router<EmulatorRequestContext> {
+        let router = Router(context: EmulatorRequestContext.self)
         let token = TokenEndpoint(store: store, key: key, faults: faults)
         let graph = GraphAPI(store: store, key: key)
 
@@ -89,8 +89,11 @@ public struct EmulatorRoutes: Sendable {
         router.post("/_emulator/faults") { request, _ -> Response in
             var request = request
             let body = try await request.collectBody(upTo: 1 << 16)
-            let settings = try JSONDecoder().decode(Faults.Settings.self, from: Data(buffer: body))
-            faults.settings = settings
+            do {
+                faults.settings = try JSONDecoder().decode(Faults.Settings.self, from: Data(buffer: body))
+            } catch {
+                return Self.json(JSONObject(["error": .string("not a fault settings object: \(error)")]), status: 400)
+            }
             return Response(status: .noContent)
         }
 
@@ -110,9 +113,12 @@ public struct EmulatorRoutes: Sendable {
                     }
                     switch (request.method, action) {
                     case (.post, "addKey"):
-                        return Self.json(try graph.addKey(target, body: body, caller: caller, now: now))
+                        let added = try graph.addKey(target, body: body, caller: caller, now: now)
+                        await dropIfInjected(route, context: context)
+                        return Self.json(added)
                     case (.post, "removeKey"):
                         try graph.removeKey(target, body: body, caller: caller, now: now)
+                        await dropIfInjected(route, context: context)
                         return Response(status: .noContent)
                     case (.get, nil):
                         return Self.json(try graph.get(target, caller: caller))
@@ -144,6 +150,14 @@ public struct EmulatorRoutes: Sendable {
             ? OAuthError(status, "temporarily_unavailable", 90033, "A transient error has occurred. Please try again.").body(authority: baseURL.value ?? "", now: Date()).serialized
             : GraphError(status, status == 429 ? "TooManyRequests" : "ServiceUnavailable", "Injected fault.").body(clientRequestID: nil, now: Date()).serialized
         return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+
+    /// The "applied, then the connection dropped" fault: the change is committed, the client
+    /// never sees the answer (as when a proxy or the network fails after Graph commits).
+    private func dropIfInjected(_ route: String, context: EmulatorRequestContext) async {
+        guard faults.takeFailure(route, afterApply: true) != nil else { return }
+        context.logger.info("fault: dropping the connection after applying \(route)")
+        try? await context.channel.close()
     }
 
     /// `applications/{id}/addKey`, `applications(appId='…')/removeKey`, `servicePrincipals/{id}`, …
@@ -201,6 +215,17 @@ public struct EmulatorRoutes: Sendable {
         headers[.contentType] = "application/json; charset=utf-8"
         headers[.cacheControl] = "no-store, no-cache"
         return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: object.serialized)))
+    }
+}
+
+/// The request context: Hummingbird's basics plus the connection, which the drop fault closes.
+public struct EmulatorRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    let channel: any Channel
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
     }
 }
 

@@ -149,7 +149,7 @@ struct TokenEndpoint: Sendable {
         }
         if faults.rejectReplay, let jti = claims["jti"]?.stringValue {
             guard faults.recordAssertion(jti: jti, until: exp) else {
-                throw OAuthError(401, "invalid_client", 700025, "Client assertion contains a jti that has already been used (replay).")
+                throw OAuthError(400, "invalid_client", 50013, "Assertion is invalid: its jti was already used (replay). Real Entra accepts reuse within the lifetime; this emulator refuses it because --reject-replay is set.")
             }
         }
 

@@ -49,6 +49,7 @@ struct Serve: AsyncParsableCommand {
     var logLevel: String = "info"
 
     func run() async throws {
+        blockShutdownSignalsInAllThreads()
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -68,6 +69,9 @@ struct Serve: AsyncParsableCommand {
         }
         let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+        // A stale url would point clients at a port nobody serves.
+        try? FileManager.default.removeItem(atPath: URL(fileURLWithPath: stateOption.state).appendingPathComponent("url").path)
+        logger.info("stopped")
     }
 }
 
@@ -132,6 +136,21 @@ struct App: AsyncParsableCommand {
             try printJSON(Shown(tenantId: tenant.id, application: app))
         }
     }
+}
+
+/// On Linux, Dispatch's signal sources read a signalfd and block the signal only in
+/// Dispatch's own thread, so any other thread that leaves SIGTERM unblocked takes the default
+/// action and the process dies with 143 before ServiceGroup sees the signal. Blocking the
+/// shutdown signals here, before Hummingbird and NIO start their threads (which inherit the
+/// mask), leaves them pending for the signalfd.
+func blockShutdownSignalsInAllThreads() {
+    #if os(Linux)
+    var set = sigset_t()
+    sigemptyset(&set)
+    sigaddset(&set, SIGTERM)
+    sigaddset(&set, SIGINT)
+    pthread_sigmask(SIG_BLOCK, &set, nil)
+    #endif
 }
 
 func printJSON<T: Encodable>(_ value: T) throws {

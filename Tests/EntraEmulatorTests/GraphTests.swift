@@ -15,12 +15,7 @@ extension EmulatorFixture {
 
     /// A PoP proof for `objectID` signed by `signer`; `edit` may break it.
     func proof(_ objectID: String, signer: ReferenceSigner? = nil, edit: (inout JSONObject, inout JSONObject) -> Void = { _, _ in }) throws -> String {
-        let signer = signer ?? self.signer
-        var header = try JWSHeaderFields(x5t: true, kid: .thumbprint).header(algorithm: .RS256, certificateChain: signer.certificateChain)
-        let now = Int64(Date().timeIntervalSince1970)
-        var claims = JSONObject(["aud": "00000002-0000-0000-c000-000000000000", "iss": .string(objectID), "nbf": .int(now), "exp": .int(now + 600), "jti": .string(UUID().uuidString)])
-        edit(&header, &claims)
-        return try JWS.sign(header: header, claims: claims, signer: signer).compact
+        try FixtureAssertion.proof(objectID, signer: signer ?? self.signer, edit: edit)
     }
 
     func addKeyBody(_ cert: JWSCertificate, proof: String, type: String = "AsymmetricX509Cert", usage: String = "Verify") -> String {
