@@ -9,6 +9,8 @@ let package = Package(
         .library(name: "PKCS11", targets: ["PKCS11"]),
         .library(name: "Entra", targets: ["Entra"]),
         .library(name: "EntraEmulator", targets: ["EntraEmulator"]),
+        .library(name: "DurableFiles", targets: ["DurableFiles"]),
+        .library(name: "Rotation", targets: ["Rotation"]),
         .executable(name: "p11jwt", targets: ["p11jwt"]),
         .executable(name: "entra-emulator", targets: ["entra-emulator"]),
     ],
@@ -55,19 +57,44 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
-        // Entra ID: client assertions and Graph proof-of-possession tokens, clouds.
+        // Entra ID: client assertions, Graph proof-of-possession tokens, clouds, the token
+        // endpoint and Graph key-credential clients (AsyncHTTPClient), the token cache, rotate.
         .target(
             name: "Entra",
             dependencies: [
                 "JOSE",
+                "DurableFiles",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // rotate: a new key and certificate made in the token, addKey, verify, removeKey, with a
+        // journal that makes a killed run resumable.
+        .target(
+            name: "Rotation",
+            dependencies: [
+                "Entra",
+                "PKCS11",
+                "JOSE",
+                "DurableFiles",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
+        // Crash-safe files: atomic replacement and cross-process locks (state, cache, journal).
+        .target(name: "DurableFiles"),
         // An offline stand-in for the Entra token endpoint and Graph's key-credential API that
         // verifies what Entra verifies.
         .target(
             name: "EntraEmulator",
             dependencies: [
+                "DurableFiles",
                 "JOSE",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -94,6 +121,7 @@ let package = Package(
         .executableTarget(
             name: "p11jwt",
             dependencies: [
+                "Rotation",
                 "JOSE",
                 "PKCS11",
                 "Entra",
@@ -101,6 +129,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
         // SoftHSM set-up, child processes and independent verifiers shared by the test targets.
@@ -153,6 +182,14 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
+            ]
+        ),
+        .testTarget(
+            name: "EntraWorkflowTests",
+            dependencies: [
+                "TestSupport",
+                "Entra",
+                "DurableFiles",
             ]
         ),
         .testTarget(

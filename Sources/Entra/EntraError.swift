@@ -9,17 +9,42 @@ public struct EntraError: Error, Sendable, CustomStringConvertible {
         public static let invalidParameter = Code(name: "invalidParameter")
         /// The key cannot make what Entra or Graph accepts (e.g. an EC key for a PoP proof).
         public static let unsupportedKey = Code(name: "unsupportedKey")
+        /// The token endpoint refused: ``EntraError/aadsts`` has Entra's code.
+        public static let tokenRefused = Code(name: "tokenRefused")
+        /// Graph refused: ``EntraError/graphCode`` and ``EntraError/httpStatus`` say how.
+        public static let graphRefused = Code(name: "graphRefused")
+        /// No answer: connection, TLS or timeout (``EntraError/cause``).
+        public static let network = Code(name: "network")
+        /// An answer that is not what the protocol defines.
+        public static let protocolViolation = Code(name: "protocolViolation")
+        /// The token cache or the rotate journal could not be read or written.
+        public static let stateFile = Code(name: "stateFile")
+        /// A rotation cannot go on safely from where it is (see the message).
+        public static let rotation = Code(name: "rotation")
     }
 
     public var code: Code
     public var message: String
     public var hint: String?
+    /// Entra's AADSTS code, for ``Code/tokenRefused``.
+    public var aadsts: Int?
+    /// Graph's error code (`Authorization_RequestDenied`, …), for ``Code/graphRefused``.
+    public var graphCode: String?
+    public var httpStatus: Int?
+    public var cause: String?
     public var location: String
 
-    public init(_ code: Code, _ message: String, hint: String? = nil, file: String = #fileID, line: Int = #line) {
+    public init(
+        _ code: Code, _ message: String, hint: String? = nil, aadsts: Int? = nil, graphCode: String? = nil,
+        httpStatus: Int? = nil, cause: String? = nil, file: String = #fileID, line: Int = #line
+    ) {
         self.code = code
         self.message = message
         self.hint = hint
+        self.aadsts = aadsts
+        self.graphCode = graphCode
+        self.httpStatus = httpStatus
+        self.cause = cause
         self.location = "\(file):\(line)"
     }
 

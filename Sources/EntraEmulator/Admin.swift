@@ -18,7 +18,8 @@ extension StateStore {
         name: String, certificate: [UInt8]?, roles: [String] = [], owners: [String] = [], tenant: String? = nil,
         now: Date = Date()
     ) throws -> CreatedApplication {
-        let credential = try certificate.map { try KeyCredential.make(certificateDER: $0, displayName: "CN from app create", now: now) }
+        var credential = try certificate.map { try KeyCredential.make(certificateDER: $0, displayName: "registered by app create", now: now) }
+        credential?.preRegistered = true
         return try update { state in
             let t: Int
             if let tenant, let found = state.tenants.firstIndex(where: { $0.id == tenant.lowercased() || $0.domain.lowercased() == tenant.lowercased() }) {

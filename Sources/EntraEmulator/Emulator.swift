@@ -1,3 +1,4 @@
+import DurableFiles
 import Foundation
 import Hummingbird
 import HummingbirdCore
@@ -54,7 +55,7 @@ public struct Emulator: Sendable {
                 let port = channel.localAddress?.port ?? 0
                 let url = "\(scheme)://\(host.contains(":") ? "[\(host)]" : host):\(port)"
                 baseURL.value = url
-                try? writeAtomically(Data((url + "\n").utf8), to: urlFile, mode: 0o644)
+                try? DurableFile.writeAtomically(Data((url + "\n").utf8), to: urlFile, mode: 0o644)
                 await onListening(url)
             },
             logger: logger)

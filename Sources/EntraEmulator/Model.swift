@@ -69,6 +69,9 @@ public struct KeyCredential: Codable, Sendable, Equatable {
     public var key: String
     /// When it was added (for the replication-delay fault).
     public var addedDateTime: Date
+    /// Registered by `app create`, standing for a credential uploaded long ago: the
+    /// propagation-delay fault applies only to credentials added through Graph.
+    public var preRegistered: Bool?
 
     /// Whether it is valid at `date`.
     public func isValid(at date: Date) -> Bool { startDateTime <= date && date <= endDateTime }

@@ -1,4 +1,5 @@
 import Crypto
+import DurableFiles
 import Foundation
 import NIOSSL
 import SwiftASN1
@@ -55,10 +56,10 @@ public struct ServerIdentity: Sendable {
         let identity = ServerIdentity(
             caPEM: try ca.serializeAsPEM().pemString, certificatePEM: try server.serializeAsPEM().pemString,
             privateKeyPEM: serverKey.pemRepresentation)
-        try writeAtomically(Data(identity.privateKeyPEM.utf8), to: keyURL, mode: 0o600)
-        try writeAtomically(Data(caKey.pemRepresentation.utf8), to: dir.appendingPathComponent("ca-key.pem"), mode: 0o600)
-        try writeAtomically(Data(identity.certificatePEM.utf8), to: certURL, mode: 0o644)
-        try writeAtomically(Data(identity.caPEM.utf8), to: caURL, mode: 0o644)
+        try DurableFile.writeAtomically(Data(identity.privateKeyPEM.utf8), to: keyURL, mode: 0o600)
+        try DurableFile.writeAtomically(Data(caKey.pemRepresentation.utf8), to: dir.appendingPathComponent("ca-key.pem"), mode: 0o600)
+        try DurableFile.writeAtomically(Data(identity.certificatePEM.utf8), to: certURL, mode: 0o644)
+        try DurableFile.writeAtomically(Data(identity.caPEM.utf8), to: caURL, mode: 0o644)
         return identity
     }
 

@@ -1,4 +1,5 @@
 import Crypto
+import DurableFiles
 import Foundation
 import JOSE
 import _CryptoExtras
@@ -16,7 +17,7 @@ public struct EmulatorSigningKey: Sendable {
             key = try _RSA.Signing.PrivateKey(pemRepresentation: String(decoding: data, as: UTF8.self))
         } else {
             key = try _RSA.Signing.PrivateKey(keySize: .bits2048)
-            try writeAtomically(Data(key.pemRepresentation.utf8), to: url, mode: 0o600)
+            try DurableFile.writeAtomically(Data(key.pemRepresentation.utf8), to: url, mode: 0o600)
         }
         return EmulatorSigningKey(privateKey: key)
     }

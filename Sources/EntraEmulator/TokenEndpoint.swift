@@ -136,7 +136,7 @@ struct TokenEndpoint: Sendable {
         guard let credential, let der = credential.certificateDER, let certificate = try? JWSCertificate(der: der) else {
             throw notRegistered
         }
-        if now.timeIntervalSince(credential.addedDateTime) < faults.propagationDelay {
+        if credential.preRegistered != true && now.timeIntervalSince(credential.addedDateTime) < faults.propagationDelay {
             throw notRegistered  // not yet replicated to the token service
         }
         guard credential.isValid(at: now) else {

@@ -124,7 +124,7 @@ public final class Token: Sendable {
     public func currentInfo() throws -> TokenInfo { try slot.tokenInfo() }
 
     /// A URI for an object on this token.
-    func objectURI(label: String?, id: [UInt8]?, objectClass: ObjectClass) -> String {
+    public func objectURI(label: String?, id: [UInt8]?, objectClass: ObjectClass) -> String {
         PKCS11URI.format(token: info, label: label, id: id, objectClass: objectClass, module: module)
     }
 
@@ -602,6 +602,16 @@ public final class Token: Sendable {
                 return identity(session, handle, v, cls)
             }
         }
+    }
+
+    /// Sets the label of objects (`C_SetAttributeValue` of `CKA_LABEL`): `rotate` relabels a
+    /// retired key and its certificate, and gives the new key the label the old one had.
+    public func relabel(_ objects: [ObjectIdentity], to label: String) throws {
+        guard !label.isEmpty else { throw PKCS11Error(.invalidArgument, "an empty label") }
+        try withPrimary(writing: true) { session in
+            for object in objects { try session.setAttributes(object.handle, [.label(label)]) }
+        }
+        logger.info("relabelled objects", metadata: ["count": "\(objects.count)", "label": "\(label)"])
     }
 
     /// Destroys objects (`C_DestroyObject`).

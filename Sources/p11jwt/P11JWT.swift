@@ -17,7 +17,8 @@ struct P11JWT: AsyncParsableCommand {
         subcommands: [
             TokensCommand.self, ObjectsCommand.self, MechanismsCommand.self, KeygenCommand.self,
             SignCommand.self, DestroyCommand.self, AssertionCommand.self, PopCommand.self, JWTCommand.self,
-            DecodeCommand.self, ThumbprintCommand.self,
+            DecodeCommand.self, ThumbprintCommand.self, TokenCommand.self, AddKeyCommand.self, RemoveKeyCommand.self,
+            CredentialsCommand.self, CertCommand.self, RotateCommand.self,
         ])
 
     /// Runs the command and maps errors to the documented exit codes (0 / 1 / 2).
@@ -27,7 +28,9 @@ struct P11JWT: AsyncParsableCommand {
             command = try parseAsRoot()
         } catch {
             if exitCode(for: error) == .success {
-                exit(withError: error)  // --help, --version
+                // --help, --version: the text on standard output, exit 0.
+                print(fullMessage(for: error))
+                Foundation.exit(0)
             }
             // Every parse error is a usage error: exit 2.
             FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
@@ -53,6 +56,11 @@ struct P11JWT: AsyncParsableCommand {
             Foundation.exit(error.rawValue)
         } catch {
             let code = exitCode(for: error)
+            if code == .success {
+                // --help parses as the built-in help command, whose run() throws the request.
+                print(fullMessage(for: error))
+                Foundation.exit(0)
+            }
             if code == .validationFailure {
                 FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
                 Foundation.exit(2)

@@ -25,19 +25,19 @@ struct SigningOptions: ParsableArguments {
         if cert != nil && certFile != nil { throw ValidationError("give --cert or --cert-file, not both") }
     }
 
-    var keyURI: String {
-        get throws {
-            if let key { return key }
-            if let key = ProcessInfo.processInfo.environment["P11JWT_KEY"], !key.isEmpty { return key }
-            throw CLIError.usage("no key: give --key pkcs11:… or set P11JWT_KEY (list keys with 'p11jwt objects --token pkcs11:token=…')")
-        }
+    /// --key, then $P11JWT_KEY, then `fallback` (the config file's `key`).
+    func keyURI(fallback: String? = nil) throws -> String {
+        if let key { return key }
+        if let key = ProcessInfo.processInfo.environment["P11JWT_KEY"], !key.isEmpty { return key }
+        if let fallback { return fallback }
+        throw CLIError.usage("no key: give --key pkcs11:… or set P11JWT_KEY (list keys with 'p11jwt objects --token pkcs11:token=…')")
     }
 
     /// Opens the key's token, logs in and returns a signer for the key with its certificate
     /// chain: from --cert / --cert-file (plus `chainFile`), else from the token. With
     /// `requireCertificate`, no certificate is an error that says how to give one.
-    func openSigner(requireCertificate: Bool, chainFile: String? = nil) throws -> (TokenContext, TokenSigner) {
-        let context = try TokenContext.open(try keyURI, moduleOptions: moduleOptions, pins: pinOptions, login: true)
+    func openSigner(requireCertificate: Bool, chainFile: String? = nil, configKey: String? = nil) throws -> (TokenContext, TokenSigner) {
+        let context = try TokenContext.open(try keyURI(fallback: configKey), moduleOptions: moduleOptions, pins: pinOptions, login: true)
         do {
             let key = try context.token.signingKey(context.uri)
             var chain: [JWSCertificate]?

@@ -184,15 +184,25 @@ struct TokenEndpointTests {
 
     @Test func replayAndPropagationFaults() async throws {
         let f = try EmulatorFixture()
-        let assertion = try f.assertion()
+        let next = try ReferenceSigner.make(.rsa(bits: 2048), subject: "CN=next")
         var settings = Faults.Settings()
-        settings.rejectReplay = true
         settings.propagationDelaySeconds = 3600
         f.routes.faults.settings = settings
         try await f.test { client in
-            // The fixture's key was added just now: not yet replicated.
-            #expect(aadsts(try await client.post(f.tokenURL, form: f.tokenForm(assertion), fixture: f)) == 700027)
+            // The credential app create registered stands for an old one: accepted at once.
+            let bearer = try await f.bearer(client)
+            // One added through Graph is not replicated yet.
+            let added = try await client.graph(.post, "/v1.0/applications/\(f.app.id)/addKey", token: bearer,
+                                               body: f.addKeyBody(next.certificate!, proof: try f.proof(f.app.id)))
+            #expect(added.status == 200, "\(added.json)")
+            let nextAssertion = try f.assertion(signer: next)
+            #expect(aadsts(try await client.post(f.tokenURL, form: f.tokenForm(nextAssertion), fixture: f)) == 700027)
             f.routes.faults.settings.propagationDelaySeconds = 0
+            #expect(try await client.post(f.tokenURL, form: f.tokenForm(nextAssertion), fixture: f).status == 200)
+            // Reuse within the lifetime is fine, unless replays are rejected.
+            #expect(try await client.post(f.tokenURL, form: f.tokenForm(nextAssertion), fixture: f).status == 200)
+            f.routes.faults.settings.rejectReplay = true
+            let assertion = try f.assertion()
             #expect(try await client.post(f.tokenURL, form: f.tokenForm(assertion), fixture: f).status == 200)
             #expect(aadsts(try await client.post(f.tokenURL, form: f.tokenForm(assertion), fixture: f)) == 50013)
             f.routes.faults.settings.failures = [.init(route: "token", count: 1, status: 429, retryAfter: 7)]

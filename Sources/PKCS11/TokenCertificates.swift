@@ -1,0 +1,183 @@
+import Crypto
+import Foundation
+import JOSE
+import SwiftASN1
+import X509
+
+/// A token key as swift-certificates' external signer, so certificates and CSRs are signed in
+/// the token: swift-certificates serialises the TBS structure, this hashes it here and the token
+/// signs the digest (sha256WithRSAEncryption as PKCS#1 v1.5, ecdsa-with-SHA256/384/512 with the
+/// raw r‖s turned into an ECDSA-Sig-Value). swift-certificates has no RSA-PSS certificates.
+public struct TokenCertificateKey: CustomPrivateKey {
+    public let signer: TokenSigner
+    public let publicKey: Certificate.PublicKey
+
+    public init(_ signer: TokenSigner) throws {
+        guard let publicKey = signer.publicKey else {
+            throw PKCS11Error(
+                .objectNotFound, "key \(signer.key.uri) has no public key on the token to put in a certificate",
+                hint: "keys made by 'p11jwt keygen' have one; otherwise import the public key object with the same CKA_ID")
+        }
+        self.signer = signer
+        self.publicKey = publicKey
+    }
+
+    public var defaultSignatureAlgorithm: Certificate.SignatureAlgorithm {
+        switch signer.keyType {
+        case .rsa: return .sha256WithRSAEncryption
+        case .ec(.p256): return .ecdsaWithSHA256
+        case .ec(.p384): return .ecdsaWithSHA384
+        case .ec(.p521): return .ecdsaWithSHA512
+        }
+    }
+
+    public var supportedSignatureAlgorithms: [Certificate.SignatureAlgorithm] {
+        switch signer.keyType {
+        case .rsa: return [.sha256WithRSAEncryption, .sha384WithRSAEncryption, .sha512WithRSAEncryption]
+        case .ec: return [defaultSignatureAlgorithm]
+        }
+    }
+
+    static func jwsAlgorithm(_ algorithm: Certificate.SignatureAlgorithm) -> JWSAlgorithm? {
+        switch algorithm {
+        case .sha256WithRSAEncryption: return .RS256
+        case .sha384WithRSAEncryption: return .RS384
+        case .sha512WithRSAEncryption: return .RS512
+        case .ecdsaWithSHA256: return .ES256
+        case .ecdsaWithSHA384: return .ES384
+        case .ecdsaWithSHA512: return .ES512
+        default: return nil
+        }
+    }
+
+    public func signSynchronously(bytes: some DataProtocol, signatureAlgorithm: Certificate.SignatureAlgorithm) throws -> Certificate.Signature {
+        guard let algorithm = Self.jwsAlgorithm(signatureAlgorithm), supportedSignatureAlgorithms.contains(signatureAlgorithm) else {
+            throw PKCS11Error(.invalidArgument, "key \(signer.key.uri) cannot sign a certificate with \(signatureAlgorithm)")
+        }
+        let digest = algorithm.hash.hash(Array(bytes))
+        var signature = try signer.sign(digest: digest, algorithm: algorithm)
+        if algorithm.family == .ecdsa { signature = try ECDSASignatureEncoding.der(fromRaw: signature) }
+        return try Certificate.Signature(signatureAlgorithm: signatureAlgorithm, signatureBytes: ASN1BitString(bytes: signature[...]))
+    }
+
+    public func signAsynchronously(bytes: some DataProtocol & Sendable, signatureAlgorithm: Certificate.SignatureAlgorithm) async throws -> Certificate.Signature {
+        try signSynchronously(bytes: bytes, signatureAlgorithm: signatureAlgorithm)
+    }
+
+    // The private key never leaves the token: there is nothing to serialise.
+    public static let defaultPEMDiscriminator = "PRIVATE KEY"
+
+    public func serialize(into coder: inout DER.Serializer) throws {
+        throw PKCS11Error(.invalidArgument, "a token key cannot be exported (\(signer.key.uri))")
+    }
+
+    public static func == (a: TokenCertificateKey, b: TokenCertificateKey) -> Bool {
+        a.signer.key.uri == b.signer.key.uri && a.publicKey == b.publicKey
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(signer.key.uri)
+        hasher.combine(publicKey)
+    }
+}
+
+/// Certificates and CSRs signed by a token key.
+public enum TokenCertificates {
+    /// A self-signed X.509 v3 certificate for the key: subject = issuer, a random 16-byte serial,
+    /// valid from one minute ago for `days`, end-entity, digitalSignature, the key identifiers.
+    public static func selfSigned(
+        signer: TokenSigner, subject: DistinguishedName, days: Int, now: Date = Date()
+    ) throws -> JWSCertificate {
+        guard days >= 1, days <= 3650 else {
+            throw PKCS11Error(.invalidArgument, "a certificate lifetime of \(days) days is out of range", hint: "give --days between 1 and 3650")
+        }
+        let key = try TokenCertificateKey(signer)
+        var spkiSerializer = DER.Serializer()
+        try spkiSerializer.serialize(key.publicKey)
+        let spki = spkiSerializer.serializedBytes
+        let keyIdentifier = Array(Insecure.SHA1.hash(data: spki))
+        var rng = SystemRandomNumberGenerator()
+        var serial = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        serial[0] &= 0x7f
+        let certificate = try Certificate(
+            version: .v3, serialNumber: Certificate.SerialNumber(bytes: serial), publicKey: key.publicKey,
+            notValidBefore: now.addingTimeInterval(-60), notValidAfter: now.addingTimeInterval(Double(days) * 86400),
+            issuer: subject, subject: subject, signatureAlgorithm: key.defaultSignatureAlgorithm,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.notCertificateAuthority)
+                Critical(KeyUsage(digitalSignature: true))
+                SubjectKeyIdentifier(keyIdentifier: keyIdentifier[...])
+                AuthorityKeyIdentifier(keyIdentifier: keyIdentifier[...])
+            },
+            issuerPrivateKey: Certificate.PrivateKey(key))
+        var serializer = DER.Serializer()
+        try serializer.serialize(certificate)
+        return try JWSCertificate(der: serializer.serializedBytes)
+    }
+
+    /// A PKCS#10 certificate request for the key, signed by it, as DER.
+    public static func request(signer: TokenSigner, subject: DistinguishedName) throws -> [UInt8] {
+        let key = try TokenCertificateKey(signer)
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: subject, privateKey: Certificate.PrivateKey(key), attributes: CertificateSigningRequest.Attributes(),
+            signatureAlgorithm: key.defaultSignatureAlgorithm)
+        var serializer = DER.Serializer()
+        try serializer.serialize(csr)
+        return serializer.serializedBytes
+    }
+
+    /// `CN=app,O=Contoso,C=US` (RFC 4514 order as written, `\,` escapes a comma). Known
+    /// attributes: CN, O, OU, C, L, ST, STREET, DC, emailAddress.
+    public static func distinguishedName(_ text: String) throws -> DistinguishedName {
+        var parts: [String] = []
+        var current = ""
+        var escaped = false
+        for ch in text {
+            if escaped {
+                current.append(ch)
+                escaped = false
+                continue
+            }
+            if ch == "\\" {
+                escaped = true
+                continue
+            }
+            if ch == "," {
+                parts.append(current)
+                current = ""
+                continue
+            }
+            current.append(ch)
+        }
+        parts.append(current)
+        var rdns: [RelativeDistinguishedName] = []
+        for part in parts {
+            let trimmed = part.trimmingCharacters(in: .whitespaces)
+            guard let eq = trimmed.firstIndex(of: "="), eq != trimmed.startIndex else {
+                throw PKCS11Error(.invalidArgument, "subject '\(text)': '\(trimmed)' is not NAME=value", hint: "write it as CN=my-app,O=Contoso")
+            }
+            let name = trimmed[..<eq].trimmingCharacters(in: .whitespaces).uppercased()
+            let value = trimmed[trimmed.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+            guard !value.isEmpty else { throw PKCS11Error(.invalidArgument, "subject '\(text)': \(name) is empty") }
+            let attribute: RelativeDistinguishedName.Attribute
+            switch name {
+            case "CN": attribute = try .init(type: .RDNAttributeType.commonName, utf8String: value)
+            case "O": attribute = try .init(type: .RDNAttributeType.organizationName, utf8String: value)
+            case "OU": attribute = try .init(type: .RDNAttributeType.organizationalUnitName, utf8String: value)
+            case "C":
+                guard value.count == 2 else { throw PKCS11Error(.invalidArgument, "subject '\(text)': C must be a two-letter country code") }
+                attribute = try .init(type: .RDNAttributeType.countryName, printableString: value)
+            case "L": attribute = try .init(type: .RDNAttributeType.localityName, utf8String: value)
+            case "ST": attribute = try .init(type: .RDNAttributeType.stateOrProvinceName, utf8String: value)
+            case "STREET": attribute = try .init(type: .RDNAttributeType.streetAddress, utf8String: value)
+            case "DC": attribute = try .init(type: .RDNAttributeType.domainComponent, ia5String: value)
+            case "EMAILADDRESS", "E": attribute = try .init(type: .RDNAttributeType.emailAddress, ia5String: value)
+            default:
+                throw PKCS11Error(.invalidArgument, "subject '\(text)': unknown attribute \(name)", hint: "use CN, O, OU, C, L, ST, STREET, DC or emailAddress")
+            }
+            rdns.append(RelativeDistinguishedName(attribute))
+        }
+        return DistinguishedName(rdns)
+    }
+}
+

@@ -1,0 +1,483 @@
+import Entra
+import Foundation
+import JOSE
+import Logging
+import PKCS11
+import SwiftASN1
+import X509
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Rotates an application's certificate credential to a new key made in the token, safely:
+///
+/// 1. preflight: the current key and certificate work (a token is acquired with them);
+/// 2. a new key pair is generated in the token, and a self-signed certificate for it is made by
+///    the token and stored next to it;
+/// 3. `addKey`, with the proof signed by the current key;
+/// 4. a token is acquired with the **new** key, retried with backoff while Entra replicates;
+/// 5. `removeKey` of the old credential, with the proof signed by the new key;
+/// 6. the old key and certificate are relabelled as retired (or destroyed), and the new key
+///    takes the old key's label, so a URI that selects by label keeps working.
+///
+/// A ``RotationJournal`` records each step; a run killed anywhere is resumed by running again.
+/// The old credential is never removed before the new one has got a token, and no second new
+/// key is ever made.
+public struct Rotation: Sendable {
+    public struct Options: Sendable {
+        /// Default: the current key's type and size.
+        public var keySpec: Token.KeySpec?
+        public var days = 365
+        /// `CN=…` text; default: the current certificate's subject.
+        public var subject: String?
+        public var displayName: String?
+        public var propagationTimeout: TimeInterval = 600
+        /// First wait between verification attempts (grows to 30 s).
+        public var verifyInterval: TimeInterval = 2
+        public var keepOld = false
+        public var deleteOld = false
+        /// Do nothing unless the current certificate expires within this many seconds.
+        public var ifExpiringWithin: TimeInterval?
+        public var oldKeyID: String?
+        public var dryRun = false
+        /// Test hook: the process kills itself (SIGKILL) on reaching this point (see
+        /// ``Rotation/crashPoints``), to prove resumption after a real crash.
+        public var crashAt: String?
+
+        public init() {}
+    }
+
+    /// Where `crashAt` may stop the process: after each change, before and after it is journaled.
+    public static let crashPoints = [
+        "planned", "keygen", "keygen.recorded", "certificate", "certificate.recorded", "addKey", "addKey.recorded",
+        "verified", "removeKey", "removeKey.recorded", "retire.old", "retire.recorded",
+    ]
+
+    public struct StepReport: Codable, Sendable {
+        public var step: String
+        public var outcome: String
+        public var seconds: Double
+    }
+
+    public struct Report: Codable, Sendable {
+        /// rotated, notNeeded, planned.
+        public var outcome: String
+        public var resumed: Bool
+        public var objectID: String
+        public var steps: [StepReport] = []
+        public var newKeyURI: String?
+        public var newThumbprint: String?
+        public var newKeyId: String?
+        public var newNotAfter: Date?
+        public var oldThumbprint: String?
+        public var oldKeyId: String?
+        public var oldRemoved = false
+        public var oldDisposition: String?
+        /// What the user still has to do (e.g. remove the old credential by hand).
+        public var instructions: [String] = []
+        public var plan: [String] = []
+    }
+
+    public let client: EntraClient
+    public let token: Token
+    public let target: GraphKeyTarget
+    public let objectID: String
+    public let journals: RotationJournalStore
+    public let records: CredentialRecords
+    public let logger: Logger
+    /// Progress lines for a terminal.
+    public let progress: @Sendable (String) -> Void
+
+    public init(
+        client: EntraClient, token: Token, target: GraphKeyTarget, objectID: String, stateDirectory: URL, logger: Logger,
+        progress: @escaping @Sendable (String) -> Void = { _ in }
+    ) throws {
+        guard !target.isServicePrincipal else {
+            throw EntraError(
+                .invalidParameter, "rotate works on an application's credentials: the token endpoint authenticates the app with those",
+                hint: "use add-key / remove-key with --service-principal for service principal credentials")
+        }
+        self.client = client
+        self.token = token
+        self.target = target
+        self.objectID = try ProofOfPossession.validated(objectID: objectID)
+        self.journals = RotationJournalStore(directory: stateDirectory)
+        self.records = CredentialRecords(directory: stateDirectory)
+        self.logger = logger
+        self.progress = progress
+    }
+
+    /// Runs or resumes the rotation. `currentSigner` is asked for only when no rotation is in
+    /// progress (a resumed run finds both keys by the ids in the journal).
+    public func run(options: Options, currentSigner: () throws -> TokenSigner) async throws -> Report {
+        var report = Report(outcome: "rotated", resumed: false, objectID: objectID)
+        var journal: RotationJournal
+        if let existing = try journals.load(objectID: objectID) {
+            journal = existing
+            report.resumed = true
+            progress("resuming the rotation of \(objectID) started \(ISO8601DateFormatter().string(from: existing.startedAt)); last step done: \(existing.step)")
+            if options.dryRun {
+                report.outcome = "planned"
+                report.plan = Self.plan(after: existing.step, options: options, journal: existing)
+                return report
+            }
+        } else {
+            let current = try currentSigner()
+            guard let certificate = current.certificate else {
+                throw EntraError(.invalidParameter, "the current key \(current.key.uri) has no certificate", hint: "give --cert, or store the key's certificate on the token")
+            }
+            report.oldThumbprint = certificate.thumbprint.hexSHA1
+            if let window = options.ifExpiringWithin {
+                let notAfter = certificate.certificate.notValidAfter
+                if notAfter > Date().addingTimeInterval(window) {
+                    report.outcome = "notNeeded"
+                    progress("certificate \(certificate.thumbprint.hexSHA1) is valid until \(ISO8601DateFormatter().string(from: notAfter)): no rotation needed")
+                    return report
+                }
+            }
+            let started = Date()
+            progress("preflight: getting a token with the current key \(current.key.uri)")
+            _ = try await client.token(scope: client.configuration.graphScope, signer: current, useCache: false)
+            let oldKeyID = try await findOldKeyID(options: options, signer: current, thumbprint: certificate.thumbprint.hexSHA1)
+            report.steps.append(StepReport(step: "preflight", outcome: "current credential works", seconds: Date().timeIntervalSince(started)))
+            journal = try plan(current: current, certificate: certificate, oldKeyID: oldKeyID, options: options)
+            if options.dryRun {
+                report.outcome = "planned"
+                report.plan = Self.plan(after: nil, options: options, journal: journal)
+                return report
+            }
+            try journals.save(journal)
+            crash("planned", options)
+        }
+        report.oldThumbprint = journal.old.thumbprint
+        try await proceed(&journal, report: &report, options: options)
+        return report
+    }
+
+    // MARK: - Steps
+
+    private func plan(current: TokenSigner, certificate: JWSCertificate, oldKeyID: String?, options: Options) throws -> RotationJournal {
+        guard let oldID = current.key.id, !oldID.isEmpty else {
+            throw EntraError(
+                .invalidParameter, "the current key \(current.key.uri) has no CKA_ID",
+                hint: "rotate finds keys by CKA_ID; give the key one (keys made by p11jwt keygen have one)")
+        }
+        let spec: Token.KeySpec
+        if let given = options.keySpec {
+            spec = given
+        } else {
+            switch current.keyType {
+            case .rsa(let bits): spec = .rsa(bits: bits)
+            case .ec(let curve): spec = .ec(curve)
+            }
+        }
+        let subject: DistinguishedName = try options.subject.map { try TokenCertificates.distinguishedName($0) } ?? certificate.certificate.subject
+        var serializer = DER.Serializer()
+        try serializer.serialize(subject)
+        let label = current.key.label ?? "p11jwt"
+        var rng = SystemRandomNumberGenerator()
+        let newID = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let now = Date()
+        return RotationJournal(
+            objectID: objectID, target: target.path, startedAt: now, updatedAt: now, step: .planned,
+            old: .init(label: current.key.label, idHex: Self.hex(oldID), thumbprint: certificate.thumbprint.hexSHA1, keyId: oldKeyID),
+            new: .init(
+                temporaryLabel: "\(label)-next-\(Self.hex(Array(newID.prefix(3))))", finalLabel: label, idHex: Self.hex(newID),
+                keySpec: spec.description, subject: Data(serializer.serializedBytes).base64EncodedString(), days: options.days,
+                displayName: options.displayName))
+    }
+
+    private func proceed(_ journal: inout RotationJournal, report: inout Report, options: Options) async throws {
+        let newID = Self.bytes(journal.new.idHex)
+        let oldID = Self.bytes(journal.old.idHex)
+        let resumed = report.resumed
+        var instructions: [String] = []
+        defer { report.instructions += instructions }
+
+        // 2a. The new key pair, in the token.
+        if journal.step < .keyGenerated {
+            try await timed("keygen", &report) {
+                if let existing = try key(id: newID) {
+                    progress("new key already in the token (interrupted run): \(existing.uri)")
+                } else {
+                    progress("generating a \(journal.new.keySpec) key pair in the token")
+                    _ = try token.generateKeyPair(try Token.KeySpec(journal.new.keySpec), label: journal.new.temporaryLabel, id: newID)
+                }
+                crash("keygen", options)
+                journal.step = .keyGenerated
+                try journals.save(journal)
+                crash("keygen.recorded", options)
+                return "key generated"
+            }
+        }
+        guard let newKey = try key(id: newID) else {
+            throw EntraError(.rotation, "the new key (CKA_ID \(journal.new.idHex)) recorded in the journal is not on the token", hint: Self.journalHint(journals, journal))
+        }
+
+        // 2b. Its self-signed certificate, made by the token, stored next to it.
+        let newCertificate: JWSCertificate
+        if journal.step < .certificateStored {
+            newCertificate = try await timedValue("certificate", &report) {
+                let certificate: JWSCertificate
+                if let stored = try token.certificates(matching: try uri(id: newID, type: "cert")).first {
+                    certificate = try JWSCertificate(der: stored.der)
+                } else {
+                    progress("making a self-signed certificate for it, signed in the token")
+                    let subject = try DistinguishedName(derEncoded: Array(Data(base64Encoded: journal.new.subject) ?? Data()))
+                    certificate = try TokenCertificates.selfSigned(
+                        signer: try TokenSigner(token: token, key: newKey, certificateChain: []), subject: subject, days: journal.new.days)
+                    _ = try token.storeCertificate(der: certificate.der, label: journal.new.temporaryLabel, id: newID)
+                }
+                crash("certificate", options)
+                journal.new.thumbprint = certificate.thumbprint.hexSHA1
+                journal.new.certificate = Data(certificate.der).base64EncodedString()
+                journal.step = .certificateStored
+                try journals.save(journal)
+                crash("certificate.recorded", options)
+                return (certificate, "certificate \(certificate.thumbprint.hexSHA1)")
+            }
+        } else {
+            newCertificate = try JWSCertificate(der: Array(Data(base64Encoded: journal.new.certificate ?? "") ?? Data()))
+        }
+        let newSigner = try TokenSigner(token: token, key: newKey, certificateChain: [newCertificate])
+        report.newThumbprint = newCertificate.thumbprint.hexSHA1
+        report.newNotAfter = newCertificate.certificate.notValidAfter
+
+        // 3. addKey, proven by the current key.
+        if journal.step < .added {
+            try await timed("addKey", &report) {
+                let oldSigner = try signer(id: oldID, what: "current")
+                progress("addKey: registering certificate \(newCertificate.thumbprint.hexSHA1) (proof signed by the current key)")
+                var keyID: String?
+                do {
+                    let added = try await client.addKey(
+                        target, objectID: objectID, certificateDER: newCertificate.der, displayName: journal.new.displayName, signer: oldSigner)
+                    keyID = added.keyId
+                } catch let error as EntraError where error.code == .graphRefused && error.httpStatus == 400 && resumed {
+                    // The interrupted run may have sent it: then the certificate is already there.
+                    keyID = try await confirmAlreadyAdded(newCertificate, signer: oldSigner, newSigner: newSigner, refusal: error)
+                }
+                crash("addKey", options)
+                journal.new.keyId = keyID
+                journal.step = .added
+                try journals.save(journal)
+                if let keyID { try records.record(objectID: objectID, thumbprint: newCertificate.thumbprint.hexSHA1, keyID: keyID, displayName: journal.new.displayName) }
+                crash("addKey.recorded", options)
+                return "keyId \(keyID ?? "(not reported)")"
+            }
+        }
+        report.newKeyId = journal.new.keyId
+
+        // 4. The new key gets a token (Entra replicates new credentials with a delay).
+        if journal.step < .verified {
+            try await timed("verify", &report) {
+                try await verify(newSigner, options: options, journal: journal)
+                journal.step = .verified
+                try journals.save(journal)
+                crash("verified", options)
+                return "token acquired with the new key"
+            }
+        }
+
+        // 5. removeKey of the old credential, proven by the new key.
+        if journal.step < .oldRemoved {
+            try await timed("removeKey", &report) {
+                let outcome: String
+                if options.keepOld {
+                    outcome = "kept (--keep-old)"
+                } else if let oldKeyID = journal.old.keyId {
+                    progress("removeKey: removing the old credential \(oldKeyID) (proof signed by the new key)")
+                    do {
+                        try await client.removeKey(target, objectID: objectID, keyID: oldKeyID, signer: newSigner)
+                    } catch let error as EntraError where error.code == .graphRefused && error.httpStatus == 404 && resumed {
+                        progress("the old credential was already removed (interrupted run)")
+                    }
+                    crash("removeKey", options)
+                    journal.oldRemoved = true
+                    try? records.forget(objectID: objectID, keyID: oldKeyID)
+                    try? client.forgetToken(scope: client.configuration.graphScope, thumbprint: journal.old.thumbprint)
+                    outcome = "removed \(oldKeyID)"
+                } else {
+                    outcome = "not removed: its keyId is unknown"
+                    instructions.append(
+                        "The old credential (certificate \(journal.old.thumbprint)) is still registered. Find its keyId in the portal (App registrations → Certificates & secrets) or with GET /v1.0/applications/\(objectID)?$select=keyCredentials, then run: p11jwt remove-key --object-id \(objectID) --key '\(token.objectURI(label: journal.new.finalLabel, id: newID, objectClass: .privateKey))' --key-id <keyId>")
+                }
+                journal.step = .oldRemoved
+                try journals.save(journal)
+                crash("removeKey.recorded", options)
+                return outcome
+            }
+        }
+        report.oldKeyId = journal.old.keyId
+        report.oldRemoved = journal.oldRemoved
+
+        // 6. The old key leaves its label to the new one.
+        if journal.step < .retired {
+            try await timed("retire", &report) {
+                let oldObjects = try token.objects(matching: try uri(id: oldID))
+                let disposition: String
+                if options.deleteOld && journal.oldRemoved {
+                    try token.destroy(oldObjects)
+                    disposition = "destroyed"
+                } else if oldObjects.isEmpty {
+                    disposition = journal.oldDisposition ?? "already retired"
+                } else {
+                    let stamp = Self.dateStamp(Date())
+                    let retiredLabel = "\(journal.old.label ?? "p11jwt")-retired-\(stamp)"
+                    if oldObjects.contains(where: { $0.label != retiredLabel }) { try token.relabel(oldObjects, to: retiredLabel) }
+                    disposition = "kept as '\(retiredLabel)'"
+                    if options.deleteOld {
+                        instructions.append("The old key was not destroyed: its credential is still registered on the application.")
+                    }
+                }
+                journal.oldDisposition = disposition
+                crash("retire.old", options)
+                let newObjects = try token.objects(matching: try uri(id: newID))
+                if newObjects.contains(where: { $0.label != journal.new.finalLabel }) { try token.relabel(newObjects, to: journal.new.finalLabel) }
+                journal.step = .retired
+                try journals.save(journal)
+                crash("retire.recorded", options)
+                return "old key \(disposition); new key labelled '\(journal.new.finalLabel)'"
+            }
+        }
+        report.oldDisposition = journal.oldDisposition
+        report.newKeyURI = token.objectURI(label: journal.new.finalLabel, id: nil, objectClass: .privateKey)
+        try journals.remove(objectID: objectID)
+        progress("done: the application now uses certificate \(newCertificate.thumbprint.hexSHA1) (key \(report.newKeyURI ?? ""))")
+    }
+
+    /// Acquires tokens with the new key until Entra accepts it or the propagation timeout passes.
+    private func verify(_ newSigner: TokenSigner, options: Options, journal: RotationJournal) async throws {
+        let deadline = Date().addingTimeInterval(options.propagationTimeout)
+        var wait = options.verifyInterval
+        var attempt = 1
+        while true {
+            do {
+                progress("verify: getting a token with the new key (attempt \(attempt))")
+                _ = try await client.token(scope: client.configuration.graphScope, signer: newSigner, useCache: false)
+                return
+            } catch let error as EntraError where error.code == .tokenRefused && error.aadsts == 700027 {
+                guard Date().addingTimeInterval(wait) < deadline else {
+                    throw EntraError(
+                        .rotation,
+                        "the new certificate \(journal.new.thumbprint ?? "") was added but Entra still refuses it after \(Int(options.propagationTimeout))s (AADSTS700027)",
+                        hint: "the old credential is untouched and still works; run 'p11jwt rotate' again later to resume, or raise --propagation-timeout")
+                }
+                progress("the new key is not accepted yet (Entra replication, AADSTS700027); retrying in \(Int(wait.rounded()))s")
+                try await Task.sleep(for: .seconds(wait))
+                wait = min(wait * 1.5, 30)
+                attempt += 1
+            }
+        }
+    }
+
+    /// After a 400 to addKey on a resumed run: was the certificate added by the interrupted run?
+    private func confirmAlreadyAdded(_ certificate: JWSCertificate, signer: TokenSigner, newSigner: TokenSigner, refusal: EntraError) async throws -> String? {
+        if let credentials = try? await client.keyCredentials(target, signer: signer),
+           let found = credentials.first(where: { $0.thumbprintHex == certificate.thumbprint.hexSHA1 }) {
+            progress("the interrupted run had already added the certificate (keyId \(found.keyId ?? "?"))")
+            return found.keyId
+        }
+        if (try? await client.token(scope: client.configuration.graphScope, signer: newSigner, useCache: false)) != nil {
+            progress("the interrupted run had already added the certificate (the new key gets tokens)")
+            return nil
+        }
+        throw EntraError(
+            .rotation, "addKey was refused (\(refusal.message)); the interrupted run may have added the certificate and Entra not replicated it yet",
+            hint: "run 'p11jwt rotate' again in a few minutes to resume; the old credential is untouched")
+    }
+
+    private func findOldKeyID(options: Options, signer: TokenSigner, thumbprint: String) async throws -> String? {
+        if let given = options.oldKeyID {
+            return try EntraValue.guid(given, what: "old key id", hint: "give --old-key-id as the keyId GUID of the current credential")
+        }
+        if let recorded = try records.keyID(objectID: objectID, thumbprint: thumbprint) { return recorded }
+        do {
+            let credentials = try await client.keyCredentials(target, signer: signer)
+            if let found = credentials.first(where: { $0.thumbprintHex == thumbprint })?.keyId { return found }
+        } catch let error as EntraError where error.code == .graphRefused {
+            logger.info("cannot read the application's key credentials", metadata: ["reason": "\(error.message)"])
+        }
+        progress("the current credential's keyId is unknown (no --old-key-id, no record, no Graph read permission): the old credential will be left for you to remove")
+        return nil
+    }
+
+    // MARK: - Helpers
+
+    private func key(id: [UInt8]) throws -> PrivateKeyObject? {
+        try token.privateKeys(matching: try uri(id: id, type: "private")).first
+    }
+
+    private func signer(id: [UInt8], what: String) throws -> TokenSigner {
+        guard let key = try key(id: id) else {
+            throw EntraError(.rotation, "the \(what) key (CKA_ID \(Self.hex(id))) is not on the token any more", hint: "check the token; the journal is in \(journals.directory.path)")
+        }
+        return try TokenSigner(token: token, key: key)
+    }
+
+    private func uri(id: [UInt8], type: String? = nil) throws -> PKCS11URI {
+        let encoded = id.map { String(format: "%%%02x", $0) }.joined()
+        return try PKCS11URI("pkcs11:id=\(encoded)" + (type.map { ";type=\($0)" } ?? ""))
+    }
+
+    private func crash(_ point: String, _ options: Options) {
+        guard options.crashAt == point else { return }
+        logger.warning("test hook: killing the process at \(point)")
+        kill(getpid(), SIGKILL)
+    }
+
+    private func timed(_ step: String, _ report: inout Report, _ body: () async throws -> String) async throws {
+        let started = Date()
+        let outcome = try await body()
+        report.steps.append(StepReport(step: step, outcome: outcome, seconds: Date().timeIntervalSince(started)))
+    }
+
+    private func timedValue<T>(_ step: String, _ report: inout Report, _ body: () async throws -> (T, String)) async throws -> T {
+        let started = Date()
+        let (value, outcome) = try await body()
+        report.steps.append(StepReport(step: step, outcome: outcome, seconds: Date().timeIntervalSince(started)))
+        return value
+    }
+
+    static func plan(after step: RotationJournal.Step?, options: Options, journal: RotationJournal) -> [String] {
+        var lines: [String] = []
+        let done = step ?? .planned
+        if step == nil { lines.append("preflight: the current key gets a token (done)") }
+        if done < .keyGenerated { lines.append("generate a \(journal.new.keySpec) key pair in the token, labelled '\(journal.new.temporaryLabel)', CKA_ID \(journal.new.idHex)") }
+        if done < .certificateStored { lines.append("make a self-signed certificate valid \(journal.new.days) days, signed in the token, and store it") }
+        if done < .added { lines.append("addKey on \(journal.target), proof signed by the current key") }
+        if done < .verified { lines.append("get a token with the new key, retrying up to \(Int(options.propagationTimeout))s while Entra replicates") }
+        if done < .oldRemoved {
+            lines.append(options.keepOld ? "keep the old credential (--keep-old)"
+                : journal.old.keyId.map { "removeKey \($0) (the old credential), proof signed by the new key" } ?? "leave the old credential (keyId unknown) and say how to remove it")
+        }
+        if done < .retired {
+            lines.append("\(options.deleteOld ? "destroy" : "relabel as retired") the old key; the new key takes the label '\(journal.new.finalLabel)'")
+        }
+        return lines
+    }
+
+    static func journalHint(_ store: RotationJournalStore, _ journal: RotationJournal) -> String {
+        "the journal is \(store.directory.path)/rotate-\(journal.objectID).json; the old credential \(journal.old.thumbprint) is \(journal.oldRemoved ? "removed" : "still registered")"
+    }
+
+    static func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
+
+    static func bytes(_ hex: String) -> [UInt8] {
+        var out: [UInt8] = []
+        var index = hex.startIndex
+        while index < hex.endIndex, let next = hex.index(index, offsetBy: 2, limitedBy: hex.endIndex) {
+            if let byte = UInt8(hex[index..<next], radix: 16) { out.append(byte) }
+            index = next
+        }
+        return out
+    }
+
+    static func dateStamp(_ date: Date) -> String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyyMMdd'T'HHmmss"
+        return formatter.string(from: date)
+    }
+}

@@ -1,0 +1,123 @@
+import ArgumentParser
+import Foundation
+import JOSE
+import PKCS11
+import SwiftASN1
+import X509
+
+struct CertCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cert",
+        abstract: "Certificates for token keys, signed in the token: self-signed, CSR, or import a CA-issued one.",
+        subcommands: [Create.self, Request.self, Import.self])
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make a self-signed X.509 v3 certificate for a token key (sha256WithRSA or ecdsa-with-SHA*), signed by the token.")
+
+        @Option(name: .long, help: "The subject, e.g. \"CN=my-app,O=Contoso\".")
+        var subject: String
+
+        @Option(name: .long, help: "Days of validity (1…3650).")
+        var days: Int = 365
+
+        @Flag(name: .long, help: "Store it on the token with the key's CKA_ID and label.")
+        var store = false
+
+        @Option(name: .long, help: ArgumentHelp("Write the PEM here instead of standard output.", valueName: "file"))
+        var out: String?
+
+        @OptionGroup var signing: SigningOptions
+
+        func run() throws {
+            let subject = try TokenCertificates.distinguishedName(self.subject)
+            guard (1...3650).contains(days) else { throw CLIError.usage("--days must be 1…3650") }
+            let (context, signer) = try signing.openSigner(requireCertificate: false)
+            defer { context.close() }
+            // The key's own certificate is made now: no chain from the token.
+            let keySigner = try TokenSigner(token: context.token, key: signer.key, certificateChain: [])
+            let certificate = try TokenCertificates.selfSigned(signer: keySigner, subject: subject, days: days)
+            if store {
+                guard let id = signer.key.id, !id.isEmpty else {
+                    throw CLIError(message: "key \(signer.key.uri) has no CKA_ID to store the certificate under")
+                }
+                let stored = try context.token.storeCertificate(der: certificate.der, label: signer.key.label ?? "certificate", id: id)
+                FileHandle.standardError.write(Data("stored \(stored.uri)\n".utf8))
+            }
+            try writeOutput(certificate.pem, to: out)
+        }
+    }
+
+    struct Request: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "csr", abstract: "Make a PKCS#10 certificate request for a token key, signed by the token, for a CA to issue.")
+
+        @Option(name: .long, help: "The subject, e.g. \"CN=my-app,O=Contoso\".")
+        var subject: String
+
+        @Option(name: .long, help: ArgumentHelp("Write the PEM here instead of standard output.", valueName: "file"))
+        var out: String?
+
+        @OptionGroup var signing: SigningOptions
+
+        func run() throws {
+            let subject = try TokenCertificates.distinguishedName(self.subject)
+            let (context, signer) = try signing.openSigner(requireCertificate: false)
+            defer { context.close() }
+            let keySigner = try TokenSigner(token: context.token, key: signer.key, certificateChain: [])
+            let der = try TokenCertificates.request(signer: keySigner, subject: subject)
+            try writeOutput(PEMDocument(type: "CERTIFICATE REQUEST", derBytes: der).pemString, to: out)
+        }
+    }
+
+    struct Import: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Store a CA-issued certificate on the token next to its key (same CKA_ID and label).")
+
+        @Option(name: .long, help: ArgumentHelp("The token (a pkcs11: URI; object attributes narrow the key search).", valueName: "uri"))
+        var token: String
+
+        @Option(name: .long, help: ArgumentHelp("The certificate, PEM or DER; further PEM certificates (the chain) are stored too.", valueName: "file"))
+        var cert: String
+
+        @OptionGroup var moduleOptions: ModuleOptions
+        @OptionGroup var pinOptions: PINOptions
+
+        func run() throws {
+            let certificates = try readCertificates(cert)
+            let context = try TokenContext.open(token, moduleOptions: moduleOptions, pins: pinOptions, login: true)
+            defer { context.close() }
+            let leaf = certificates[0]
+            let keys = try context.token.privateKeys(matching: context.uri.objectLabel == nil && context.uri.objectID == nil ? nil : context.uri)
+            guard let key = keys.first(where: { context.token.isKey($0, publicKey: leaf.publicKey) }) else {
+                throw CLIError(message: """
+                    no private key on token '\(context.token.info.label)' matches certificate \(leaf.thumbprint.hexSHA1) (\(leaf.certificate.subject))
+                    hint: import the certificate issued for a key of this token (see 'p11jwt objects'); a CSR from 'p11jwt cert csr' names the key
+                    """)
+            }
+            guard let id = key.id, !id.isEmpty else { throw CLIError(message: "key \(key.uri) has no CKA_ID to store the certificate under") }
+            let existing = try context.token.certificates().map(\.der)
+            var stored: [String] = []
+            if !existing.contains(leaf.der) {
+                stored.append(try context.token.storeCertificate(der: leaf.der, label: key.label ?? "certificate", id: id).uri)
+            }
+            // Issuers go in under their own subject hash as id, so the chain can be built for x5c.
+            for issuer in certificates.dropFirst() where !existing.contains(issuer.der) {
+                stored.append(try context.token.storeCertificate(der: issuer.der, label: "ca", id: Array(issuer.thumbprint.sha1.prefix(8))).uri)
+            }
+            for uri in stored { print(uri) }
+            if stored.isEmpty { print("already on the token") }
+        }
+    }
+}
+
+/// Writes text to a file (0644; certificates and CSRs are public) or standard output.
+func writeOutput(_ text: String, to path: String?) throws {
+    guard let path else {
+        print(text, terminator: text.hasSuffix("\n") ? "" : "\n")
+        return
+    }
+    guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o644]) else {
+        throw CLIError(message: "cannot write \(path)")
+    }
+}

@@ -1,0 +1,173 @@
+import ArgumentParser
+import Entra
+import Foundation
+import JOSE
+import Logging
+import PKCS11
+
+/// Which object: `--object-id` (an application, or with `--service-principal` a service
+/// principal), or `--app-id` (the `(appId='…')` form).
+struct TargetOptions: ParsableArguments {
+    @Option(name: .long, help: "The object id of the application (or service principal). Default: the config file's object-id.")
+    var objectID: String?
+
+    @Option(name: .long, help: "Address the object by its appId: applications(appId='…').")
+    var appID: String?
+
+    @Flag(name: .long, help: "The service principal's key credentials instead of the application's.")
+    var servicePrincipal = false
+
+    func target(configFile: ConfigFile) throws -> (GraphKeyTarget, objectID: String?) {
+        let objectID = try (self.objectID ?? configFile["object-id"]).map { try ProofOfPossession.validated(objectID: $0) }
+        if let appID {
+            let appID = try EntraValue.guid(appID, what: "appId", hint: "give --app-id as the application (client) id GUID")
+            return (servicePrincipal ? .servicePrincipalByAppID(appID) : .applicationByAppID(appID), objectID)
+        }
+        guard let objectID else {
+            throw CLIError.usage("give --object-id (the application's or service principal's object id) or --app-id")
+        }
+        return (servicePrincipal ? .servicePrincipal(id: objectID) : .application(id: objectID), objectID)
+    }
+}
+
+/// One key credential as the key-credential commands print it.
+func printKeyCredential(_ credential: KeyCredentialInfo, format: OutputFormat, verb: String) throws {
+    switch format {
+    case .json:
+        try printJSON(credential)
+    case .text:
+        print("\(verb) keyId \(credential.keyId ?? "(unknown)") thumbprint \(credential.thumbprintHex ?? "?")"
+              + (credential.endDateTime.map { " valid until \($0)" } ?? ""))
+    }
+}
+
+struct AddKeyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "add-key",
+        abstract: "Register a certificate on an application or service principal (Graph addKey), proven by the current key.",
+        discussion: """
+            The Graph token and the proof of possession are both signed by --key, whose certificate must
+            already be registered on the object. An application needs no Graph permission to add keys to
+            itself.
+            """)
+
+    @Option(name: .long, help: ArgumentHelp("The certificate to add: a pkcs11: URI of a certificate object, or a PEM/DER file.", valueName: "uri|file"))
+    var newCert: String
+
+    @Option(name: .long, help: "A display name for the credential.")
+    var displayName: String?
+
+    @OptionGroup var targetOptions: TargetOptions
+    @OptionGroup var entra: EntraOptions
+    @OptionGroup var state: StateOptions
+    @OptionGroup var signing: SigningOptions
+    @OptionGroup var outputOptions: OutputOptions
+
+    func run() async throws {
+        let file = try entra.configFile()
+        let configuration = try entra.clientConfiguration(cacheFile: state.cacheFile)
+        _ = try configuration.validated()
+        let (target, givenObjectID) = try targetOptions.target(configFile: file)
+        let certificate = try readCertificate(newCert, moduleOptions: signing.moduleOptions)
+        let (context, signer) = try signing.openSigner(requireCertificate: true, configKey: file["key"])
+        defer { context.close() }
+        let added = try await withEntraClient(configuration, logger: context.logger) { client in
+            let objectID = try await client.objectID(of: target, given: givenObjectID, signer: signer)
+            let credential = try await client.addKey(target, objectID: objectID, certificateDER: certificate.der, displayName: displayName, signer: signer)
+            return (credential: credential, objectID: objectID)
+        }
+        if let keyID = added.credential.keyId {
+            try CredentialRecords(directory: state.stateDirectory).record(
+                objectID: added.objectID, thumbprint: certificate.thumbprint.hexSHA1, keyID: keyID, displayName: displayName)
+        }
+        try printKeyCredential(added.credential, format: outputOptions.output, verb: "added")
+    }
+}
+
+struct RemoveKeyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "remove-key",
+        abstract: "Remove a key credential from an application or service principal (Graph removeKey), proven by the current key.",
+        discussion: """
+            Refuses to remove the credential of the key doing the signing (the application would lose the
+            credential it authenticates with) unless --force.
+            """)
+
+    @Option(name: .long, help: "The keyId (GUID) of the credential to remove.")
+    var keyID: String
+
+    @Flag(name: .long, help: "Remove it even if it is the signing key's own credential.")
+    var force = false
+
+    @OptionGroup var targetOptions: TargetOptions
+    @OptionGroup var entra: EntraOptions
+    @OptionGroup var state: StateOptions
+    @OptionGroup var signing: SigningOptions
+    @OptionGroup var outputOptions: OutputOptions
+
+    func run() async throws {
+        let file = try entra.configFile()
+        let configuration = try entra.clientConfiguration(cacheFile: state.cacheFile)
+        _ = try configuration.validated()
+        let keyID = try EntraValue.guid(keyID, what: "key id", hint: "give --key-id as the credential's keyId GUID")
+        let (target, givenObjectID) = try targetOptions.target(configFile: file)
+        let (context, signer) = try signing.openSigner(requireCertificate: true, configKey: file["key"])
+        defer { context.close() }
+        let records = CredentialRecords(directory: state.stateDirectory)
+        let thumbprint = signer.certificate!.thumbprint.hexSHA1
+        try await withEntraClient(configuration, logger: context.logger) { client in
+            let objectID = try await client.objectID(of: target, given: givenObjectID, signer: signer)
+            if !force {
+                var own = try records.keyID(objectID: objectID, thumbprint: thumbprint)
+                if own == nil {
+                    own = (try? await client.keyCredentials(target, signer: signer))?.first { $0.thumbprintHex == thumbprint }?.keyId
+                }
+                if own?.lowercased() == keyID {
+                    throw CLIError(message: """
+                        keyId \(keyID) is the credential of the signing key (certificate \(thumbprint)): removing it leaves this key unable to authenticate
+                        hint: sign with another registered key (--key), or add --force if that is what you want
+                        """)
+                }
+            }
+            try await client.removeKey(target, objectID: objectID, keyID: keyID, signer: signer)
+            try? records.forget(objectID: objectID, keyID: keyID)
+        }
+        switch outputOptions.output {
+        case .json: try printJSON(["removed": keyID])
+        case .text: print("removed keyId \(keyID)")
+        }
+    }
+}
+
+struct CredentialsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "credentials",
+        abstract: "List the key credentials of an application or service principal (needs a Graph read permission).")
+
+    @OptionGroup var targetOptions: TargetOptions
+    @OptionGroup var entra: EntraOptions
+    @OptionGroup var state: StateOptions
+    @OptionGroup var signing: SigningOptions
+    @OptionGroup var outputOptions: OutputOptions
+
+    func run() async throws {
+        let file = try entra.configFile()
+        let configuration = try entra.clientConfiguration(cacheFile: state.cacheFile)
+        _ = try configuration.validated()
+        let (target, _) = try targetOptions.target(configFile: file)
+        let (context, signer) = try signing.openSigner(requireCertificate: true, configKey: file["key"])
+        defer { context.close() }
+        let credentials = try await withEntraClient(configuration, logger: context.logger) { client in
+            try await client.keyCredentials(target, signer: signer)
+        }
+        let own = signer.certificate!.thumbprint.hexSHA1
+        switch outputOptions.output {
+        case .json:
+            try printJSON(credentials)
+        case .text:
+            for c in credentials {
+                print("\(c.keyId ?? "?")  \(c.thumbprintHex ?? "?")  \(c.startDateTime ?? "?") … \(c.endDateTime ?? "?")  \(c.displayName ?? "")\(c.thumbprintHex == own ? "  (signing key)" : "")")
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+import ArgumentParser
+import Entra
+import Foundation
+import JOSE
+import PKCS11
+import Rotation
+
+struct RotateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rotate",
+        abstract: "Rotate the application's certificate to a new key made in the token, safely and resumably.",
+        discussion: """
+            Steps: preflight (the current key gets a token) → a new key pair generated in the token and a
+            self-signed certificate for it → addKey (proof by the current key) → a token with the new key,
+            retried while Entra replicates → removeKey of the old credential (proof by the new key) → the old
+            key relabelled as retired (or destroyed with --delete-old) and the new key given its label.
+            A journal (0600, in --state-dir) records every step: a run killed at any point is resumed by
+            running rotate again. The old credential is removed only after the new key got a token.
+            """)
+
+    @Option(name: .long, help: ArgumentHelp("Key type of the new key: rsa:2048|rsa:3072|rsa:4096|ec:p256|… (default: as the current key).", valueName: "type"))
+    var keyType: String?
+
+    @Option(name: .long, help: "Days the new certificate is valid.")
+    var days: Int = 365
+
+    @Option(name: .long, help: "Subject of the new certificate (default: the current certificate's).")
+    var subject: String?
+
+    @Option(name: .long, help: "Display name of the new credential.")
+    var displayName: String?
+
+    @Option(name: .long, help: ArgumentHelp("How long to wait for Entra to accept the new key (e.g. 600, 10m).", valueName: "duration"))
+    var propagationTimeout: DurationArgument = DurationArgument(seconds: 600)
+
+    @Option(name: .long, help: ArgumentHelp("Do nothing (exit 0) unless the current certificate expires within this (e.g. 30d).", valueName: "duration"))
+    var ifExpiringWithin: DurationArgument?
+
+    @Option(name: .long, help: "The keyId of the current credential (default: from earlier add-key/rotate runs, or a Graph read).")
+    var oldKeyID: String?
+
+    @Flag(name: .long, help: "Leave the old credential registered.")
+    var keepOld = false
+
+    @Flag(name: .long, help: "Destroy the old key and certificate on the token once its credential is removed (default: relabel as retired).")
+    var deleteOld = false
+
+    @Flag(name: .long, help: "Print the plan and change nothing.")
+    var dryRun = false
+
+    @OptionGroup var targetOptions: TargetOptions
+    @OptionGroup var entra: EntraOptions
+    @OptionGroup var state: StateOptions
+    @OptionGroup var signing: SigningOptions
+    @OptionGroup var outputOptions: OutputOptions
+
+    func validate() throws {
+        if keepOld && deleteOld { throw ValidationError("--keep-old and --delete-old contradict each other") }
+        if targetOptions.servicePrincipal { throw ValidationError("rotate works on the application's credentials (drop --service-principal)") }
+    }
+
+    func run() async throws {
+        let file = try entra.configFile()
+        let configuration = try entra.clientConfiguration(cacheFile: state.cacheFile)
+        _ = try configuration.validated()
+        let (target, givenObjectID) = try targetOptions.target(configFile: file)
+        var options = Rotation.Options()
+        options.keySpec = try keyType.map { try Token.KeySpec($0) }
+        options.days = days
+        options.subject = subject
+        if let subject { _ = try TokenCertificates.distinguishedName(subject) }
+        options.displayName = displayName
+        options.propagationTimeout = propagationTimeout.seconds
+        options.ifExpiringWithin = ifExpiringWithin?.seconds
+        options.oldKeyID = oldKeyID
+        options.keepOld = keepOld
+        options.deleteOld = deleteOld
+        options.dryRun = dryRun
+        // Test hook (see Rotation.crashPoints): the process kills itself there.
+        options.crashAt = ProcessInfo.processInfo.environment["P11JWT_TEST_CRASH_AT"]
+        let keyURI = try signing.keyURI(fallback: file["key"])
+        let context = try TokenContext.open(keyURI, moduleOptions: signing.moduleOptions, pins: signing.pinOptions, login: true)
+        defer { context.close() }
+        let showProgress = outputOptions.output == .text
+        let report = try await withEntraClient(configuration, logger: context.logger) { client in
+            let objectID: String
+            if let givenObjectID {
+                objectID = givenObjectID
+            } else {
+                let (_, signer) = try currentSigner(context)
+                objectID = try await client.objectID(of: target, signer: signer)
+            }
+            let rotation = try Rotation(
+                client: client, token: context.token, target: target, objectID: objectID, stateDirectory: state.stateDirectory,
+                logger: context.logger, progress: { line in
+                    if showProgress { FileHandle.standardError.write(Data("rotate: \(line)\n".utf8)) }
+                })
+            return try await rotation.run(options: options) { try currentSigner(context).1 }
+        }
+        switch outputOptions.output {
+        case .json:
+            try printJSON(report)
+        case .text:
+            switch report.outcome {
+            case "notNeeded":
+                print("no rotation needed: the current certificate does not expire within the window")
+            case "planned":
+                print("plan\(report.resumed ? " (resuming)" : ""):")
+                for line in report.plan { print("  - \(line)") }
+            default:
+                for step in report.steps { print(String(format: "%-10@ %6.2fs  %@", step.step as NSString, step.seconds, step.outcome as NSString)) }
+                print("new key: \(report.newKeyURI ?? "?")")
+                print("new certificate: \(report.newThumbprint ?? "?") keyId \(report.newKeyId ?? "(not reported)")")
+                for line in report.instructions { print("todo: \(line)") }
+            }
+        }
+    }
+
+    private func currentSigner(_ context: TokenContext) throws -> (TokenContext, TokenSigner) {
+        let key = try context.token.signingKey(context.uri)
+        var chain: [JWSCertificate]?
+        if let file = signing.certFile ?? signing.cert.flatMap({ $0.hasPrefix("pkcs11:") ? nil : $0 }) {
+            chain = try readCertificates(file)
+        }
+        return (context, try TokenSigner(token: context.token, key: key, certificateChain: chain))
+    }
+}
+
+/// `600`, `90s`, `10m`, `12h`, `30d`.
+struct DurationArgument: ExpressibleByArgument {
+    var seconds: TimeInterval
+
+    init(seconds: TimeInterval) { self.seconds = seconds }
+
+    init?(argument: String) {
+        let text = argument.trimmingCharacters(in: .whitespaces).lowercased()
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+        if let last = text.last, let unit = units[last], let value = Double(text.dropLast()), value >= 0 {
+            seconds = value * unit
+        } else if let value = Double(text), value >= 0 {
+            seconds = value
+        } else {
+            return nil
+        }
+    }
+}

@@ -1,0 +1,149 @@
+import Foundation
+import Testing
+import TestSupport
+
+extension WorkflowFixture {
+    func rotate(_ extra: [String] = [], crashAt: String? = nil) throws -> ProcessResult {
+        try cli(["rotate", "--key", keyURI, "--object-id", objectID] + entraFlags + extra,
+                environment: crashAt.map { ["P11JWT_TEST_CRASH_AT": $0] } ?? [:])
+    }
+
+    /// The private keys on the token (label, id).
+    func privateKeys() throws -> [(label: String, id: String)] {
+        let r = try cli(["objects", "--token", "pkcs11:token=\(tokenLabel)", "--pin-file", hsm.pinFile, "--output", "json"])
+        try #require(r.status == 0, "\(r.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        return (report["privateKeys"] as? [[String: Any]] ?? []).map { ($0["label"] as? String ?? "", $0["id"] as? String ?? "") }
+    }
+
+    var journalFile: String { dir.file("state/p11jwt/rotate-\(objectID).json") }
+
+    func journal() throws -> [String: Any]? {
+        guard let data = FileManager.default.contents(atPath: journalFile) else { return nil }
+        return try JSONSerialization.jsonObject(with: data) as? [String: Any]
+    }
+
+    /// Whether a key (by CKA_ID hex) gets a token now.
+    func works(id: String) throws -> Bool {
+        let encoded = stride(from: 0, to: id.count, by: 2).map { i -> String in
+            let start = id.index(id.startIndex, offsetBy: i)
+            return "%" + id[start..<id.index(start, offsetBy: 2)]
+        }.joined()
+        return try token(key: "pkcs11:token=\(tokenLabel);id=\(encoded);type=private", extra: ["--no-cache"]).result.status == 0
+    }
+
+    func thumbprintOnToken(label: String) throws -> String {
+        let r = try cli(["thumbprint", "--cert", "pkcs11:token=\(tokenLabel);object=\(label);type=cert"])
+        try #require(r.status == 0, "\(r.stderr)")
+        let line = try #require(r.stdout.split(separator: "\n").first { $0.hasPrefix("sha1:") })
+        return String(line.split(separator: " ").last!)
+    }
+}
+
+@Suite("p11jwt rotate against the emulator over HTTPS")
+struct RotateTests {
+    @Test func rotateWaitsOutThePropagationDelayAndLeavesExactlyTheNewKey() throws {
+        let f = try WorkflowFixture(emulatorArguments: ["--propagation-delay", "3"])
+        let oldThumbprint = try opensslThumbprint(f.bootstrapCertificate)
+        let r = try f.rotate(["--old-key-id", f.bootstrapKeyID, "--propagation-timeout", "60", "--output", "json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        #expect(report["outcome"] as? String == "rotated")
+        #expect(report["oldRemoved"] as? Bool == true)
+        let newThumbprint = try #require(report["newThumbprint"] as? String)
+        #expect(newThumbprint != oldThumbprint)
+        // Entra's replication delay was waited out, not failed on.
+        let steps = try #require(report["steps"] as? [[String: Any]])
+        let verify = try #require(steps.first { $0["step"] as? String == "verify" })
+        #expect((verify["seconds"] as? Double ?? 0) >= 2.5)
+        // Exactly the new credential is registered, the new key has the old label and works,
+        // the old key is kept, relabelled.
+        #expect(try f.registeredThumbprints() == [newThumbprint])
+        #expect(try f.thumbprintOnToken(label: "app") == newThumbprint)
+        #expect(try f.token(extra: ["--no-cache"]).result.status == 0)
+        let keys = try f.privateKeys()
+        #expect(keys.count == 2)
+        #expect(keys.contains { $0.label.hasPrefix("app-retired-") })
+        #expect(try f.journal() == nil)
+        // The new certificate is a valid self-signed certificate (openssl), signed in the token.
+        let pem = f.dir.file("new.pem")
+        let read = try run("sh", ["-c", "pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so --token-label wf --read-object --type cert --label app | openssl x509 -inform DER -out '\(pem)'"], environment: f.hsm.environment)
+        #expect(read.status == 0, "\(read.stderr)")
+        #expect(try run("openssl", ["verify", "-CAfile", pem, pem]).status == 0)
+        #expect(try opensslThumbprint(pem) == newThumbprint)
+    }
+
+    @Test func rotateGivesUpClearlyWhenEntraNeverAcceptsTheNewKey() throws {
+        let f = try WorkflowFixture(emulatorArguments: ["--propagation-delay", "600"])
+        let r = try f.rotate(["--old-key-id", f.bootstrapKeyID, "--propagation-timeout", "3"])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("AADSTS700027"))
+        #expect(r.stderr.contains("run 'p11jwt rotate' again"))
+        // The old credential is untouched and works; the journal waits for the resume.
+        #expect(try f.registeredThumbprints().contains(try opensslThumbprint(f.bootstrapCertificate)))
+        let journal = try #require(try f.journal())
+        #expect(try f.works(id: try #require((journal["old"] as? [String: Any])?["idHex"] as? String)))
+    }
+
+    @Test func notNeededDryRunAndUnknownOldKeyID() throws {
+        let f = try WorkflowFixture()
+        let before = try f.registeredThumbprints()
+        let skip = try f.rotate(["--if-expiring-within", "30d"])
+        #expect(skip.status == 0, "\(skip.stderr)")
+        #expect(skip.stdout.contains("no rotation needed"))
+        let plan = try f.rotate(["--dry-run"])
+        #expect(plan.status == 0, "\(plan.stderr)")
+        #expect(plan.stdout.contains("addKey"))
+        #expect(try f.registeredThumbprints() == before)
+        #expect(try f.privateKeys().count == 1)
+        #expect(try f.journal() == nil)
+        // No --old-key-id, no record, no Graph read permission: the new key is registered and
+        // verified, the old credential stays, and the command says how to remove it.
+        let r = try f.rotate([])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("p11jwt remove-key --object-id \(f.objectID)"))
+        #expect(try f.registeredThumbprints().count == 2)
+        #expect(try f.token(extra: ["--no-cache"]).result.status == 0)
+    }
+
+    /// The process is killed (SIGKILL, by itself, at each step boundary: after a change and
+    /// before it is journaled, and after) and `rotate` is run again. After every kill the app
+    /// still has a working credential and the old one is still registered unless the new one
+    /// was verified; after every resume exactly the new key is registered and no second new key
+    /// was made.
+    @Test func rotateSurvivesAKillAtEveryStepBoundary() throws {
+        let f = try WorkflowFixture(roles: ["Application.ReadWrite.OwnedBy"])
+        let points = ["planned", "keygen", "keygen.recorded", "certificate", "certificate.recorded", "addKey", "addKey.recorded",
+                      "verified", "removeKey", "removeKey.recorded", "retire.old", "retire.recorded"]
+        for (n, point) in points.enumerated() {
+            let deleteOld = n % 2 == 0
+            let keysBefore = try f.privateKeys().count
+            let oldThumbprint = try f.thumbprintOnToken(label: "app")
+            let killed = try f.rotate(deleteOld ? ["--delete-old"] : [], crashAt: point)
+            #expect(killed.status == 9, "\(point): expected SIGKILL, got \(killed.status): \(killed.stderr)")
+
+            let journal = try #require(try f.journal(), "\(point): no journal after the kill")
+            let step = journal["step"] as? Int ?? -1
+            let oldID = try #require((journal["old"] as? [String: Any])?["idHex"] as? String)
+            let newID = try #require((journal["new"] as? [String: Any])?["idHex"] as? String)
+            let registered = try f.registeredThumbprints()
+            // Never without a working registered credential.
+            let oldWorks = registered.contains(oldThumbprint) ? try f.works(id: oldID) : false
+            let newWorks = try f.privateKeys().contains { $0.id == newID } ? try f.works(id: newID) : false
+            #expect(oldWorks || newWorks, "\(point): the app has no working credential")
+            // The old credential stays until the new key was verified (step 4).
+            if step < 4 { #expect(registered.contains(oldThumbprint), "\(point): old credential removed before verification") }
+
+            let resumed = try f.rotate((deleteOld ? ["--delete-old"] : []) + ["--output", "json"])
+            #expect(resumed.status == 0, "\(point): resume failed: \(resumed.stderr)")
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(resumed.stdout.utf8)) as? [String: Any])
+            #expect(report["resumed"] as? Bool == true, "\(point)")
+            let newThumbprint = try #require(report["newThumbprint"] as? String)
+            #expect(try f.registeredThumbprints() == [newThumbprint], "\(point): not exactly the new key registered")
+            #expect(try f.thumbprintOnToken(label: "app") == newThumbprint, "\(point)")
+            #expect(try f.token(extra: ["--no-cache"]).result.status == 0, "\(point)")
+            #expect(try f.privateKeys().count == keysBefore + (deleteOld ? 0 : 1), "\(point): a second new key was made or the old one lingers")
+            #expect(try f.journal() == nil, "\(point)")
+        }
+    }
+}
