@@ -130,6 +130,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
         // SoftHSM set-up, child processes and independent verifiers shared by the test targets.
@@ -188,6 +189,7 @@ let package = Package(
             name: "EntraWorkflowTests",
             dependencies: [
                 "TestSupport",
+                "JOSE",
                 "Entra",
                 "DurableFiles",
             ]

@@ -80,13 +80,18 @@ public struct PINProvider: Sendable {
             let path = source.hasPrefix("file:") ? String(source.dropFirst("file:".count)) : source
             return (try Self.read(path: path, origin: .uriSource(path)), .uriSource(path))
         }
+        return try secret(prompt: "PIN for token '\(tokenLabel)': ")
+    }
+
+    /// A secret from the file, else the environment variable, else a prompt (echo off): the
+    /// PIN, or a PFX password read the same way.
+    public func secret(prompt: String) throws -> (SecretBytes, PINOrigin)? {
         if let pinFile { return (try Self.read(path: pinFile, origin: .file(pinFile)), .file(pinFile)) }
         if let value = environment[environmentVariable], !value.isEmpty {
             return (SecretBytes(value), .environment(environmentVariable))
         }
-        if allowPrompt, isatty(STDIN_FILENO) == 1,
-           let pin = Self.prompt("PIN for token '\(tokenLabel)': ") {
-            return (pin, .prompt)
+        if allowPrompt, isatty(STDIN_FILENO) == 1, let secret = Self.prompt(prompt) {
+            return (secret, .prompt)
         }
         return nil
     }

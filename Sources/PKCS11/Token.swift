@@ -226,7 +226,7 @@ public final class Token: Sendable {
         }
     }
 
-    private func privateKey(_ session: Session, _ handle: CK_OBJECT_HANDLE) throws -> PrivateKeyObject {
+    func privateKey(_ session: Session, _ handle: CK_OBJECT_HANDLE) throws -> PrivateKeyObject {
         let v = try session.attributes(handle, [
             CKA_LABEL, CKA_ID, CKA_KEY_TYPE, CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_EC_PARAMS, CKA_SIGN,
             CKA_ALWAYS_AUTHENTICATE, CKA_SENSITIVE, CKA_EXTRACTABLE,

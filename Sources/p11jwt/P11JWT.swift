@@ -18,7 +18,7 @@ struct P11JWT: AsyncParsableCommand {
             TokensCommand.self, ObjectsCommand.self, MechanismsCommand.self, KeygenCommand.self,
             SignCommand.self, DestroyCommand.self, AssertionCommand.self, PopCommand.self, JWTCommand.self,
             DecodeCommand.self, ThumbprintCommand.self, TokenCommand.self, AddKeyCommand.self, RemoveKeyCommand.self,
-            CredentialsCommand.self, CertCommand.self, RotateCommand.self,
+            CredentialsCommand.self, CertCommand.self, ImportCommand.self, RotateCommand.self,
         ])
 
     /// Runs the command and maps errors to the documented exit codes (0 / 1 / 2).

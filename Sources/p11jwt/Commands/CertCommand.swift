@@ -95,20 +95,27 @@ struct CertCommand: ParsableCommand {
                     hint: import the certificate issued for a key of this token (see 'p11jwt objects'); a CSR from 'p11jwt cert csr' names the key
                     """)
             }
-            guard let id = key.id, !id.isEmpty else { throw CLIError(message: "key \(key.uri) has no CKA_ID to store the certificate under") }
-            let existing = try context.token.certificates().map(\.der)
-            var stored: [String] = []
-            if !existing.contains(leaf.der) {
-                stored.append(try context.token.storeCertificate(der: leaf.der, label: key.label ?? "certificate", id: id).uri)
-            }
-            // Issuers go in under their own subject hash as id, so the chain can be built for x5c.
-            for issuer in certificates.dropFirst() where !existing.contains(issuer.der) {
-                stored.append(try context.token.storeCertificate(der: issuer.der, label: "ca", id: Array(issuer.thumbprint.sha1.prefix(8))).uri)
-            }
+            let stored = try storeCertificates(certificates, for: key, on: context.token)
             for uri in stored { print(uri) }
             if stored.isEmpty { print("already on the token") }
         }
     }
+}
+
+/// Stores a leaf certificate next to its key (the key's CKA_ID and label) and the issuers after
+/// it under ids of their own, so chains can be built for x5c; skips what is already there.
+/// Returns the URIs of what was stored.
+func storeCertificates(_ certificates: [JWSCertificate], for key: PrivateKeyObject, on token: Token) throws -> [String] {
+    guard let id = key.id, !id.isEmpty else { throw CLIError(message: "key \(key.uri) has no CKA_ID to store the certificate under") }
+    let existing = try token.certificates().map(\.der)
+    var stored: [String] = []
+    if let leaf = certificates.first, !existing.contains(leaf.der) {
+        stored.append(try token.storeCertificate(der: leaf.der, label: key.label ?? "certificate", id: id).uri)
+    }
+    for issuer in certificates.dropFirst() where !existing.contains(issuer.der) {
+        stored.append(try token.storeCertificate(der: issuer.der, label: "ca", id: Array(issuer.thumbprint.sha1.prefix(8))).uri)
+    }
+    return stored
 }
 
 /// Writes text to a file (0644; certificates and CSRs are public) or standard output.

@@ -108,7 +108,9 @@ struct RotateCommand: AsyncParsableCommand {
                 print("plan\(report.resumed ? " (resuming)" : ""):")
                 for line in report.plan { print("  - \(line)") }
             default:
-                for step in report.steps { print(String(format: "%-10@ %6.2fs  %@", step.step as NSString, step.seconds, step.outcome as NSString)) }
+                for step in report.steps {
+                    print(step.step.padding(toLength: 10, withPad: " ", startingAt: 0) + String(format: "%7.2fs  ", step.seconds) + step.outcome)
+                }
                 print("new key: \(report.newKeyURI ?? "?")")
                 print("new certificate: \(report.newThumbprint ?? "?") keyId \(report.newKeyId ?? "(not reported)")")
                 for line in report.instructions { print("todo: \(line)") }
