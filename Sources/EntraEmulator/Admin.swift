@@ -18,7 +18,7 @@ extension StateStore {
         name: String, certificate: [UInt8]?, roles: [String] = [], owners: [String] = [], tenant: String? = nil,
         now: Date = Date()
     ) throws -> CreatedApplication {
-        var credential = try certificate.map { try KeyCredential.make(certificateDER: $0, displayName: "registered by app create", now: now) }
+        var credential = try certificate.map { try KeyCredential.make(certificateDER: $0, displayName: nil, now: now) }
         credential?.preRegistered = true
         return try update { state in
             let t: Int

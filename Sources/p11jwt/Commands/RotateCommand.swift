@@ -109,7 +109,7 @@ struct RotateCommand: AsyncParsableCommand {
                 for line in report.plan { print("  - \(line)") }
             default:
                 for step in report.steps {
-                    print(step.step.padding(toLength: 10, withPad: " ", startingAt: 0) + String(format: "%7.2fs  ", step.seconds) + step.outcome)
+                    print(step.step.padding(toLength: 12, withPad: " ", startingAt: 0) + String(format: "%7.2fs  ", step.seconds) + step.outcome)
                 }
                 print("new key: \(report.newKeyURI ?? "?")")
                 print("new certificate: \(report.newThumbprint ?? "?") keyId \(report.newKeyId ?? "(not reported)")")
