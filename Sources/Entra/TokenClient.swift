@@ -118,9 +118,15 @@ public struct TokenClient: Sendable {
         case 50048, 700021:
             return "iss and sub must both be the client id: check --client-id"
         case 7000218:
-            return "the request carried no client assertion"
+            return "the request carried no client assertion, or the wrong client_assertion_type: this is a p11jwt bug if you see it, please report it"
+        case 70003, 900144:
+            return "the token request is not a client-credentials request Entra accepts: this is a p11jwt bug if you see it, please report it"
+        case 50013:
+            return "Entra refused the assertion as reused or invalid: run the command again: p11jwt makes a fresh assertion with a new jti for each request"
+        case 90033, 50196:
+            return "Entra is temporarily unavailable or throttling: try again in a minute"
         default:
-            return nil
+            return "see https://login.microsoftonline.com/error?code=\(aadsts.map(String.init) ?? "")"
         }
     }
 
