@@ -30,6 +30,36 @@ struct TargetOptions: ParsableArguments {
     }
 }
 
+/// What every Graph command has: the object, the Entra settings, the state directory and the
+/// signing key, checked in that order so bad values are refused before the PIN is asked for.
+struct GraphOptions: ParsableArguments {
+    @OptionGroup var targetOptions: TargetOptions
+    @OptionGroup var entra: EntraOptions
+    @OptionGroup var state: StateOptions
+    @OptionGroup var signing: SigningOptions
+
+    struct Prepared {
+        var configFile: ConfigFile
+        var configuration: EntraClient.Configuration
+        var target: GraphKeyTarget
+        /// The object id when given (else read from Graph for the appId forms).
+        var objectID: String?
+    }
+
+    func prepare() throws -> Prepared {
+        let file = try entra.configFile()
+        let configuration = try entra.clientConfiguration(cacheFile: state.cacheFile)
+        _ = try configuration.validated()
+        let (target, objectID) = try targetOptions.target(configFile: file)
+        return Prepared(configFile: file, configuration: configuration, target: target, objectID: objectID)
+    }
+
+    /// Logs in and returns the signing key, which must have a certificate.
+    func openSigner(_ prepared: Prepared) throws -> (TokenContext, TokenSigner) {
+        try signing.openSigner(requireCertificate: true, configKey: prepared.configFile["key"])
+    }
+}
+
 /// One key credential as the key-credential commands print it.
 func printKeyCredential(_ credential: KeyCredentialInfo, format: OutputFormat, verb: String) throws {
     switch format {
@@ -57,27 +87,22 @@ struct AddKeyCommand: AsyncParsableCommand {
     @Option(name: .long, help: "A display name for the credential.")
     var displayName: String?
 
-    @OptionGroup var targetOptions: TargetOptions
-    @OptionGroup var entra: EntraOptions
-    @OptionGroup var state: StateOptions
-    @OptionGroup var signing: SigningOptions
+    @OptionGroup var graph: GraphOptions
     @OptionGroup var outputOptions: OutputOptions
 
     func run() async throws {
-        let file = try entra.configFile()
-        let configuration = try entra.clientConfiguration(cacheFile: state.cacheFile)
-        _ = try configuration.validated()
-        let (target, givenObjectID) = try targetOptions.target(configFile: file)
-        let certificate = try readCertificate(newCert, moduleOptions: signing.moduleOptions)
-        let (context, signer) = try signing.openSigner(requireCertificate: true, configKey: file["key"])
+        let prepared = try graph.prepare()
+        let certificate = try readCertificate(newCert, moduleOptions: graph.signing.moduleOptions)
+        let (context, signer) = try graph.openSigner(prepared)
         defer { context.close() }
-        let added = try await withEntraClient(configuration, logger: context.logger) { client in
-            let objectID = try await client.objectID(of: target, given: givenObjectID, signer: signer)
-            let credential = try await client.addKey(target, objectID: objectID, certificateDER: certificate.der, displayName: displayName, signer: signer)
+        let added = try await withEntraClient(prepared.configuration, logger: context.logger) { client in
+            let objectID = try await client.objectID(of: prepared.target, given: prepared.objectID, signer: signer)
+            let credential = try await client.addKey(
+                prepared.target, objectID: objectID, certificateDER: certificate.der, displayName: displayName, signer: signer)
             return (credential: credential, objectID: objectID)
         }
         if let keyID = added.credential.keyId {
-            try CredentialRecords(directory: state.stateDirectory).record(
+            try CredentialRecords(directory: graph.state.stateDirectory).record(
                 objectID: added.objectID, thumbprint: certificate.thumbprint.hexSHA1, keyID: keyID, displayName: displayName)
         }
         try printKeyCredential(added.credential, format: outputOptions.output, verb: "added")
@@ -99,24 +124,19 @@ struct RemoveKeyCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Remove it even if it is the signing key's own credential.")
     var force = false
 
-    @OptionGroup var targetOptions: TargetOptions
-    @OptionGroup var entra: EntraOptions
-    @OptionGroup var state: StateOptions
-    @OptionGroup var signing: SigningOptions
+    @OptionGroup var graph: GraphOptions
     @OptionGroup var outputOptions: OutputOptions
 
     func run() async throws {
-        let file = try entra.configFile()
-        let configuration = try entra.clientConfiguration(cacheFile: state.cacheFile)
-        _ = try configuration.validated()
+        let prepared = try graph.prepare()
         let keyID = try EntraValue.guid(keyID, what: "key id", hint: "give --key-id as the credential's keyId GUID")
-        let (target, givenObjectID) = try targetOptions.target(configFile: file)
-        let (context, signer) = try signing.openSigner(requireCertificate: true, configKey: file["key"])
+        let target = prepared.target
+        let (context, signer) = try graph.openSigner(prepared)
         defer { context.close() }
-        let records = CredentialRecords(directory: state.stateDirectory)
+        let records = CredentialRecords(directory: graph.state.stateDirectory)
         let thumbprint = signer.certificate!.thumbprint.hexSHA1
-        try await withEntraClient(configuration, logger: context.logger) { client in
-            let objectID = try await client.objectID(of: target, given: givenObjectID, signer: signer)
+        try await withEntraClient(prepared.configuration, logger: context.logger) { client in
+            let objectID = try await client.objectID(of: target, given: prepared.objectID, signer: signer)
             if !force {
                 var own = try records.keyID(objectID: objectID, thumbprint: thumbprint)
                 if own == nil {
@@ -144,21 +164,15 @@ struct CredentialsCommand: AsyncParsableCommand {
         commandName: "credentials",
         abstract: "List the key credentials of an application or service principal (needs a Graph read permission).")
 
-    @OptionGroup var targetOptions: TargetOptions
-    @OptionGroup var entra: EntraOptions
-    @OptionGroup var state: StateOptions
-    @OptionGroup var signing: SigningOptions
+    @OptionGroup var graph: GraphOptions
     @OptionGroup var outputOptions: OutputOptions
 
     func run() async throws {
-        let file = try entra.configFile()
-        let configuration = try entra.clientConfiguration(cacheFile: state.cacheFile)
-        _ = try configuration.validated()
-        let (target, _) = try targetOptions.target(configFile: file)
-        let (context, signer) = try signing.openSigner(requireCertificate: true, configKey: file["key"])
+        let prepared = try graph.prepare()
+        let (context, signer) = try graph.openSigner(prepared)
         defer { context.close() }
-        let credentials = try await withEntraClient(configuration, logger: context.logger) { client in
-            try await client.keyCredentials(target, signer: signer)
+        let credentials = try await withEntraClient(prepared.configuration, logger: context.logger) { client in
+            try await client.keyCredentials(prepared.target, signer: signer)
         }
         let own = signer.certificate!.thumbprint.hexSHA1
         switch outputOptions.output {

@@ -48,22 +48,17 @@ struct RotateCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print the plan and change nothing.")
     var dryRun = false
 
-    @OptionGroup var targetOptions: TargetOptions
-    @OptionGroup var entra: EntraOptions
-    @OptionGroup var state: StateOptions
-    @OptionGroup var signing: SigningOptions
+    @OptionGroup var graph: GraphOptions
     @OptionGroup var outputOptions: OutputOptions
 
     func validate() throws {
         if keepOld && deleteOld { throw ValidationError("--keep-old and --delete-old contradict each other") }
-        if targetOptions.servicePrincipal { throw ValidationError("rotate works on the application's credentials (drop --service-principal)") }
+        if graph.targetOptions.servicePrincipal { throw ValidationError("rotate works on the application's credentials (drop --service-principal)") }
     }
 
     func run() async throws {
-        let file = try entra.configFile()
-        let configuration = try entra.clientConfiguration(cacheFile: state.cacheFile)
-        _ = try configuration.validated()
-        let (target, givenObjectID) = try targetOptions.target(configFile: file)
+        let prepared = try graph.prepare()
+        let target = prepared.target
         var options = Rotation.Options()
         options.keySpec = try keyType.map { try Token.KeySpec($0) }
         options.days = days
@@ -78,20 +73,21 @@ struct RotateCommand: AsyncParsableCommand {
         options.dryRun = dryRun
         // Test hook (see Rotation.crashPoints): the process kills itself there.
         options.crashAt = ProcessInfo.processInfo.environment["P11JWT_TEST_CRASH_AT"]
-        let keyURI = try signing.keyURI(fallback: file["key"])
+        let signing = graph.signing
+        let keyURI = try signing.keyURI(fallback: prepared.configFile["key"])
         let context = try TokenContext.open(keyURI, moduleOptions: signing.moduleOptions, pins: signing.pinOptions, login: true)
         defer { context.close() }
         let showProgress = outputOptions.output == .text
-        let report = try await withEntraClient(configuration, logger: context.logger) { client in
+        let report = try await withEntraClient(prepared.configuration, logger: context.logger) { client in
             let objectID: String
-            if let givenObjectID {
-                objectID = givenObjectID
+            if let given = prepared.objectID {
+                objectID = given
             } else {
                 let (_, signer) = try currentSigner(context)
                 objectID = try await client.objectID(of: target, signer: signer)
             }
             let rotation = try Rotation(
-                client: client, token: context.token, target: target, objectID: objectID, stateDirectory: state.stateDirectory,
+                client: client, token: context.token, target: target, objectID: objectID, stateDirectory: graph.state.stateDirectory,
                 logger: context.logger, progress: { line in
                     if showProgress { FileHandle.standardError.write(Data("rotate: \(line)\n".utf8)) }
                 })
@@ -121,7 +117,7 @@ struct RotateCommand: AsyncParsableCommand {
     private func currentSigner(_ context: TokenContext) throws -> (TokenContext, TokenSigner) {
         let key = try context.token.signingKey(context.uri)
         var chain: [JWSCertificate]?
-        if let file = signing.certFile ?? signing.cert.flatMap({ $0.hasPrefix("pkcs11:") ? nil : $0 }) {
+        if let file = graph.signing.certFile ?? graph.signing.cert.flatMap({ $0.hasPrefix("pkcs11:") ? nil : $0 }) {
             chain = try readCertificates(file)
         }
         return (context, try TokenSigner(token: context.token, key: key, certificateChain: chain))
