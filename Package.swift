@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "EntraEmulator", targets: ["EntraEmulator"]),
         .library(name: "DurableFiles", targets: ["DurableFiles"]),
         .library(name: "Rotation", targets: ["Rotation"]),
+        .library(name: "Agent", targets: ["Agent"]),
         .executable(name: "p11jwt", targets: ["p11jwt"]),
         .executable(name: "entra-emulator", targets: ["entra-emulator"]),
     ],
@@ -22,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
@@ -87,6 +89,26 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
+        // The signing agent: PIN once, serve many over a Unix socket; the App Service managed-
+        // identity endpoint and a federated token file for unmodified Azure SDKs.
+        .target(
+            name: "Agent",
+            dependencies: [
+                "PKCS11",
+                "JOSE",
+                "Entra",
+                "DurableFiles",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "X509", package: "swift-certificates"),
+            ]
+        ),
+        // Blocking SIGTERM/SIGINT before threads start, so ServiceGroup sees them on Linux.
+        .target(name: "ShutdownSignals"),
         // Crash-safe files: atomic replacement and cross-process locks (state, cache, journal).
         .target(name: "DurableFiles"),
         // An offline stand-in for the Entra token endpoint and Graph's key-credential API that
@@ -112,6 +134,7 @@ let package = Package(
         .executableTarget(
             name: "entra-emulator",
             dependencies: [
+                "ShutdownSignals",
                 "EntraEmulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -121,6 +144,9 @@ let package = Package(
         .executableTarget(
             name: "p11jwt",
             dependencies: [
+                "Agent",
+                "ShutdownSignals",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 "Rotation",
                 "JOSE",
                 "PKCS11",

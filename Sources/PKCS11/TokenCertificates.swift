@@ -4,18 +4,18 @@ import JOSE
 import SwiftASN1
 import X509
 
-/// A token key as swift-certificates' external signer, so certificates and CSRs are signed in
-/// the token: swift-certificates serialises the TBS structure, this hashes it here and the token
+/// A token key (any ``JWSSigner``: the token's own, or the agent's) as swift-certificates'
+/// external signer, so certificates and CSRs are signed in the token: swift-certificates serialises the TBS structure, this hashes it here and the token
 /// signs the digest (sha256WithRSAEncryption as PKCS#1 v1.5, ecdsa-with-SHA256/384/512 with the
 /// raw r‖s turned into an ECDSA-Sig-Value). swift-certificates has no RSA-PSS certificates.
 public struct TokenCertificateKey: CustomPrivateKey {
-    public let signer: TokenSigner
+    public let signer: any JWSSigner
     public let publicKey: Certificate.PublicKey
 
-    public init(_ signer: TokenSigner) throws {
+    public init(_ signer: any JWSSigner) throws {
         guard let publicKey = signer.publicKey else {
             throw PKCS11Error(
-                .objectNotFound, "key \(signer.key.uri) has no public key on the token to put in a certificate",
+                .objectNotFound, "the key has no public key on the token to put in a certificate",
                 hint: "keys made by 'p11jwt keygen' have one; otherwise import the public key object with the same CKA_ID")
         }
         self.signer = signer
@@ -52,7 +52,7 @@ public struct TokenCertificateKey: CustomPrivateKey {
 
     public func signSynchronously(bytes: some DataProtocol, signatureAlgorithm: Certificate.SignatureAlgorithm) throws -> Certificate.Signature {
         guard let algorithm = Self.jwsAlgorithm(signatureAlgorithm), supportedSignatureAlgorithms.contains(signatureAlgorithm) else {
-            throw PKCS11Error(.invalidArgument, "key \(signer.key.uri) cannot sign a certificate with \(signatureAlgorithm)")
+            throw PKCS11Error(.invalidArgument, "the key cannot sign a certificate with \(signatureAlgorithm)")
         }
         let digest = algorithm.hash.hash(Array(bytes))
         var signature = try signer.sign(digest: digest, algorithm: algorithm)
@@ -68,17 +68,13 @@ public struct TokenCertificateKey: CustomPrivateKey {
     public static let defaultPEMDiscriminator = "PRIVATE KEY"
 
     public func serialize(into coder: inout DER.Serializer) throws {
-        throw PKCS11Error(.invalidArgument, "a token key cannot be exported (\(signer.key.uri))")
+        throw PKCS11Error(.invalidArgument, "a token key cannot be exported")
     }
 
-    public static func == (a: TokenCertificateKey, b: TokenCertificateKey) -> Bool {
-        a.signer.key.uri == b.signer.key.uri && a.publicKey == b.publicKey
-    }
+    // A key is its public key: two signers for it are the same key.
+    public static func == (a: TokenCertificateKey, b: TokenCertificateKey) -> Bool { a.publicKey == b.publicKey }
 
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(signer.key.uri)
-        hasher.combine(publicKey)
-    }
+    public func hash(into hasher: inout Hasher) { hasher.combine(publicKey) }
 }
 
 /// Certificates and CSRs signed by a token key.
@@ -86,7 +82,7 @@ public enum TokenCertificates {
     /// A self-signed X.509 v3 certificate for the key: subject = issuer, a random 16-byte serial,
     /// valid from one minute ago for `days`, end-entity, digitalSignature, the key identifiers.
     public static func selfSigned(
-        signer: TokenSigner, subject: DistinguishedName, days: Int, now: Date = Date()
+        signer: any JWSSigner, subject: DistinguishedName, days: Int, now: Date = Date()
     ) throws -> JWSCertificate {
         guard days >= 1, days <= 3650 else {
             throw PKCS11Error(.invalidArgument, "a certificate lifetime of \(days) days is out of range", hint: "give --days between 1 and 3650")
@@ -116,7 +112,7 @@ public enum TokenCertificates {
     }
 
     /// A PKCS#10 certificate request for the key, signed by it, as DER.
-    public static func request(signer: TokenSigner, subject: DistinguishedName) throws -> [UInt8] {
+    public static func request(signer: any JWSSigner, subject: DistinguishedName) throws -> [UInt8] {
         let key = try TokenCertificateKey(signer)
         let csr = try CertificateSigningRequest(
             version: .v1, subject: subject, privateKey: Certificate.PrivateKey(key), attributes: CertificateSigningRequest.Attributes(),

@@ -4,6 +4,7 @@ import Foundation
 import Hummingbird
 import Logging
 import ServiceLifecycle
+import ShutdownSignals
 
 @main
 struct EntraEmulatorCommand: AsyncParsableCommand {
@@ -49,7 +50,7 @@ struct Serve: AsyncParsableCommand {
     var logLevel: String = "info"
 
     func run() async throws {
-        blockShutdownSignalsInAllThreads()
+        ShutdownSignals.blockInAllThreads()
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -136,21 +137,6 @@ struct App: AsyncParsableCommand {
             try printJSON(Shown(tenantId: tenant.id, application: app))
         }
     }
-}
-
-/// On Linux, Dispatch's signal sources read a signalfd and block the signal only in
-/// Dispatch's own thread, so any other thread that leaves SIGTERM unblocked takes the default
-/// action and the process dies with 143 before ServiceGroup sees the signal. Blocking the
-/// shutdown signals here, before Hummingbird and NIO start their threads (which inherit the
-/// mask), leaves them pending for the signalfd.
-func blockShutdownSignalsInAllThreads() {
-    #if os(Linux)
-    var set = sigset_t()
-    sigemptyset(&set)
-    sigaddset(&set, SIGTERM)
-    sigaddset(&set, SIGINT)
-    pthread_sigmask(SIG_BLOCK, &set, nil)
-    #endif
 }
 
 func printJSON<T: Encodable>(_ value: T) throws {

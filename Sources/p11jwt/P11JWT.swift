@@ -1,3 +1,4 @@
+import Agent
 import ArgumentParser
 import Entra
 import Foundation
@@ -18,7 +19,7 @@ struct P11JWT: AsyncParsableCommand {
             TokensCommand.self, ObjectsCommand.self, MechanismsCommand.self, KeygenCommand.self,
             SignCommand.self, DestroyCommand.self, AssertionCommand.self, PopCommand.self, JWTCommand.self,
             DecodeCommand.self, ThumbprintCommand.self, TokenCommand.self, AddKeyCommand.self, RemoveKeyCommand.self,
-            CredentialsCommand.self, CertCommand.self, ImportCommand.self, RotateCommand.self,
+            CredentialsCommand.self, CertCommand.self, ImportCommand.self, RotateCommand.self, AgentCommand.self,
         ])
 
     /// Runs the command and maps errors to the documented exit codes (0 / 1 / 2).
@@ -49,6 +50,12 @@ struct P11JWT: AsyncParsableCommand {
         } catch let error as EntraError {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             Foundation.exit(error.code == .invalidParameter ? 2 : 1)
+        } catch let error as AgentClientError {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            Foundation.exit(1)
+        } catch let error as AgentAPI.ErrorBody {
+            FileHandle.standardError.write(Data("error: \(error.message)\(error.hint.map { "\nhint: \($0)" } ?? "")\n".utf8))
+            Foundation.exit(1)
         } catch let error as CLIError {
             FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
             Foundation.exit(error.exitCode)

@@ -1,7 +1,21 @@
+import Agent
 import ArgumentParser
 import Foundation
 import JOSE
+import Logging
 import PKCS11
+import X509
+
+/// The signer a command uses, and what to release after: the agent's key when
+/// `P11JWT_AGENT_SOCK` is set (and not `--no-agent`), else the token opened in this process.
+struct SignerSession {
+    let signer: any JWSSigner
+    let logger: Logger
+    /// The token, when this process opened it (nil through the agent).
+    let context: TokenContext?
+
+    func close() { context?.close() }
+}
 
 /// The key that signs and the certificate that names it: every command that makes a JWS has these.
 struct SigningOptions: ParsableArguments {
@@ -21,8 +35,39 @@ struct SigningOptions: ParsableArguments {
     @OptionGroup var moduleOptions: ModuleOptions
     @OptionGroup var pinOptions: PINOptions
 
+    @Flag(name: .long, help: "Open the token here even when $P11JWT_AGENT_SOCK names a running agent.")
+    var noAgent = false
+
     func validate() throws {
         if cert != nil && certFile != nil { throw ValidationError("give --cert or --cert-file, not both") }
+    }
+
+    /// The agent's socket, when commands should sign through it.
+    var agentSocket: String? {
+        guard !noAgent, let path = ProcessInfo.processInfo.environment["P11JWT_AGENT_SOCK"], !path.isEmpty else { return nil }
+        return path
+    }
+
+    /// The signer for this command: the agent's when it runs (the certificate options still
+    /// apply), else the token's, logged in here.
+    func open(requireCertificate: Bool, chainFile: String? = nil, configKey: String? = nil) throws -> SignerSession {
+        let logger = try moduleOptions.makeLogger()
+        guard let socket = agentSocket else {
+            let (context, signer) = try openSigner(requireCertificate: requireCertificate, chainFile: chainFile, configKey: configKey)
+            return SignerSession(signer: signer, logger: logger, context: context)
+        }
+        let keyText = key ?? ProcessInfo.processInfo.environment["P11JWT_KEY"].flatMap { $0.isEmpty ? nil : $0 } ?? configKey
+        var signer: any JWSSigner = try AgentClient(socketPath: socket).signer(key: keyText)
+        if let file = certFile ?? cert.flatMap({ $0.hasPrefix("pkcs11:") ? nil : $0 }) {
+            signer = try ChainedSigner(signer, chain: try readCertificates(file) + (try chainFile.map(readCertificates) ?? []))
+        } else if let chainFile, let leaf = signer.certificate {
+            signer = try ChainedSigner(signer, chain: [leaf] + (try readCertificates(chainFile)).filter { $0.der != leaf.der })
+        }
+        if requireCertificate && signer.certificate == nil {
+            throw CLIError(message: "the agent's key \(keyText ?? "(its default key)") has no certificate\nhint: store the key's certificate on the token with the same CKA_ID, or give it with --cert-file FILE.pem")
+        }
+        logger.debug("signing through the agent", metadata: ["socket": "\(socket)"])
+        return SignerSession(signer: signer, logger: logger, context: nil)
     }
 
     /// --key, then $P11JWT_KEY, then `fallback` (the config file's `key`).
@@ -75,6 +120,25 @@ struct SigningOptions: ParsableArguments {
         defer { if !sameToken { token.close() } }
         return try JWSCertificate(der: try token.certificate(matching: uri).der)
     }
+}
+
+/// A signer with a certificate chain given on the command line instead of its own.
+struct ChainedSigner: JWSSigner {
+    let base: any JWSSigner
+    let certificateChain: [JWSCertificate]
+
+    init(_ base: any JWSSigner, chain: [JWSCertificate]) throws {
+        if let leaf = chain.first, let key = base.publicKey, leaf.publicKey != key {
+            throw CLIError(message: "certificate \(leaf.thumbprint.hexSHA1) (\(leaf.certificate.subject)) does not belong to the agent's key: its public key is a different key")
+        }
+        self.base = base
+        self.certificateChain = chain
+    }
+
+    var keyType: JWSKeyType { base.keyType }
+    var publicKey: Certificate.PublicKey? { base.publicKey }
+    func canSign(_ algorithm: JWSAlgorithm) -> Bool { base.canSign(algorithm) }
+    func sign(digest: [UInt8], algorithm: JWSAlgorithm) throws -> [UInt8] { try base.sign(digest: digest, algorithm: algorithm) }
 }
 
 /// `--x5c [--chain-file PEM]`: send the certificate chain in the header.

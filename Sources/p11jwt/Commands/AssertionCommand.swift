@@ -74,9 +74,9 @@ struct AssertionCommand: ParsableCommand {
             kid: keyIDArgument(kid, default: .thumbprint), extraClaims: ClaimArgument.object(claim), overrideClaims: override)
         // Check what needs no token before asking for a PIN.
         _ = try parameters.validated()
-        let (context, signer) = try signing.openSigner(requireCertificate: true, chainFile: chain.chainFile)
-        defer { context.close() }
-        let jws = try ClientAssertion.make(parameters, signer: signer, logger: context.logger)
+        let session = try signing.open(requireCertificate: true, chainFile: chain.chainFile)
+        defer { session.close() }
+        let jws = try ClientAssertion.make(parameters, signer: session.signer, logger: session.logger)
         try printToken(jws, format: outputOptions.output)
     }
 }

@@ -32,16 +32,17 @@ struct CertCommand: ParsableCommand {
         func run() throws {
             let subject = try TokenCertificates.distinguishedName(self.subject)
             guard (1...3650).contains(days) else { throw CLIError.usage("--days must be 1…3650") }
-            let (context, signer) = try signing.openSigner(requireCertificate: false)
-            defer { context.close() }
-            // The key's own certificate is made now: no chain from the token.
-            let keySigner = try TokenSigner(token: context.token, key: signer.key, certificateChain: [])
-            let certificate = try TokenCertificates.selfSigned(signer: keySigner, subject: subject, days: days)
-            if store {
-                guard let id = signer.key.id, !id.isEmpty else {
-                    throw CLIError(message: "key \(signer.key.uri) has no CKA_ID to store the certificate under")
+            let session = try signing.open(requireCertificate: false)
+            defer { session.close() }
+            if store && session.context == nil {
+                throw CLIError.usage("--store writes to the token itself: add --no-agent (the agent only signs)")
+            }
+            let certificate = try TokenCertificates.selfSigned(signer: session.signer, subject: subject, days: days)
+            if store, let context = session.context, let key = (session.signer as? TokenSigner)?.key {
+                guard let id = key.id, !id.isEmpty else {
+                    throw CLIError(message: "key \(key.uri) has no CKA_ID to store the certificate under")
                 }
-                let stored = try context.token.storeCertificate(der: certificate.der, label: signer.key.label ?? "certificate", id: id)
+                let stored = try context.token.storeCertificate(der: certificate.der, label: key.label ?? "certificate", id: id)
                 FileHandle.standardError.write(Data("stored \(stored.uri)\n".utf8))
             }
             try writeOutput(certificate.pem, to: out)
@@ -62,10 +63,9 @@ struct CertCommand: ParsableCommand {
 
         func run() throws {
             let subject = try TokenCertificates.distinguishedName(self.subject)
-            let (context, signer) = try signing.openSigner(requireCertificate: false)
-            defer { context.close() }
-            let keySigner = try TokenSigner(token: context.token, key: signer.key, certificateChain: [])
-            let der = try TokenCertificates.request(signer: keySigner, subject: subject)
+            let session = try signing.open(requireCertificate: false)
+            defer { session.close() }
+            let der = try TokenCertificates.request(signer: session.signer, subject: subject)
             try writeOutput(PEMDocument(type: "CERTIFICATE REQUEST", derBytes: der).pemString, to: out)
         }
     }

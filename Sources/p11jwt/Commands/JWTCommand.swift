@@ -50,8 +50,9 @@ struct JWTCommand: ParsableCommand {
         var claimObject = try JSONObject(parsing: try readArgument(claims, what: "--claims"), what: "the claims")
         let extraHeader = try header.map { try JSONObject(parsing: try readArgument($0, what: "--header"), what: "--header") } ?? JSONObject()
         let needsCertificate = x5t || x5tS256 || chain.x5c || kid == "thumbprint"
-        let (context, signer) = try signing.openSigner(requireCertificate: needsCertificate, chainFile: chain.chainFile)
-        defer { context.close() }
+        let session = try signing.open(requireCertificate: needsCertificate, chainFile: chain.chainFile)
+        defer { session.close() }
+        let signer = session.signer
         let algorithm: JWSAlgorithm
         switch alg {
         case .fixed(let a): algorithm = a
@@ -62,8 +63,10 @@ struct JWTCommand: ParsableCommand {
             }
         }
         guard signer.canSign(algorithm) else {
-            _ = try context.token.signingPath(algorithm, key: signer.key)  // throws the reason
-            throw CLIError(message: "the token cannot sign \(algorithm.rawValue) with \(signer.key.uri)")
+            if let tokenSigner = signer as? TokenSigner {
+                _ = try tokenSigner.token.signingPath(algorithm, key: tokenSigner.key)  // throws the reason
+            }
+            throw CLIError(message: "the key cannot sign \(algorithm.rawValue) (it can: \(signer.supportedAlgorithms.map(\.rawValue).joined(separator: " ")))")
         }
         if let lifetime {
             let now = Int64(Date().timeIntervalSince1970)

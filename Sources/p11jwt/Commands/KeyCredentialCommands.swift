@@ -54,9 +54,9 @@ struct GraphOptions: ParsableArguments {
         return Prepared(configFile: file, configuration: configuration, target: target, objectID: objectID)
     }
 
-    /// Logs in and returns the signing key, which must have a certificate.
-    func openSigner(_ prepared: Prepared) throws -> (TokenContext, TokenSigner) {
-        try signing.openSigner(requireCertificate: true, configKey: prepared.configFile["key"])
+    /// The signing key (the agent's, or the token's after a login), which must have a certificate.
+    func open(_ prepared: Prepared) throws -> SignerSession {
+        try signing.open(requireCertificate: true, configKey: prepared.configFile["key"])
     }
 }
 
@@ -93,9 +93,10 @@ struct AddKeyCommand: AsyncParsableCommand {
     func run() async throws {
         let prepared = try graph.prepare()
         let certificate = try readCertificate(newCert, moduleOptions: graph.signing.moduleOptions)
-        let (context, signer) = try graph.openSigner(prepared)
-        defer { context.close() }
-        let added = try await withEntraClient(prepared.configuration, logger: context.logger) { client in
+        let session = try graph.open(prepared)
+        defer { session.close() }
+        let signer = session.signer
+        let added = try await withEntraClient(prepared.configuration, logger: session.logger) { client in
             let objectID = try await client.objectID(of: prepared.target, given: prepared.objectID, signer: signer)
             let credential = try await client.addKey(
                 prepared.target, objectID: objectID, certificateDER: certificate.der, displayName: displayName, signer: signer)
@@ -131,11 +132,12 @@ struct RemoveKeyCommand: AsyncParsableCommand {
         let prepared = try graph.prepare()
         let keyID = try EntraValue.guid(keyID, what: "key id", hint: "give --key-id as the credential's keyId GUID")
         let target = prepared.target
-        let (context, signer) = try graph.openSigner(prepared)
-        defer { context.close() }
+        let session = try graph.open(prepared)
+        defer { session.close() }
+        let signer = session.signer
         let records = CredentialRecords(directory: graph.state.stateDirectory)
         let thumbprint = signer.certificate!.thumbprint.hexSHA1
-        try await withEntraClient(prepared.configuration, logger: context.logger) { client in
+        try await withEntraClient(prepared.configuration, logger: session.logger) { client in
             let objectID = try await client.objectID(of: target, given: prepared.objectID, signer: signer)
             if !force {
                 var own = try records.keyID(objectID: objectID, thumbprint: thumbprint)
@@ -169,9 +171,10 @@ struct CredentialsCommand: AsyncParsableCommand {
 
     func run() async throws {
         let prepared = try graph.prepare()
-        let (context, signer) = try graph.openSigner(prepared)
-        defer { context.close() }
-        let credentials = try await withEntraClient(prepared.configuration, logger: context.logger) { client in
+        let session = try graph.open(prepared)
+        defer { session.close() }
+        let signer = session.signer
+        let credentials = try await withEntraClient(prepared.configuration, logger: session.logger) { client in
             try await client.keyCredentials(prepared.target, signer: signer)
         }
         let own = signer.certificate!.thumbprint.hexSHA1

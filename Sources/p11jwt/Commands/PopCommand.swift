@@ -26,9 +26,9 @@ struct PopCommand: ParsableCommand {
     func run() throws {
         // Check what needs no token before asking for a PIN.
         _ = try ProofOfPossession.validated(objectID: objectID)
-        let (context, signer) = try signing.openSigner(requireCertificate: true)
-        defer { context.close() }
-        let jws = try ProofOfPossession.make(objectID: objectID, signer: signer, algorithm: alg, logger: context.logger)
+        let session = try signing.open(requireCertificate: true)
+        defer { session.close() }
+        let jws = try ProofOfPossession.make(objectID: objectID, signer: session.signer, algorithm: alg, logger: session.logger)
         try printToken(jws, format: outputOptions.output)
     }
 }

@@ -1,6 +1,6 @@
+import Agent
 import ArgumentParser
 import Foundation
-import JOSE
 import JOSE
 import PKCS11
 
@@ -34,6 +34,9 @@ struct SignCommand: ParsableCommand {
     @OptionGroup var moduleOptions: ModuleOptions
     @OptionGroup var pinOptions: PINOptions
 
+    @Flag(name: .long, help: "Open the token here even when $P11JWT_AGENT_SOCK names a running agent.")
+    var noAgent = false
+
     struct Result: Encodable {
         var kid: String
         var alg: String
@@ -47,14 +50,21 @@ struct SignCommand: ParsableCommand {
     }
 
     func run() throws {
+        if !noAgent, let socket = ProcessInfo.processInfo.environment["P11JWT_AGENT_SOCK"], !socket.isEmpty {
+            let answer = try AgentClient(socketPath: socket).sign(.init(key: key, alg: alg.rawValue, value: digest))
+            return try show(kid: answer.kid, value: answer.value)
+        }
         let context = try TokenContext.open(key, moduleOptions: moduleOptions, pins: pinOptions, login: true)
         defer { context.close() }
         let key = try context.token.signingKey(context.uri)
         let signature = try context.token.sign(digest: Base64URL.decode(digest)!, algorithm: alg, key: key)
-        let value = Base64URL.encode(signature)
+        try show(kid: key.uri, value: Base64URL.encode(signature))
+    }
+
+    func show(kid: String, value: String) throws {
         switch output {
         case .raw: print(value)
-        case .json: try printJSON(Result(kid: key.uri, alg: alg.rawValue, value: value))
+        case .json: try printJSON(Result(kid: kid, alg: alg.rawValue, value: value))
         }
     }
 }

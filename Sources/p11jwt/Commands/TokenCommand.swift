@@ -43,10 +43,10 @@ struct TokenCommand: AsyncParsableCommand {
         }
         // The tenant and client id are checked before a PIN is asked for.
         _ = try configuration.validated()
-        let (context, signer) = try signing.openSigner(requireCertificate: true, configKey: try entra.configFile()["key"])
-        defer { context.close() }
-        let token = try await withEntraClient(configuration, logger: context.logger) { client in
-            try await client.token(scope: scope, signer: signer)
+        let session = try signing.open(requireCertificate: true, configKey: try entra.configFile()["key"])
+        defer { session.close() }
+        let token = try await withEntraClient(configuration, logger: session.logger) { client in
+            try await client.token(scope: scope, signer: session.signer)
         }
         switch output {
         case .token:

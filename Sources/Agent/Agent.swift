@@ -1,0 +1,205 @@
+import Entra
+import Foundation
+import Synchronization
+import Hummingbird
+import HummingbirdCore
+import JOSE
+import Logging
+import NIOCore
+import PKCS11
+import ServiceLifecycle
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The signing agent: one logged-in token, served over a Unix socket (HTTP + JSON) to processes
+/// of allowed uids, optionally as an App Service managed-identity endpoint on 127.0.0.1 and as a
+/// federated token file, so other programs — the p11jwt CLI, unmodified Azure SDKs — use the
+/// hardware key without a PIN of their own.
+public final class Agent: Sendable {
+    public struct Configuration: Sendable {
+        public var socketPath: String
+        /// The key used when a request names none (a `pkcs11:` URI on the agent's token).
+        public var defaultKey: String
+        /// Uids allowed to connect besides the agent's own.
+        public var allowedUIDs: Set<uid_t>
+        /// Tenant, client and endpoints for `/v1/token`, `/v1/assertion` defaults, the managed-
+        /// identity endpoint and the assertion file.
+        public var entra: EntraClient.Configuration?
+        /// Serve the managed-identity endpoint on this 127.0.0.1 port (0: any free port).
+        public var managedIdentityPort: Int?
+        /// Keep a fresh client assertion in this file.
+        public var assertionFile: String?
+        /// Lifetime of the assertions written to `assertionFile`.
+        public var assertionLifetime: Int
+
+        public init(
+            socketPath: String, defaultKey: String, allowedUIDs: Set<uid_t> = [], entra: EntraClient.Configuration? = nil,
+            managedIdentityPort: Int? = nil, assertionFile: String? = nil, assertionLifetime: Int = ClientAssertion.defaultLifetime
+        ) {
+            self.socketPath = socketPath
+            self.defaultKey = defaultKey
+            self.allowedUIDs = allowedUIDs
+            self.entra = entra
+            self.managedIdentityPort = managedIdentityPort
+            self.assertionFile = assertionFile
+            self.assertionLifetime = assertionLifetime
+        }
+    }
+
+    public let configuration: Configuration
+    public let token: Token
+    let logger: Logger
+    let signers = Mutex<[String: TokenSigner]>([:])
+    let broker: TokenBroker?
+    /// The secret the managed-identity endpoint requires in `X-IDENTITY-HEADER`, new per start.
+    public let identitySecret: String
+
+    /// `token` is logged in by the caller (the PIN is asked for once, before the agent starts).
+    public init(configuration: Configuration, token: Token, logger: Logger) throws {
+        // The default key must exist now, not at the first request.
+        let defaultSigner = try Self.resolve(configuration.defaultKey, on: token)
+        self.configuration = configuration
+        self.token = token
+        self.logger = logger
+        signers.withLock { $0[configuration.defaultKey] = defaultSigner }
+        var rng = SystemRandomNumberGenerator()
+        identitySecret = Base64URL.encode((0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })
+        broker = try configuration.entra.map { try TokenBroker(configuration: $0, logger: logger) }
+    }
+
+    /// The signer for a request's `key` (nil: the default key). Keys are on the agent's token.
+    func signer(_ keyURI: String?) throws -> TokenSigner {
+        let text = keyURI ?? configuration.defaultKey
+        if let cached = signers.withLock({ $0[text] }) { return cached }
+        let signer = try Self.resolve(text, on: token)
+        signers.withLock { $0[text] = signer }
+        return signer
+    }
+
+    static func resolve(_ text: String, on token: Token) throws -> TokenSigner {
+        let uri = try PKCS11URI(text)
+        guard uri.matches(token: token.info) else {
+            throw AgentAPI.ErrorBody(
+                error: "wrongToken", message: "key \(uri.redacted) is not on token '\(token.info.label)', the one this agent serves",
+                hint: "start an agent for that token, or use --no-agent")
+        }
+        return try TokenSigner(token: token, key: try token.signingKey(uri))
+    }
+
+    /// The services to run in a ServiceGroup: the socket server, and the managed-identity
+    /// endpoint and assertion-file writer when configured. `onReady` gets the environment lines
+    /// (`--print-env`) once everything listens.
+    public func services(onReady: @escaping @Sendable ([String: String]) async -> Void) throws -> [any Service] {
+        try prepareSocketPath()
+        var services: [any Service] = []
+        let ready = ReadinessCounter(expected: configuration.managedIdentityPort == nil ? 1 : 2) { [self] in
+            await onReady(environment())
+        }
+        let peerCheck = PeerCredentialsHandler.Factory(allowed: allowedUIDs, logger: logger)
+        let socketApp = Application(
+            router: AgentRoutes(agent: self).router(),
+            server: .http1(configuration: .init(additionalChannelHandlers: [peerCheck.make()])),
+            configuration: .init(address: .unixDomainSocket(path: configuration.socketPath), serverName: "p11jwt-agent"),
+            onServerRunning: { [self] _ in
+                chmod(configuration.socketPath, 0o600)
+                ownsSocket.withLock { $0 = true }
+                logger.info("agent listening", metadata: ["socket": "\(configuration.socketPath)"])
+                await ready.signal()
+            },
+            logger: logger)
+        services.append(socketApp)
+        if let port = configuration.managedIdentityPort {
+            guard let broker else {
+                throw AgentAPI.ErrorBody(error: "invalidConfiguration", message: "the managed-identity endpoint needs a tenant and client id", hint: "give --tenant and --client-id")
+            }
+            services.append(ManagedIdentityEndpoint(agent: self, broker: broker, port: port, logger: logger).application { url in
+                self.managedIdentityURL.withLock { $0 = url }
+                await ready.signal()
+            })
+        }
+        if let path = configuration.assertionFile {
+            guard configuration.entra != nil else {
+                throw AgentAPI.ErrorBody(error: "invalidConfiguration", message: "the assertion file needs a tenant and client id", hint: "give --tenant and --client-id")
+            }
+            services.append(AssertionFileWriter(agent: self, path: path, lifetime: configuration.assertionLifetime, logger: logger))
+        }
+        return services
+    }
+
+    let managedIdentityURL = Mutex<String?>(nil)
+    /// Set once this agent bound the socket: only then does shutdown remove it.
+    let ownsSocket = Mutex(false)
+
+    var allowedUIDs: Set<uid_t> { configuration.allowedUIDs.union([getuid()]) }
+
+    /// The `--print-env` variables.
+    public func environment() -> [String: String] {
+        var env = ["P11JWT_AGENT_SOCK": configuration.socketPath]
+        if let url = managedIdentityURL.withLock({ $0 }) {
+            env["IDENTITY_ENDPOINT"] = url
+            env["IDENTITY_HEADER"] = identitySecret
+        }
+        if let path = configuration.assertionFile, let entra = configuration.entra {
+            env["AZURE_FEDERATED_TOKEN_FILE"] = path
+            env["AZURE_CLIENT_ID"] = entra.clientID
+            env["AZURE_TENANT_ID"] = entra.tenant
+            env["AZURE_AUTHORITY_HOST"] = entra.endpoints.authorityHost.absoluteString
+        }
+        return env
+    }
+
+    /// Refuses a socket path an agent is listening on; removes a stale socket; makes the
+    /// directory 0700.
+    func prepareSocketPath() throws {
+        let path = configuration.socketPath
+        let directory = (path as NSString).deletingLastPathComponent
+        if !FileManager.default.fileExists(atPath: directory) {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        }
+        var info = stat()
+        guard stat(directory, &info) == 0, info.st_uid == getuid(), info.st_mode & 0o077 == 0 else {
+            throw AgentAPI.ErrorBody(
+                error: "unsafeSocketDirectory", message: "the socket directory \(directory) must be yours and 0700",
+                hint: "chmod 700 \(directory), or give --socket in a private directory (default: $XDG_RUNTIME_DIR/p11jwt)")
+        }
+        guard FileManager.default.fileExists(atPath: path) else { return }
+        if AgentClient.isListening(path) {
+            throw AgentAPI.ErrorBody(
+                error: "agentRunning", message: "an agent is already listening on \(path)",
+                hint: "use it (export P11JWT_AGENT_SOCK=\(path)), stop it, or give another --socket")
+        }
+        logger.notice("removing a stale agent socket", metadata: ["socket": "\(path)"])
+        unlink(path)
+    }
+
+    /// After the services stopped: log out, forget keys, remove the socket and assertion file.
+    public func shutdown(module: Module) async {
+        await broker?.shutdown()
+        signers.withLock { $0 = [:] }
+        token.logout()
+        token.close()
+        module.finalize()
+        if ownsSocket.withLock({ $0 }) {
+            unlink(configuration.socketPath)
+            if let path = configuration.assertionFile { unlink(path) }
+        }
+        logger.info("agent stopped")
+    }
+}
+
+/// Calls `action` once `expected` listeners have signalled.
+actor ReadinessCounter {
+    private var remaining: Int
+    private let action: @Sendable () async -> Void
+
+    init(expected: Int, action: @escaping @Sendable () async -> Void) {
+        remaining = expected
+        self.action = action
+    }
+
+    func signal() async {
+        remaining -= 1
+        if remaining == 0 { await action() }
+    }
+}

@@ -1,0 +1,112 @@
+import Foundation
+
+/// The agent's HTTP+JSON API over its Unix socket. Requests and answers are plain Codable
+/// structs shared by the server and ``AgentClient``; field names are the wire names.
+public enum AgentAPI {
+    /// `POST /v1/sign`: the Key Vault `sign` shape. `value` is the base64url digest; the answer's
+    /// `value` the base64url signature (ES*: raw r‖s), `kid` the key's URI.
+    public struct SignRequest: Codable, Sendable {
+        public var key: String?
+        public var alg: String
+        public var value: String
+        public init(key: String?, alg: String, value: String) {
+            self.key = key
+            self.alg = alg
+            self.value = value
+        }
+    }
+
+    public struct SignResponse: Codable, Sendable {
+        public var kid: String
+        public var value: String
+    }
+
+    /// One key of `GET /v1/keys`: what a client needs to act as a JWS signer with it.
+    public struct KeyInfo: Codable, Sendable {
+        public var uri: String
+        public var label: String?
+        public var id: String?
+        /// `rsa:2048`, `ec:p256`, …
+        public var keyType: String
+        public var algorithms: [String]
+        /// The certificate chain, leaf first, base64 DER (empty when the key has none).
+        public var certificates: [String]
+        /// SubjectPublicKeyInfo, base64 DER, when the token has the public key.
+        public var publicKey: String?
+    }
+
+    public struct KeysResponse: Codable, Sendable {
+        public var keys: [KeyInfo]
+    }
+
+    public struct AssertionRequest: Codable, Sendable {
+        public var key: String?
+        public var tenant: String?
+        public var clientId: String?
+        public var alg: String?
+        public var lifetime: Int?
+        public init(key: String? = nil, tenant: String? = nil, clientId: String? = nil, alg: String? = nil, lifetime: Int? = nil) {
+            self.key = key
+            self.tenant = tenant
+            self.clientId = clientId
+            self.alg = alg
+            self.lifetime = lifetime
+        }
+    }
+
+    public struct PopRequest: Codable, Sendable {
+        public var key: String?
+        public var objectId: String
+        public init(key: String? = nil, objectId: String) {
+            self.key = key
+            self.objectId = objectId
+        }
+    }
+
+    public struct JWTRequest: Codable, Sendable {
+        public var key: String?
+        /// A JSON object.
+        public var claims: String
+        public var alg: String?
+        public init(key: String? = nil, claims: String, alg: String? = nil) {
+            self.key = key
+            self.claims = claims
+            self.alg = alg
+        }
+    }
+
+    /// A signed token (`/v1/assertion`, `/v1/pop`, `/v1/jwt`).
+    public struct TokenResponse: Codable, Sendable {
+        public var token: String
+    }
+
+    public struct AccessTokenRequest: Codable, Sendable {
+        public var key: String?
+        public var scope: String?
+        public init(key: String? = nil, scope: String? = nil) {
+            self.key = key
+            self.scope = scope
+        }
+    }
+
+    public struct AccessTokenResponse: Codable, Sendable {
+        public var access_token: String
+        public var token_type: String
+        public var expires_on: Int
+        public var scope: String
+    }
+
+    public struct Health: Codable, Sendable {
+        public var status: String
+        public var token: String
+        public var loggedIn: Bool
+        public var pid: Int32
+    }
+
+    /// Every refusal: a stable code, a message, what to do.
+    public struct ErrorBody: Codable, Sendable, Error {
+        public var error: String
+        public var message: String
+        public var hint: String?
+    }
+}

@@ -1,0 +1,171 @@
+import Entra
+import Foundation
+import Synchronization
+import Hummingbird
+import JOSE
+import Logging
+import NIOCore
+import PKCS11
+
+/// The Unix-socket API: `/v1/sign`, `/v1/assertion`, `/v1/pop`, `/v1/jwt`, `/v1/token`,
+/// `/v1/keys`, `/v1/health`. Every request is logged with an id, the operation, the key and the
+/// latency — never a PIN, a token or an assertion.
+struct AgentRoutes: Sendable {
+    let agent: Agent
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/v1/health") { _, _ -> Response in
+            try json(AgentAPI.Health(status: "ok", token: agent.token.info.label, loggedIn: agent.token.isLoggedIn, pid: getpid()))
+        }
+        router.get("/v1/keys") { request, context -> Response in
+            try await handle("keys", request, context) {
+                let query = request.uri.queryParameters
+                let signers: [TokenSigner]
+                if let selected = query.get("key") {
+                    signers = [try agent.signer(selected)]
+                } else if query.has("default") {
+                    signers = [try agent.signer(nil)]
+                } else {
+                    signers = try agent.token.privateKeys().compactMap { try? TokenSigner(token: agent.token, key: $0) }
+                }
+                return AgentAPI.KeysResponse(keys: signers.map(Self.info))
+            }
+        }
+        router.post("/v1/sign") { request, context -> Response in
+            try await handle("sign", request, context) { (body: AgentAPI.SignRequest) in
+                let signer = try agent.signer(body.key)
+                guard let algorithm = JWSAlgorithm(name: body.alg) else {
+                    throw AgentAPI.ErrorBody(error: "badRequest", message: "unknown alg '\(body.alg)'", hint: "RS256 … PS512, ES256 … ES512")
+                }
+                guard let digest = Base64URL.decode(body.value) else {
+                    throw AgentAPI.ErrorBody(error: "badRequest", message: "value is not base64url", hint: "send the digest base64url-encoded, without padding")
+                }
+                let signature = try signer.sign(digest: digest, algorithm: algorithm)
+                return AgentAPI.SignResponse(kid: signer.key.uri, value: Base64URL.encode(signature))
+            }
+        }
+        router.post("/v1/assertion") { request, context -> Response in
+            try await handle("assertion", request, context) { (body: AgentAPI.AssertionRequest) in
+                let signer = try agent.signer(body.key)
+                let entra = agent.configuration.entra
+                let algorithm: ClientAssertion.AlgorithmChoice = try body.alg.map { name in
+                    guard let a = JWSAlgorithm(name: name) else { throw AgentAPI.ErrorBody(error: "badRequest", message: "unknown alg '\(name)'") }
+                    return .fixed(a)
+                } ?? .auto
+                let parameters = ClientAssertion.Parameters(
+                    tenant: body.tenant ?? entra?.tenant ?? "", clientID: body.clientId ?? entra?.clientID ?? "",
+                    authorityHost: entra?.endpoints.authorityHost ?? EntraCloud.global.authorityHost,
+                    lifetime: body.lifetime ?? ClientAssertion.defaultLifetime, algorithm: algorithm)
+                return AgentAPI.TokenResponse(token: try ClientAssertion.make(parameters, signer: signer, logger: context.logger).compact)
+            }
+        }
+        router.post("/v1/pop") { request, context -> Response in
+            try await handle("pop", request, context) { (body: AgentAPI.PopRequest) in
+                let signer = try agent.signer(body.key)
+                return AgentAPI.TokenResponse(token: try ProofOfPossession.make(objectID: body.objectId, signer: signer, logger: context.logger).compact)
+            }
+        }
+        router.post("/v1/jwt") { request, context -> Response in
+            try await handle("jwt", request, context) { (body: AgentAPI.JWTRequest) in
+                let signer = try agent.signer(body.key)
+                let claims = try JSONObject(parsing: Array(body.claims.utf8), what: "claims")
+                let algorithm: JWSAlgorithm
+                if let name = body.alg {
+                    guard let a = JWSAlgorithm(name: name) else { throw AgentAPI.ErrorBody(error: "badRequest", message: "unknown alg '\(name)'") }
+                    algorithm = a
+                } else {
+                    switch signer.keyType {
+                    case .rsa: algorithm = .RS256
+                    case .ec(let curve): algorithm = curve.algorithm
+                    }
+                }
+                let header = try JWSHeaderFields(type: "JWT").header(algorithm: algorithm, certificateChain: signer.certificateChain)
+                return AgentAPI.TokenResponse(token: try JWS.sign(header: header, claims: claims, signer: signer).compact)
+            }
+        }
+        router.post("/v1/token") { request, context -> Response in
+            try await handle("token", request, context) { (body: AgentAPI.AccessTokenRequest) in
+                guard let broker = agent.broker else {
+                    throw AgentAPI.ErrorBody(error: "notConfigured", message: "this agent was started without a tenant and client id", hint: "start it with --tenant and --client-id")
+                }
+                let signer = try agent.signer(body.key)
+                let scope = body.scope ?? broker.graphScope
+                let token = try await broker.token(scope: scope, signer: signer)
+                return AgentAPI.AccessTokenResponse(
+                    access_token: token.accessToken, token_type: token.tokenType, expires_on: Int(token.expiresOn.timeIntervalSince1970), scope: scope)
+            }
+        }
+        return router
+    }
+
+    static func info(_ signer: TokenSigner) -> AgentAPI.KeyInfo {
+        let keyType: String
+        switch signer.keyType {
+        case .rsa(let bits): keyType = "rsa:\(bits)"
+        case .ec(let curve): keyType = "ec:\(curve.rawValue.lowercased().replacingOccurrences(of: "-", with: ""))"
+        }
+        return AgentAPI.KeyInfo(
+            uri: signer.key.uri, label: signer.key.label, id: signer.key.id.map { $0.map { String(format: "%02x", $0) }.joined() },
+            keyType: keyType, algorithms: signer.supportedAlgorithms.map(\.rawValue),
+            certificates: signer.certificateChain.map(\.x5cValue),
+            publicKey: (try? signer.key.publicKey?.subjectPublicKeyInfo()).map { Data($0).base64EncodedString() })
+    }
+
+    /// Decodes the body, runs `body`, encodes the answer; errors become ``AgentAPI/ErrorBody``.
+    func handle<In: Decodable, Out: Encodable>(
+        _ operation: String, _ request: Request, _ context: BasicRequestContext, _ body: (In) async throws -> Out
+    ) async throws -> Response {
+        var request = request
+        let bytes = try await request.collectBody(upTo: 1 << 20)
+        let input: In
+        do {
+            input = try JSONDecoder().decode(In.self, from: Data(buffer: bytes))
+        } catch {
+            return try Self.failure(AgentAPI.ErrorBody(error: "badRequest", message: "the \(operation) request is not valid JSON for it: \(error)"), status: .badRequest, operation, context)
+        }
+        return try await handle(operation, request, context) { try await body(input) }
+    }
+
+    func handle<Out: Encodable>(
+        _ operation: String, _ request: Request, _ context: BasicRequestContext, _ body: () async throws -> Out
+    ) async throws -> Response {
+        let started = ContinuousClock.now
+        var logger = context.logger
+        logger[metadataKey: "op"] = "\(operation)"
+        do {
+            let output = try await body()
+            let elapsed = ContinuousClock.now - started
+            logger.info("ok", metadata: ["ms": "\(elapsed.components.attoseconds / 1_000_000_000_000_000 + elapsed.components.seconds * 1000)"])
+            return try json(output)
+        } catch let error as AgentAPI.ErrorBody {
+            return try Self.failure(error, status: .badRequest, operation, context)
+        } catch let error as PKCS11Error {
+            // The request's fault, or the token's (removed, logged out, failing): 400 or 503.
+            let requestFaults: [PKCS11Error.Code] = [
+                .objectNotFound, .objectAmbiguous, .invalidURI, .invalidArgument, .mechanismUnsupported, .keyUnsuitable, .invalidDigest,
+                .certificateMismatch,
+            ]
+            let status: HTTPResponse.Status = requestFaults.contains(error.code) ? .badRequest : .serviceUnavailable
+            return try Self.failure(AgentAPI.ErrorBody(error: "pkcs11.\(error.code)", message: error.message, hint: error.hint), status: status, operation, context)
+        } catch let error as EntraError {
+            let status: HTTPResponse.Status = error.code == .invalidParameter || error.code == .unsupportedKey ? .badRequest : .badGateway
+            return try Self.failure(AgentAPI.ErrorBody(error: "entra.\(error.code)", message: error.message, hint: error.hint), status: status, operation, context)
+        } catch let error as JOSEError {
+            return try Self.failure(AgentAPI.ErrorBody(error: "jose.\(error.code)", message: "\(error)"), status: .badRequest, operation, context)
+        }
+    }
+
+    static func failure(_ error: AgentAPI.ErrorBody, status: HTTPResponse.Status, _ operation: String, _ context: BasicRequestContext) throws -> Response {
+        context.logger.notice("refused", metadata: ["op": "\(operation)", "error": "\(error.error)"])
+        return try json(error, status: status)
+    }
+}
+
+func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws -> Response {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    var headers = HTTPFields()
+    headers[.contentType] = "application/json"
+    return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
+}

@@ -1,0 +1,81 @@
+import Entra
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// The App Service managed-identity protocol (api-version 2019-08-01) on 127.0.0.1, answering
+/// with tokens got with the hardware key, so `ManagedIdentityCredential` / `DefaultAzureCredential`
+/// in any Azure SDK and `az login --identity` work unmodified:
+///
+///     GET {IDENTITY_ENDPOINT}?resource=https://graph.microsoft.com&api-version=2019-08-01
+///     X-IDENTITY-HEADER: {IDENTITY_HEADER}
+///     → {"access_token","expires_on":"<epoch seconds>","resource","token_type":"Bearer","client_id"}
+///
+/// A missing or wrong header gets 401, a bad resource or api-version 400, each with a JSON error.
+struct ManagedIdentityEndpoint: Sendable {
+    static let path = "/msi/token"
+    let agent: Agent
+    let broker: TokenBroker
+    let port: Int
+    let logger: Logger
+
+    func application(onListening: @escaping @Sendable (String) async -> Void) -> some ServiceLifecycle.Service {
+        let router = Router()
+        router.get(.init(stringLiteral: Self.path)) { request, _ -> Response in
+            try await answer(request)
+        }
+        return Application(
+            router: router,
+            configuration: .init(address: .hostname("127.0.0.1", port: port), serverName: "p11jwt-agent-identity"),
+            onServerRunning: { channel in
+                let url = "http://127.0.0.1:\(channel.localAddress?.port ?? port)\(Self.path)"
+                logger.info("managed-identity endpoint listening", metadata: ["url": "\(url)"])
+                await onListening(url)
+            },
+            logger: logger)
+    }
+
+    func answer(_ request: Request) async throws -> Response {
+        let header = request.headers.first { $0.name.canonicalName == "x-identity-header" }?.value
+        guard let header, constantTimeEquals(Array(header.utf8), Array(agent.identitySecret.utf8)) else {
+            logger.notice("managed identity: refused a request without the right X-IDENTITY-HEADER")
+            return try json(["error": "unauthorized", "error_description": "the X-IDENTITY-HEADER header is missing or wrong"], status: .unauthorized)
+        }
+        let query = request.uri.queryParameters
+        guard let version = query.get("api-version"), version == "2019-08-01" else {
+            return try json(["error": "invalid_request", "error_description": "api-version must be 2019-08-01"], status: .badRequest)
+        }
+        guard var resource = query.get("resource"), !resource.isEmpty,
+              let url = URL(string: resource), url.scheme != nil || resource.range(of: "^[0-9a-fA-F-]{36}$", options: .regularExpression) != nil
+        else {
+            return try json(["error": "invalid_resource", "error_description": "resource must be an application id URI such as https://graph.microsoft.com"], status: .badRequest)
+        }
+        if resource.hasSuffix("/.default") { resource.removeLast("/.default".count) }
+        let scope = resource.hasSuffix("/") ? resource + ".default" : resource + "/.default"
+        do {
+            let token = try await broker.token(scope: scope, signer: try agent.signer(nil))
+            struct Answer: Encodable {
+                var access_token: String
+                var expires_on: String
+                var resource: String
+                var token_type: String
+                var client_id: String
+            }
+            return try json(Answer(
+                access_token: token.accessToken, expires_on: String(Int(token.expiresOn.timeIntervalSince1970)), resource: resource,
+                token_type: token.tokenType, client_id: broker.client.clientID))
+        } catch let error as EntraError {
+            logger.notice("managed identity: token refused", metadata: ["aadsts": "\(error.aadsts.map(String.init) ?? "-")"])
+            return try json(["error": "token_refused", "error_description": error.message], status: error.code == .tokenRefused ? .badRequest : .badGateway)
+        }
+    }
+}
+
+func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    guard a.count == b.count else { return false }
+    var difference: UInt8 = 0
+    for i in a.indices { difference |= a[i] ^ b[i] }
+    return difference == 0
+}

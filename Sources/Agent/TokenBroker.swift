@@ -1,0 +1,40 @@
+import Entra
+import Foundation
+import JOSE
+import Logging
+import PKCS11
+
+/// Access tokens for the agent's clients: kept in memory per scope and key, refreshed 5 minutes
+/// before expiry, and fetched once however many clients ask at the same time (single flight).
+actor TokenBroker {
+    let client: EntraClient
+    nonisolated let graphScope: String
+    private var cached: [String: AccessToken] = [:]
+    private var inFlight: [String: Task<AccessToken, any Error>] = [:]
+
+    init(configuration: EntraClient.Configuration, logger: Logger) throws {
+        var configuration = configuration
+        configuration.cacheFile = nil  // the agent's cache is this actor
+        client = try EntraClient(configuration, logger: logger)
+        graphScope = configuration.graphScope
+    }
+
+    func token(scope: String, signer: TokenSigner) async throws -> AccessToken {
+        let key = "\(scope)\n\(signer.certificate?.thumbprint.hexSHA1 ?? signer.key.uri)"
+        if let token = cached[key], token.expiresOn.timeIntervalSinceNow > TokenCache.refreshMargin {
+            return AccessToken(accessToken: token.accessToken, tokenType: token.tokenType, expiresOn: token.expiresOn, fromCache: true)
+        }
+        if let running = inFlight[key] { return try await running.value }
+        let client = self.client
+        let task = Task { try await client.token(scope: scope, signer: signer, useCache: false) }
+        inFlight[key] = task
+        defer { inFlight[key] = nil }
+        let token = try await task.value
+        cached[key] = token
+        return token
+    }
+
+    func shutdown() async {
+        await client.shutdown()
+    }
+}

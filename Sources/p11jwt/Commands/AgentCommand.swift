@@ -1,0 +1,101 @@
+import Agent
+import ArgumentParser
+import Entra
+import Foundation
+import Logging
+import PKCS11
+import ServiceLifecycle
+import ShutdownSignals
+
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent",
+        abstract: "Log in once and serve signatures, assertions and tokens to other processes over a Unix socket.",
+        discussion: """
+            Runs in the foreground until SIGTERM / SIGINT. The socket is 0600 in a 0700 directory, and a
+            connection from another uid is closed unless --allow-uid names it. With P11JWT_AGENT_SOCK set,
+            every p11jwt command that signs goes through the agent (--no-agent bypasses it).
+            --managed-identity serves the App Service managed-identity protocol on 127.0.0.1 and
+            --assertion-file keeps a fresh client assertion in a file, so unmodified Azure SDKs
+            (ManagedIdentityCredential, WorkloadIdentityCredential, DefaultAzureCredential) use the key.
+            --print-env prints the environment for clients, like ssh-agent -s, once it listens.
+            """)
+
+    @Option(name: .long, help: ArgumentHelp("The socket (default: $XDG_RUNTIME_DIR/p11jwt/agent.sock, else /tmp/p11jwt-<uid>/agent.sock).", valueName: "path"))
+    var socket: String?
+
+    @Option(name: .long, help: ArgumentHelp("Also accept connections from this uid (repeatable).", valueName: "uid"))
+    var allowUID: [UInt32] = []
+
+    @Flag(name: .long, help: "Print export lines for clients (P11JWT_AGENT_SOCK, and the Azure SDK variables) once listening.")
+    var printEnv = false
+
+    @Flag(name: .long, help: "Serve the App Service managed-identity endpoint on 127.0.0.1 (needs --tenant and --client-id).")
+    var managedIdentity = false
+
+    @Option(name: .long, help: ArgumentHelp("Port of the managed-identity endpoint (0: any free port).", valueName: "port"))
+    var port: Int = 0
+
+    @Option(name: .long, help: ArgumentHelp("Keep a fresh client assertion in this file (0600) for AZURE_FEDERATED_TOKEN_FILE.", valueName: "path"))
+    var assertionFile: String?
+
+    @Option(name: .long, help: ArgumentHelp("Lifetime of the assertions in --assertion-file (more than 330 s; renewed 330 s before expiry).", valueName: "seconds"))
+    var assertionLifetime: Int = ClientAssertion.defaultLifetime
+
+    @OptionGroup var entra: EntraOptions
+    @OptionGroup var signing: SigningOptions
+
+    static func defaultSocket() -> String {
+        if let runtime = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], !runtime.isEmpty {
+            return runtime + "/p11jwt/agent.sock"
+        }
+        return "/tmp/p11jwt-\(getuid())/agent.sock"
+    }
+
+    func run() async throws {
+        ShutdownSignals.blockInAllThreads()
+        let file = try entra.configFile()
+        // Entra settings are optional: without tenant and client id the agent only signs.
+        let entraConfiguration = try entra.clientConfiguration(cacheFile: nil)
+        let hasEntra = !entraConfiguration.tenant.isEmpty && !entraConfiguration.clientID.isEmpty
+        if hasEntra { _ = try entraConfiguration.validated() }
+        if (managedIdentity || assertionFile != nil) && !hasEntra {
+            throw CLIError.usage("--managed-identity and --assertion-file need --tenant and --client-id (or AZURE_TENANT_ID / AZURE_CLIENT_ID)")
+        }
+        if assertionFile != nil && (assertionLifetime <= 330 || assertionLifetime > ClientAssertion.maximumLifetime) {
+            throw CLIError.usage("--assertion-lifetime must be 331…\(ClientAssertion.maximumLifetime) seconds: readers cache the file up to 5 minutes")
+        }
+        let socketPath = socket ?? Self.defaultSocket()
+        let keyURI = try signing.keyURI(fallback: file["key"])
+        // The PIN is asked for here, once.
+        let context = try TokenContext.open(keyURI, moduleOptions: signing.moduleOptions, pins: signing.pinOptions, login: true)
+        let agent: Agent
+        do {
+            agent = try Agent(
+                configuration: .init(
+                    socketPath: socketPath, defaultKey: keyURI, allowedUIDs: Set(allowUID), entra: hasEntra ? entraConfiguration : nil,
+                    managedIdentityPort: managedIdentity ? port : nil, assertionFile: assertionFile, assertionLifetime: assertionLifetime),
+                token: context.token, logger: context.logger)
+        } catch {
+            context.close()
+            throw error
+        }
+        let printEnv = self.printEnv
+        do {
+            let services = try agent.services { environment in
+                guard printEnv else { return }
+                var lines = ""
+                for (name, value) in environment.sorted(by: { $0.key < $1.key }) {
+                    lines += "export \(name)='\(value)'\n"
+                }
+                FileHandle.standardOutput.write(Data(lines.utf8))
+            }
+            let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: context.logger))
+            try await group.run()
+        } catch {
+            await agent.shutdown(module: context.module)
+            throw error
+        }
+        await agent.shutdown(module: context.module)
+    }
+}
