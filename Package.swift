@@ -216,6 +216,8 @@ let package = Package(
             dependencies: [
                 "TestSupport",
                 "JOSE",
+                "Agent",
+                .product(name: "Crypto", package: "swift-crypto"),
                 "Entra",
                 "DurableFiles",
             ]

@@ -36,12 +36,10 @@ public enum JSONValue: Sendable, Hashable {
     }
 
     /// Parses JSON text (one value, any type).
+    /// Parses JSON text keeping object members in document order; duplicate member names,
+    /// trailing commas and other non-RFC 8259 text are refused.
     public init(parsing data: some DataProtocol) throws {
-        do {
-            self = try JSONDecoder().decode(JSONValue.self, from: Data(data))
-        } catch {
-            throw JOSEError(.malformed, "not valid JSON: \(JSONValue.describe(error))", cause: error)
-        }
+        self = try JSONParser.parse(Array(data))
     }
 
     public init(parsing text: String) throws { try self.init(parsing: Data(text.utf8)) }
@@ -92,13 +90,6 @@ public enum JSONValue: Sendable, Hashable {
             }
         }
         out += "\""
-    }
-
-    private static func describe(_ error: any Error) -> String {
-        if case DecodingError.dataCorrupted(let context) = error {
-            return (context.underlyingError.map { "\($0)" } ?? context.debugDescription)
-        }
-        return "\(error)"
     }
 }
 

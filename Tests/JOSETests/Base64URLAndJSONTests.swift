@@ -67,6 +67,27 @@ struct JSONValueTests {
         #expect(object["e"]?.int64Value == 1_700_000_000)
     }
 
+    @Test func parsingKeepsTheMembersInTheOrderWritten() throws {
+        let text = #"{"zeta":1,"alpha":{"y":[true,false],"b":"\u00e9\ud83d\ude00\n"},"mid":-0.5e-3,"a":null}"#
+        // Parsed and serialised again, the text is the same (claims go out as the user wrote them).
+        for _ in 0..<20 {
+            let object = try JSONObject(parsing: Data(text.utf8))
+            #expect(object.serialized == #"{"zeta":1,"alpha":{"y":[true,false],"b":"é😀\n"},"mid":-0.0005,"a":null}"#)
+        }
+        #expect(try JSONValue(parsing: "9223372036854775807") == .int(Int64.max))
+        #expect(try JSONValue(parsing: "9223372036854775808") == .double(9.223372036854775808e18))
+    }
+
+    /// RFC 8259 only: and a JWS header or claims object with a duplicate name is refused
+    /// (RFC 7515 §5.2), where Foundation would keep one of them silently.
+    @Test(arguments: [
+        #"{"a":1,"a":2}"#, #"{"a":1,}"#, "[1,2,]", #"{"a":01}"#, #"{"a":1.}"#, #"{"a":.5}"#, #"{'a':1}"#, #"{"a":tru}"#,
+        #"{"a":"\x"}"#, #"{"a":"\ud83d"}"#, "{\"a\":\"tab\there\"}", #"{"a":1} x"#, "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+    ])
+    func refusesWhatRFC8259Refuses(_ text: String) {
+        #expect(throws: JOSEError.self) { try JSONValue(parsing: text) }
+    }
+
     @Test(arguments: ["{bad", "[1,2]", "\"text\"", ""])
     func refusesWhatIsNotAnObject(_ text: String) {
         let error = #expect(throws: JOSEError.self) { try JSONObject(parsing: Data(text.utf8), what: "the claims") }

@@ -104,5 +104,6 @@ public final class RunningEmulator: @unchecked Sendable {
 
 public struct RunningEmulatorError: Error, CustomStringConvertible {
     public var message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }

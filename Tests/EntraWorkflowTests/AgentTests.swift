@@ -1,0 +1,343 @@
+import Agent
+import Crypto
+import Foundation
+import JOSE
+import Testing
+import TestSupport
+
+/// `p11jwt agent` as a real process, started with `--print-env`; its environment once listening.
+final class RunningAgent: @unchecked Sendable {
+    let process = Process()
+    let environment: [String: String]
+    let logPath: String
+    let fixture: WorkflowFixture
+
+    var socket: String { environment["P11JWT_AGENT_SOCK"]! }
+    var client: AgentClient { AgentClient(socketPath: socket) }
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    init(_ f: WorkflowFixture, _ extra: [String] = []) throws {
+        fixture = f
+        let out = f.dir.file("agent-\(UUID().uuidString.prefix(6)).env")
+        logPath = out + ".log"
+        _ = FileManager.default.createFile(atPath: out, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let runtime = f.dir.file("run")
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        process.executableURL = URL(fileURLWithPath: try p11jwtBinary)
+        process.arguments = ["agent", "--key", f.keyURI, "--print-env"] + f.entraFlags + extra
+        var env = f.hsm.environment.merging(f.environment) { $1 }
+        env["XDG_RUNTIME_DIR"] = runtime
+        process.environment = env
+        process.standardOutput = FileHandle(forWritingAtPath: out)
+        process.standardError = FileHandle(forWritingAtPath: logPath)
+        try process.run()
+        let deadline = Date().addingTimeInterval(30)
+        var parsed: [String: String] = [:]
+        while Date() < deadline, process.isRunning {
+            let text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+            if text.contains("P11JWT_AGENT_SOCK") && text.hasSuffix("\n") {
+                for line in text.split(separator: "\n") where line.hasPrefix("export ") {
+                    let assignment = line.dropFirst("export ".count)
+                    guard let eq = assignment.firstIndex(of: "=") else { continue }
+                    parsed[String(assignment[..<eq])] = String(assignment[assignment.index(after: eq)...]).trimmingCharacters(in: CharacterSet(charactersIn: "'"))
+                }
+                break
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        environment = parsed
+        guard parsed["P11JWT_AGENT_SOCK"] != nil else {
+            if process.isRunning { process.terminate() }
+            process.waitUntilExit()
+            throw RunningEmulatorError(message: "the agent did not start: \((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "")")
+        }
+    }
+
+    /// `p11jwt` with the agent's environment exported.
+    func cli(_ arguments: [String], agent: Bool = true) throws -> ProcessResult {
+        try fixture.cli(arguments, environment: agent ? environment : [:])
+    }
+
+    @discardableResult
+    func stop() -> Int32 {
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+}
+
+@Suite("p11jwt agent: PIN once, serve many")
+struct AgentTests {
+    @Test func everyEndpointAnswersAndSignaturesVerify() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f)
+        defer { agent.stop() }
+        let client = agent.client
+        let health = try client.health()
+        #expect(health.status == "ok" && health.loggedIn && health.token == f.tokenLabel)
+
+        // /v1/keys: the key, its type, algorithms, certificate and public key.
+        let key = try client.key(nil)
+        #expect(key.keyType == "rsa:2048")
+        #expect(key.algorithms.contains("PS256") && key.algorithms.contains("RS256"))
+        let leafText = try #require(key.certificates.first)
+        let certificate = try JWSCertificate(der: [UInt8](try #require(Data(base64Encoded: leafText))))
+        #expect(certificate.thumbprint.hexSHA1 == (try opensslThumbprint(f.bootstrapCertificate)))
+        #expect(try client.keys().count == 1)
+
+        // /v1/sign (the Key Vault shape), checked by openssl with the certificate's key.
+        let publicKeyPEM = try run("openssl", ["x509", "-in", f.bootstrapCertificate, "-noout", "-pubkey"]).stdout
+        let message = Array("signed by the agent".utf8)
+        for alg in [JWSAlgorithm.RS256, .PS256] {
+            let answer = try client.sign(.init(key: nil, alg: alg.rawValue, value: Base64URL.encode(Array(SHA256.hash(data: message)))))
+            #expect(answer.kid == key.uri)
+            #expect(try IndependentVerifier.openssl(try #require(Base64URL.decode(answer.value)), message: message, algorithm: alg, publicKeyPEM: publicKeyPEM))
+        }
+        // /v1/assertion, /v1/pop, /v1/jwt: tokens the emulator and openssl accept.
+        let assertion: AgentAPI.TokenResponse = try client.call("POST", "/v1/assertion", body: AgentAPI.AssertionRequest())
+        let parsed = try independentlyParse(assertion.token)
+        #expect(parsed.header["alg"] as? String == "PS256")
+        #expect(parsed.claims["iss"] as? String == f.appId)
+        #expect(try IndependentVerifier.openssl(parsed.signature, message: parsed.signingInput, algorithm: .PS256, publicKeyPEM: publicKeyPEM))
+        let pop: AgentAPI.TokenResponse = try client.call("POST", "/v1/pop", body: AgentAPI.PopRequest(objectId: f.objectID))
+        #expect(try independentlyParse(pop.token).claims["iss"] as? String == f.objectID)
+        let jwt: AgentAPI.TokenResponse = try client.call("POST", "/v1/jwt", body: AgentAPI.JWTRequest(claims: #"{"sub":"x"}"#))
+        let parsedJWT = try independentlyParse(jwt.token)
+        #expect(parsedJWT.claims["sub"] as? String == "x")
+        #expect(try IndependentVerifier.openssl(parsedJWT.signature, message: parsedJWT.signingInput, algorithm: .RS256, publicKeyPEM: publicKeyPEM))
+        // /v1/token: from the emulator, then from the agent's cache.
+        let first: AgentAPI.AccessTokenResponse = try client.call("POST", "/v1/token", body: AgentAPI.AccessTokenRequest())
+        let second: AgentAPI.AccessTokenResponse = try client.call("POST", "/v1/token", body: AgentAPI.AccessTokenRequest())
+        #expect(first.access_token == second.access_token)
+        #expect(try independentlyParse(first.access_token).claims["appid"] as? String == f.appId)
+
+        // Refusals are JSON with a code and a hint.
+        #expect(throws: AgentClientError.self) { try client.sign(.init(key: nil, alg: "HS256", value: "AAAA")) }
+        do {
+            _ = try client.sign(.init(key: "pkcs11:token=another", alg: "RS256", value: Base64URL.encode(Array(repeating: 1, count: 32))))
+            Issue.record("a key on another token was accepted")
+        } catch let error as AgentClientError {
+            #expect(error.code == "wrongToken")
+            #expect(error.status == 400)
+        }
+        // Nothing secret in the log.
+        #expect(!agent.log.contains(first.access_token) && !agent.log.contains(assertion.token))
+    }
+
+    @Test func sixteenConcurrentClientsAllGetValidSignatures() async throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f)
+        defer { agent.stop() }
+        let publicKeyPEM = try run("openssl", ["x509", "-in", f.bootstrapCertificate, "-noout", "-pubkey"]).stdout
+        let socket = agent.socket
+        let results = try await withThrowingTaskGroup(of: (String, [UInt8], [UInt8]).self) { group in
+            for i in 0..<32 {
+                group.addTask {
+                    let digestInput = "message \(i)"
+                    let digest = Array(SHA256.hash(data: Array(digestInput.utf8)))
+                    let answer = try AgentClient(socketPath: socket).sign(.init(key: nil, alg: "RS256", value: Base64URL.encode(digest)))
+                    return (digestInput, digest, try #require(Base64URL.decode(answer.value)))
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(results.count == 32)
+        let key = try #require(try agent.client.key(nil).certificates.first.flatMap { Data(base64Encoded: $0) })
+        let publicKey = try JWSCertificate(der: [UInt8](key)).publicKey
+        for (message, _, signature) in results {
+            #expect(try JWSVerifier.verify(signature: signature, message: Array(message.utf8), algorithm: .RS256, publicKey: publicKey))
+        }
+        // And openssl agrees on one of them.
+        let (message, _, signature) = results[0]
+        #expect(try IndependentVerifier.openssl(signature, message: Array(message.utf8), algorithm: .RS256, publicKeyPEM: publicKeyPEM))
+    }
+
+    @Test func theCLIGivesIdenticalResultsWithAndWithoutTheAgent() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f)
+        defer { agent.stop() }
+        let digest = Base64URL.encode(Array(SHA256.hash(data: Array("same".utf8))))
+        // RS256 is deterministic: byte-identical output.
+        let viaAgent = try agent.cli(["sign", "--key", f.keyURI, "--alg", "RS256", "--digest", digest, "--output", "json"])
+        let direct = try agent.cli(["sign", "--key", f.keyURI, "--alg", "RS256", "--digest", digest, "--output", "json", "--no-agent", "--pin-file", f.hsm.pinFile])
+        #expect(viaAgent.status == 0, "\(viaAgent.stderr)")
+        #expect(viaAgent.stdout == direct.stdout)
+        let jwtArgs = ["jwt", "--key", f.keyURI, "--claims", #"{"sub":"same","n":1}"#, "--x5t", "--kid", "thumbprint"]
+        let jwtAgent = try agent.cli(jwtArgs)
+        let jwtDirect = try agent.cli(jwtArgs + ["--no-agent", "--pin-file", f.hsm.pinFile])
+        #expect(jwtAgent.status == 0, "\(jwtAgent.stderr)")
+        #expect(jwtAgent.stdout == jwtDirect.stdout, "\(jwtDirect.stderr)")
+        // The Entra commands work through the agent with no PIN at all.
+        let token = try agent.cli(["token", "--key", f.keyURI, "--no-cache", "--output", "json"] + f.entraFlags.filter { $0 != "--pin-file" && $0 != f.hsm.pinFile })
+        #expect(token.status == 0, "\(token.stderr)")
+        let assertion = try agent.cli(["assertion", "--key", f.keyURI, "--tenant", f.tenant, "--client-id", f.appId, "--output", "json"])
+        #expect(assertion.status == 0, "\(assertion.stderr)")
+        let csr = try agent.cli(["cert", "csr", "--key", f.keyURI, "--subject", "CN=through the agent", "--out", f.dir.file("agent.csr")])
+        #expect(csr.status == 0, "\(csr.stderr)")
+        #expect(try run("openssl", ["req", "-in", f.dir.file("agent.csr"), "-noout", "-verify"]).status == 0)
+        // An agent that is gone is named, with the way around it.
+        agent.stop()
+        let gone = try agent.cli(["sign", "--key", f.keyURI, "--alg", "RS256", "--digest", digest])
+        #expect(gone.status == 1)
+        #expect(gone.stderr.contains("cannot reach the agent") && gone.stderr.contains("--no-agent"))
+    }
+
+    @Test(.enabled(if: getuid() == 0, "needs root to run a client as another uid"))
+    func connectionsFromOtherUIDsAreClosed() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f)
+        defer { agent.stop() }
+        // Open the directories and socket to everyone, as a mistake would: SO_PEERCRED still refuses.
+        let runtime = f.dir.file("run"), socketDirectory = (agent.socket as NSString).deletingLastPathComponent
+        for directory in [f.dir.path, runtime, socketDirectory] { chmod(directory, 0o755) }
+        chmod(agent.socket, 0o666)
+        let asNobody = try run("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sS", "--unix-socket", agent.socket, "http://agent/v1/health"])
+        #expect(asNobody.status != 0)
+        #expect(!asNobody.stdout.contains("ok"))
+        #expect(agent.log.contains("refused a connection from uid 65534"))
+        let asOwner = try run("curl", ["-sS", "--unix-socket", agent.socket, "http://agent/v1/health"])
+        #expect(asOwner.stdout.contains("\"status\":\"ok\""))
+        agent.stop()
+        // With --allow-uid the other user is served. (The agent insists on a 0700 directory.)
+        chmod(socketDirectory, 0o700)
+        let allowing = try RunningAgent(f, ["--allow-uid", "65534"])
+        defer { allowing.stop() }
+        chmod(socketDirectory, 0o755)
+        chmod(allowing.socket, 0o666)
+        let allowed = try run("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sS", "--unix-socket", allowing.socket, "http://agent/v1/health"])
+        #expect(allowed.stdout.contains("\"status\":\"ok\""), "\(allowed.stderr)")
+    }
+
+    @Test func managedIdentityEndpointFollowsTheAppServiceContract() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f, ["--managed-identity"])
+        defer { agent.stop() }
+        let endpoint = try #require(agent.environment["IDENTITY_ENDPOINT"])
+        let secret = try #require(agent.environment["IDENTITY_HEADER"])
+        #expect(endpoint.hasPrefix("http://127.0.0.1:"))
+        func get(_ query: String, header: String?) throws -> (Int, [String: Any]) {
+            var arguments = ["-sS", "-o", "-", "-w", "\n%{http_code}", "\(endpoint)?\(query)"]
+            if let header { arguments += ["-H", "X-IDENTITY-HEADER: \(header)"] }
+            let r = try run("curl", arguments)
+            let lines = r.stdout.split(separator: "\n")
+            let status = Int(lines.last ?? "") ?? 0
+            let json = (try? JSONSerialization.jsonObject(with: Data(lines.dropLast().joined(separator: "\n").utf8))) as? [String: Any] ?? [:]
+            return (status, json)
+        }
+        let good = "resource=https://graph.microsoft.com&api-version=2019-08-01"
+        let (status, answer) = try get(good, header: secret)
+        #expect(status == 200)
+        // The published shape: expires_on is a string of epoch seconds.
+        let expiresOn = try #require(answer["expires_on"] as? String)
+        #expect(Int(expiresOn).map { $0 > Int(Date().timeIntervalSince1970) } == true)
+        #expect(answer["resource"] as? String == "https://graph.microsoft.com")
+        #expect(answer["token_type"] as? String == "Bearer")
+        #expect(answer["client_id"] as? String == f.appId)
+        let token = try #require(answer["access_token"] as? String)
+        #expect(try independentlyParse(token).claims["appid"] as? String == f.appId)
+        #expect(try get(good, header: nil).0 == 401)
+        #expect(try get(good, header: "wrong").0 == 401)
+        #expect(try get("api-version=2019-08-01", header: secret).0 == 400)
+        #expect(try get("resource=https://graph.microsoft.com&api-version=2017-09-01", header: secret).0 == 400)
+        #expect(try get("resource=not%20a%20resource&api-version=2019-08-01", header: secret).1["error"] as? String == "invalid_resource")
+    }
+
+    @Test(.enabled(if: canImportAzureIdentity(), "needs the azure-identity Python package (scripts/test installs it)"))
+    func unmodifiedAzureSDKCredentialsGetTokens() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f, ["--managed-identity", "--assertion-file", f.dir.file("run/assertion.jwt")])
+        defer { agent.stop() }
+        let script = """
+            import sys
+            from azure.identity import ManagedIdentityCredential, WorkloadIdentityCredential
+            kind = sys.argv[1]
+            credential = ManagedIdentityCredential() if kind == "mi" else WorkloadIdentityCredential()
+            print(credential.get_token("https://graph.microsoft.com/.default").token)
+            """
+        let path = try f.dir.write("sdk.py", script, mode: 0o644)
+        for kind in ["mi", "workload"] {
+            var env = ProcessInfo.processInfo.environment.merging(agent.environment) { $1 }
+            env["REQUESTS_CA_BUNDLE"] = f.emulator.caFile
+            env["SSL_CERT_FILE"] = f.emulator.caFile
+            let r = try run("python3", [path, kind], environment: env)
+            #expect(r.status == 0, "\(kind): \(r.stderr)")
+            let token = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(try independentlyParse(token).claims["appid"] as? String == f.appId, "\(kind)")
+        }
+    }
+
+    @Test func theAssertionFileIsRenewedBeforeACachedCopyCouldExpire() throws {
+        let f = try WorkflowFixture()
+        let file = f.dir.file("run/assertion.jwt")
+        // 335 s assertions: renewed every 5 s, so a copy read now lives > 300 s more.
+        let agent = try RunningAgent(f, ["--assertion-file", file, "--assertion-lifetime", "335"])
+        defer { agent.stop() }
+        #expect(agent.environment["AZURE_FEDERATED_TOKEN_FILE"] == file)
+        var seen = Set<String>()
+        let deadline = Date().addingTimeInterval(12)
+        while Date() < deadline {
+            let text = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            let claims = try independentlyParse(text).claims
+            let exp = try #require(claims["exp"] as? Double ?? (claims["exp"] as? Int).map(Double.init))
+            #expect(exp - Date().timeIntervalSince1970 > 300, "a reader caching this for 5 minutes would send it expired")
+            seen.insert(text)
+            Thread.sleep(forTimeInterval: 0.5)
+        }
+        #expect(seen.count >= 2, "the file was not renewed")
+        let attributes = try FileManager.default.attributesOfItem(atPath: file)
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+        // The emulator takes it as a client assertion.
+        let assertion = try String(contentsOfFile: file, encoding: .utf8)
+        let exchanged = try run("curl", [
+            "-sS", "--cacert", f.emulator.caFile, "\(f.emulator.url)/\(f.tenant)/oauth2/v2.0/token", "-d", "grant_type=client_credentials",
+            "-d", "client_id=\(f.appId)", "-d", "scope=https://graph.microsoft.com/.default",
+            "-d", "client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer", "--data-urlencode", "client_assertion=\(assertion)",
+        ])
+        #expect(exchanged.stdout.contains("access_token"), "\(exchanged.stdout)")
+    }
+
+    @Test func startStopAndStaleSockets() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f)
+        let socket = agent.socket
+        // A second agent on the same socket refuses to start; the first is unharmed.
+        let second = try f.cli(["agent", "--key", f.keyURI, "--socket", socket, "--pin-file", f.hsm.pinFile])
+        #expect(second.status == 1)
+        #expect(second.stderr.contains("already listening"))
+        #expect(try agent.client.health().status == "ok")
+        // SIGTERM: exit 0, no socket left.
+        #expect(agent.stop() == 0, "\(agent.log)")
+        #expect(!FileManager.default.fileExists(atPath: socket))
+        // A stale socket file (no one listening) is replaced.
+        let fd = socket.withCString { path -> Int32 in
+            let s = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                let bytes = Array(socket.utf8)
+                raw.copyBytes(from: bytes)
+                raw[bytes.count] = 0
+            }
+            _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            return s
+        }
+        close(fd)
+        #expect(FileManager.default.fileExists(atPath: socket))
+        let restarted = try RunningAgent(f)
+        #expect(try restarted.client.health().status == "ok")
+        #expect(restarted.stop() == 0)
+        #expect(!FileManager.default.fileExists(atPath: socket))
+    }
+}
+
+func canImportAzureIdentity() -> Bool {
+    (try? run("python3", ["-c", "import azure.identity"]).status) == 0
+}
