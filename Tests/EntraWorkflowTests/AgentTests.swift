@@ -267,7 +267,7 @@ struct AgentTests {
             var env = ProcessInfo.processInfo.environment.merging(agent.environment) { $1 }
             env["REQUESTS_CA_BUNDLE"] = f.emulator.caFile
             env["SSL_CERT_FILE"] = f.emulator.caFile
-            let r = try run("python3", [path, kind], environment: env)
+            let r = try run(testPython, (testPython == "/usr/bin/env" ? ["python3"] : []) + [path, kind], environment: env)
             #expect(r.status == 0, "\(kind): \(r.stderr)")
             let token = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             #expect(try independentlyParse(token).claims["appid"] as? String == f.appId, "\(kind)")
@@ -338,6 +338,9 @@ struct AgentTests {
     }
 }
 
+/// The Python with azure-identity that scripts/test prepared (else whatever python3 is).
+let testPython = ProcessInfo.processInfo.environment["P11JWT_TEST_PYTHON"] ?? "/usr/bin/env"
+
 func canImportAzureIdentity() -> Bool {
-    (try? run("python3", ["-c", "import azure.identity"]).status) == 0
+    (try? run(testPython, (testPython == "/usr/bin/env" ? ["python3"] : []) + ["-c", "import azure.identity"]).status) == 0
 }
