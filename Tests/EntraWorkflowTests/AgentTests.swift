@@ -7,7 +7,8 @@ import TestSupport
 
 /// `p11jwt agent` as a real process, started with `--print-env`; its environment once listening.
 final class RunningAgent: @unchecked Sendable {
-    let process = Process()
+    private let child = BackgroundProcess()
+    var process: Process { child.process }
     let environment: [String: String]
     let logPath: String
     let fixture: WorkflowFixture
@@ -24,6 +25,7 @@ final class RunningAgent: @unchecked Sendable {
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let runtime = f.dir.file("run")
         try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let process = child.process
         process.executableURL = URL(fileURLWithPath: try p11jwtBinary)
         process.arguments = ["agent", "--key", f.keyURI, "--print-env"] + f.entraFlags + extra
         var env = f.hsm.environment.merging(f.environment) { $1 }
@@ -60,18 +62,7 @@ final class RunningAgent: @unchecked Sendable {
     }
 
     @discardableResult
-    func stop() -> Int32 {
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
-        return process.terminationStatus
-    }
-
-    deinit {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
-    }
+    func stop() -> Int32 { child.stop() }
 }
 
 @Suite("p11jwt agent: PIN once, serve many")

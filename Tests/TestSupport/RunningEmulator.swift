@@ -11,13 +11,36 @@ public var entraEmulatorBinary: String {
     }
 }
 
+/// A child process stopped with SIGTERM by `stop()`, and killed if it still runs when released.
+public final class BackgroundProcess: @unchecked Sendable {
+    public let process = Process()
+
+    public init() {}
+
+    /// SIGTERM, then waits; returns the exit status.
+    @discardableResult
+    public func stop() -> Int32 {
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+}
+
 /// An `entra-emulator serve` process (the real executable, over HTTPS unless `--http`), its
 /// state directory and the URL it wrote once listening. Stopped with SIGTERM by `stop()`,
 /// killed on deinit if still running.
 public final class RunningEmulator: @unchecked Sendable {
     public let state: String
     public let url: String
-    public let process: Process
+    private let child = BackgroundProcess()
+    public var process: Process { child.process }
     private let keepState: TemporaryDirectory?
     private let logPath: String
 
@@ -34,7 +57,7 @@ public final class RunningEmulator: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: urlFile)
         logPath = self.state + "/serve-\(UUID().uuidString.prefix(6)).log"
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        process = Process()
+        let process = child.process
         process.executableURL = URL(fileURLWithPath: try entraEmulatorBinary)
         process.arguments = ["serve", "--state", self.state] + arguments
         process.standardOutput = FileHandle.nullDevice
@@ -88,18 +111,7 @@ public final class RunningEmulator: @unchecked Sendable {
 
     /// SIGTERM, then waits; returns the exit status.
     @discardableResult
-    public func stop() -> Int32 {
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
-        return process.terminationStatus
-    }
-
-    deinit {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
-    }
+    public func stop() -> Int32 { child.stop() }
 }
 
 public struct RunningEmulatorError: Error, CustomStringConvertible {
