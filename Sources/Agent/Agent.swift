@@ -48,20 +48,28 @@ public final class Agent: Sendable {
     }
 
     public let configuration: Configuration
-    public let token: Token
+    let keeper: TokenKeeper
     let logger: Logger
     let signers = Mutex<[String: TokenSigner]>([:])
     let broker: TokenBroker?
     /// The secret the managed-identity endpoint requires in `X-IDENTITY-HEADER`, new per start.
     public let identitySecret: String
 
+    let fatal: AsyncStream<String>
+    let fatalContinuation: AsyncStream<String>.Continuation
+
     /// `token` is logged in by the caller (the PIN is asked for once, before the agent starts).
-    public init(configuration: Configuration, token: Token, logger: Logger) throws {
+    public init(configuration: Configuration, token: Token, module: Module, logger: Logger) throws {
         // The default key must exist now, not at the first request.
         let defaultSigner = try Self.resolve(configuration.defaultKey, on: token)
         self.configuration = configuration
-        self.token = token
         self.logger = logger
+        (fatal, fatalContinuation) = AsyncStream.makeStream(of: String.self)
+        let continuation = fatalContinuation
+        // Signers of a token that was lost are not reused: `signer(_:)` checks the token.
+        keeper = TokenKeeper(
+            token: token, module: module, uri: try PKCS11URI(configuration.defaultKey), logger: logger,
+            onFatal: { continuation.yield($0) })
         signers.withLock { $0[configuration.defaultKey] = defaultSigner }
         var rng = SystemRandomNumberGenerator()
         identitySecret = Base64URL.encode((0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })
@@ -71,7 +79,8 @@ public final class Agent: Sendable {
     /// The signer for a request's `key` (nil: the default key). Keys are on the agent's token.
     func signer(_ keyURI: String?) throws -> TokenSigner {
         let text = keyURI ?? configuration.defaultKey
-        if let cached = signers.withLock({ $0[text] }) { return cached }
+        let token = try keeper.current()
+        if let cached = signers.withLock({ $0[text] }), cached.token === token { return cached }
         let signer = try Self.resolve(text, on: token)
         signers.withLock { $0[text] = signer }
         return signer
@@ -118,6 +127,7 @@ public final class Agent: Sendable {
                 await ready.signal()
             })
         }
+        services.append(FatalWatcher(reasons: fatal))
         if let path = configuration.assertionFile {
             guard configuration.entra != nil else {
                 throw AgentAPI.ErrorBody(error: "invalidConfiguration", message: "the assertion file needs a tenant and client id", hint: "give --tenant and --client-id")
@@ -174,17 +184,32 @@ public final class Agent: Sendable {
     }
 
     /// After the services stopped: log out, forget keys, remove the socket and assertion file.
-    public func shutdown(module: Module) async {
+    public func shutdown() async {
         await broker?.shutdown()
         signers.withLock { $0 = [:] }
-        token.logout()
-        token.close()
-        module.finalize()
+        if let token = keeper.shutdown() {
+            token.logout()
+            token.close()
+        }
+        keeper.module.finalize()
         if ownsSocket.withLock({ $0 }) {
             unlink(configuration.socketPath)
             if let path = configuration.assertionFile { unlink(path) }
         }
         logger.info("agent stopped")
+    }
+}
+
+/// Ends the service group when the agent must stop (a failed login after the token came back).
+struct FatalWatcher: Service {
+    let reasons: AsyncStream<String>
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            for await reason in reasons {
+                throw AgentAPI.ErrorBody(error: "stopped", message: reason, hint: "check the PIN and the token, then start the agent again")
+            }
+        }
     }
 }
 

@@ -1,11 +1,16 @@
 import Foundation
 
+/// A request that may name a key (a `pkcs11:` URI; nil: the agent's default key).
+public protocol AgentKeyedRequest: Codable, Sendable {
+    var key: String? { get }
+}
+
 /// The agent's HTTP+JSON API over its Unix socket. Requests and answers are plain Codable
 /// structs shared by the server and ``AgentClient``; field names are the wire names.
 public enum AgentAPI {
     /// `POST /v1/sign`: the Key Vault `sign` shape. `value` is the base64url digest; the answer's
     /// `value` the base64url signature (ES*: raw r‖s), `kid` the key's URI.
-    public struct SignRequest: Codable, Sendable {
+    public struct SignRequest: AgentKeyedRequest {
         public var key: String?
         public var alg: String
         public var value: String
@@ -39,7 +44,7 @@ public enum AgentAPI {
         public var keys: [KeyInfo]
     }
 
-    public struct AssertionRequest: Codable, Sendable {
+    public struct AssertionRequest: AgentKeyedRequest {
         public var key: String?
         public var tenant: String?
         public var clientId: String?
@@ -54,7 +59,7 @@ public enum AgentAPI {
         }
     }
 
-    public struct PopRequest: Codable, Sendable {
+    public struct PopRequest: AgentKeyedRequest {
         public var key: String?
         public var objectId: String
         public init(key: String? = nil, objectId: String) {
@@ -63,7 +68,7 @@ public enum AgentAPI {
         }
     }
 
-    public struct JWTRequest: Codable, Sendable {
+    public struct JWTRequest: AgentKeyedRequest {
         public var key: String?
         /// A JSON object.
         public var claims: String
@@ -80,7 +85,7 @@ public enum AgentAPI {
         public var token: String
     }
 
-    public struct AccessTokenRequest: Codable, Sendable {
+    public struct AccessTokenRequest: AgentKeyedRequest {
         public var key: String?
         public var scope: String?
         public init(key: String? = nil, scope: String? = nil) {

@@ -16,7 +16,9 @@ struct AgentRoutes: Sendable {
     func router() -> Router<BasicRequestContext> {
         let router = Router()
         router.get("/v1/health") { _, _ -> Response in
-            try json(AgentAPI.Health(status: "ok", token: agent.token.info.label, loggedIn: agent.token.isLoggedIn, pid: getpid()))
+            let token = try? agent.keeper.current()
+            return try json(AgentAPI.Health(
+                status: token == nil ? "tokenUnavailable" : "ok", token: agent.keeper.label, loggedIn: token?.isLoggedIn ?? false, pid: getpid()))
         }
         router.get("/v1/keys") { request, context -> Response in
             try await handle("keys", request, context) {
@@ -27,7 +29,8 @@ struct AgentRoutes: Sendable {
                 } else if query.has("default") {
                     signers = [try agent.signer(nil)]
                 } else {
-                    signers = try agent.token.privateKeys().compactMap { try? TokenSigner(token: agent.token, key: $0) }
+                    let token = try agent.keeper.current()
+                    signers = try token.privateKeys().compactMap { try? TokenSigner(token: token, key: $0) }
                 }
                 return AgentAPI.KeysResponse(keys: signers.map(Self.info))
             }
@@ -113,7 +116,7 @@ struct AgentRoutes: Sendable {
     }
 
     /// Decodes the body, runs `body`, encodes the answer; errors become ``AgentAPI/ErrorBody``.
-    func handle<In: Decodable, Out: Encodable>(
+    func handle<In: AgentKeyedRequest, Out: Encodable>(
         _ operation: String, _ request: Request, _ context: BasicRequestContext, _ body: (In) async throws -> Out
     ) async throws -> Response {
         var request = request
@@ -124,22 +127,31 @@ struct AgentRoutes: Sendable {
         } catch {
             return try Self.failure(AgentAPI.ErrorBody(error: "badRequest", message: "the \(operation) request is not valid JSON for it: \(error)"), status: .badRequest, operation, context)
         }
-        return try await handle(operation, request, context) { try await body(input) }
+        return try await handle(operation, request, context, key: input.key ?? agent.configuration.defaultKey) { try await body(input) }
     }
 
     func handle<Out: Encodable>(
-        _ operation: String, _ request: Request, _ context: BasicRequestContext, _ body: () async throws -> Out
+        _ operation: String, _ request: Request, _ context: BasicRequestContext, key: String? = nil, _ body: () async throws -> Out
     ) async throws -> Response {
         let started = ContinuousClock.now
         var logger = context.logger
         logger[metadataKey: "op"] = "\(operation)"
+        // Redacted: a URI may carry pin-value.
+        if let key { logger[metadataKey: "key"] = "\((try? PKCS11URI(key).redacted) ?? "(not a pkcs11: URI)")" }
         do {
             let output = try await body()
             let elapsed = ContinuousClock.now - started
             logger.info("ok", metadata: ["ms": "\(elapsed.components.attoseconds / 1_000_000_000_000_000 + elapsed.components.seconds * 1000)"])
             return try json(output)
         } catch let error as AgentAPI.ErrorBody {
-            return try Self.failure(error, status: .badRequest, operation, context)
+            let status: HTTPResponse.Status = ["tokenUnavailable", "stopped"].contains(error.error) ? .serviceUnavailable : .badRequest
+            return try Self.failure(error, status: status, operation, context)
+        } catch let error as PKCS11Error where agent.keeper.noteFailure(error) {
+            return try Self.failure(
+                AgentAPI.ErrorBody(
+                    error: "tokenUnavailable", message: "token '\(agent.keeper.label)' is gone: \(error)",
+                    hint: "insert the token again / bring the HSM back: the agent logs in again by itself"),
+                status: .serviceUnavailable, operation, context)
         } catch let error as PKCS11Error {
             // The request's fault, or the token's (removed, logged out, failing): 400 or 503.
             let requestFaults: [PKCS11Error.Code] = [
@@ -147,7 +159,9 @@ struct AgentRoutes: Sendable {
                 .certificateMismatch,
             ]
             let status: HTTPResponse.Status = requestFaults.contains(error.code) ? .badRequest : .serviceUnavailable
-            return try Self.failure(AgentAPI.ErrorBody(error: "pkcs11.\(error.code)", message: error.message, hint: error.hint), status: status, operation, context)
+            var message = error.message
+            if let function = error.function { message += " (\(function)\(error.returnValue.map { ": \($0.name)" } ?? ""))" }
+            return try Self.failure(AgentAPI.ErrorBody(error: "pkcs11.\(error.code)", message: message, hint: error.hint), status: status, operation, context)
         } catch let error as EntraError {
             let status: HTTPResponse.Status = error.code == .invalidParameter || error.code == .unsupportedKey ? .badRequest : .badGateway
             return try Self.failure(AgentAPI.ErrorBody(error: "entra.\(error.code)", message: error.message, hint: error.hint), status: status, operation, context)

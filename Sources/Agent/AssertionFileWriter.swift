@@ -30,6 +30,7 @@ struct AssertionFileWriter: Service {
             do {
                 try write()
             } catch {
+                agent.keeper.noteFailure(error)
                 logger.error("assertion file: cannot renew", metadata: ["path": "\(path)", "error": "\(error)"])
             }
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(interval)) }

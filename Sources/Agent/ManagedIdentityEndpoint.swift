@@ -66,7 +66,12 @@ struct ManagedIdentityEndpoint: Sendable {
             return try json(Answer(
                 access_token: token.accessToken, expires_on: String(Int(token.expiresOn.timeIntervalSince1970)), resource: resource,
                 token_type: token.tokenType, client_id: broker.client.clientID))
-        } catch let error as EntraError {
+        } catch {
+            agent.keeper.noteFailure(error)
+            guard let error = error as? EntraError else {
+                logger.notice("managed identity: no token", metadata: ["error": "\(error)"])
+                return try json(["error": "unavailable", "error_description": "\(error)"], status: .serviceUnavailable)
+            }
             logger.notice("managed identity: token refused", metadata: ["aadsts": "\(error.aadsts.map(String.init) ?? "-")"])
             return try json(["error": "token_refused", "error_description": error.message], status: error.code == .tokenRefused ? .badRequest : .badGateway)
         }

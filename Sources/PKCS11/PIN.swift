@@ -40,6 +40,8 @@ public final class SecretBytes: @unchecked Sendable, CustomStringConvertible {
 /// Where a PIN came from (for messages; never the PIN itself).
 public enum PINOrigin: Sendable, Hashable, CustomStringConvertible {
     case uriValue, uriSource(String), file(String), environment(String), prompt, protectedPath
+    /// The PIN a long-running process logged in with before, held in locked memory.
+    case held
 
     public var description: String {
         switch self {
@@ -49,6 +51,7 @@ public enum PINOrigin: Sendable, Hashable, CustomStringConvertible {
         case .environment(let name): return "$\(name)"
         case .prompt: return "the terminal prompt"
         case .protectedPath: return "the token's PIN pad (protected authentication path)"
+        case .held: return "the PIN held since the first login"
         }
     }
 }

@@ -196,6 +196,32 @@ public final class Token: Sendable {
         }
     }
 
+    /// The PIN this token was logged in with, kept in locked memory (nil for a PIN pad or no
+    /// login): what a long-running holder (the agent) logs in with again after the token was
+    /// removed and came back.
+    public var heldPIN: SecretBytes? {
+        credentials.withLock {
+            if case .pin(let pin) = $0.contextPIN { return pin }
+            return nil
+        }
+    }
+
+    /// Logs in with a PIN held from an earlier login (see ``heldPIN``); a wrong or locked PIN is
+    /// an error as with ``login(pins:uri:)``, never retried.
+    public func login(heldPIN pin: SecretBytes) throws {
+        if isLoggedIn { return }
+        guard try currentInfo().loginRequired else { return }
+        do {
+            try login(pin: pin, origin: .held)
+        } catch let error as PKCS11Error where error.returnValue == ReturnValue(CK_RV(CKR_USER_ALREADY_LOGGED_IN)) {
+            // Another session of this application is logged in already: that is success.
+        }
+        credentials.withLock {
+            $0.loggedIn = true
+            $0.contextPIN = .pin(pin)
+        }
+    }
+
     /// Logs out and forgets the PIN.
     public func logout() {
         withPrimary { $0.logout() }

@@ -25,8 +25,10 @@ struct ModuleOptions: ParsableArguments {
         return .proxy
     }
 
-    func makeLogger() throws -> Logger {
-        let text = verbose ? "debug" : (logLevel ?? ProcessInfo.processInfo.environment["P11JWT_LOG_LEVEL"] ?? "warning")
+    /// The executable's logger; `defaultLevel` unless --log-level, -v or $P11JWT_LOG_LEVEL say
+    /// otherwise (commands: warning; the agent, a daemon: info).
+    func makeLogger(defaultLevel: String = "warning") throws -> Logger {
+        let text = verbose ? "debug" : (logLevel ?? ProcessInfo.processInfo.environment["P11JWT_LOG_LEVEL"] ?? defaultLevel)
         guard let level = Logger.Level(rawValue: text.lowercased()) else {
             throw CLIError.usage("unknown log level '\(text)'")
         }

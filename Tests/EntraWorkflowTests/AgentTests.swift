@@ -332,6 +332,65 @@ struct AgentTests {
 /// The Python with azure-identity that scripts/test prepared (else whatever python3 is).
 let testPython = ProcessInfo.processInfo.environment["P11JWT_TEST_PYTHON"] ?? "/usr/bin/env"
 
+extension AgentTests {
+    /// The token's directory vanishes (a pulled card, a restarted HSM) and comes back.
+    @Test func aRemovedTokenFailsFastAndTheAgentRecoversByItself() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f)
+        defer { agent.stop() }
+        let client = agent.client
+        let digest = Base64URL.encode(Array(SHA256.hash(data: Array("before".utf8))))
+        _ = try client.sign(.init(key: nil, alg: "RS256", value: digest))
+        let tokens = f.hsm.directory.file("tokens")
+        let tokenDirectory = try #require(try FileManager.default.contentsOfDirectory(atPath: tokens).first)
+        let away = f.dir.file("token-away")
+        try FileManager.default.moveItem(atPath: tokens + "/" + tokenDirectory, toPath: away)
+
+        let started = Date()
+        for _ in 0..<3 {
+            do {
+                _ = try client.sign(.init(key: nil, alg: "RS256", value: digest))
+                Issue.record("signed with the token gone")
+            } catch let error as AgentClientError {
+                #expect(error.status == 503)
+                #expect(error.code == "tokenUnavailable")
+                #expect(error.hint?.contains("logs in again by itself") == true)
+            }
+        }
+        #expect(Date().timeIntervalSince(started) < 2, "requests must fail fast while the token is away")
+        #expect(try client.health().status == "tokenUnavailable")
+
+        try FileManager.default.moveItem(atPath: away, toPath: tokens + "/" + tokenDirectory)
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline, (try? client.health().status) != "ok" { Thread.sleep(forTimeInterval: 0.2) }
+        #expect(try client.health().status == "ok")
+        let message = Array("after".utf8)
+        let answer = try client.sign(.init(key: nil, alg: "RS256", value: Base64URL.encode(Array(SHA256.hash(data: message)))))
+        let publicKeyPEM = try run("openssl", ["x509", "-in", f.bootstrapCertificate, "-noout", "-pubkey"]).stdout
+        #expect(try IndependentVerifier.openssl(try #require(Base64URL.decode(answer.value)), message: message, algorithm: .RS256, publicKeyPEM: publicKeyPEM))
+        #expect(agent.log.contains("token back"))
+    }
+
+    /// A second process re-initialises the token with another PIN: the agent's login with the
+    /// PIN it holds fails once, and it stops instead of trying again.
+    @Test func aWrongPINAtReLoginStopsTheAgent() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f)
+        let socket = agent.socket
+        let reinit = try run("softhsm2-util", ["--init-token", "--token", f.tokenLabel, "--label", f.tokenLabel, "--so-pin", testSOPIN, "--pin", "999999"], environment: f.hsm.environment)
+        #expect(reinit.status == 0, "\(reinit.stderr)")
+        #expect(throws: AgentClientError.self) { try agent.client.sign(.init(key: nil, alg: "RS256", value: Base64URL.encode(Array(repeating: 7, count: 32)))) }
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline, agent.process.isRunning { Thread.sleep(forTimeInterval: 0.2) }
+        #expect(!agent.process.isRunning, "the agent kept running after a wrong PIN")
+        #expect(agent.stop() == 1)
+        #expect(agent.log.contains("CKR_PIN_INCORRECT") && agent.log.contains("not retried"))
+        // Exactly one failed login: the token's PIN counter is not run down.
+        #expect(agent.log.components(separatedBy: "CKR_PIN_INCORRECT").count - 1 <= 2)
+        #expect(!FileManager.default.fileExists(atPath: socket))
+    }
+}
+
 func canImportAzureIdentity() -> Bool {
     (try? run(testPython, (testPython == "/usr/bin/env" ? ["python3"] : []) + ["-c", "import azure.identity"]).status) == 0
 }

@@ -54,6 +54,8 @@ struct AgentCommand: AsyncParsableCommand {
 
     func run() async throws {
         ShutdownSignals.blockInAllThreads()
+        // A daemon logs each request (operation, key, latency) at info unless told otherwise.
+        let logger = try signing.moduleOptions.makeLogger(defaultLevel: "info")
         let file = try entra.configFile()
         // Entra settings are optional: without tenant and client id the agent only signs.
         let entraConfiguration = try entra.clientConfiguration(cacheFile: nil)
@@ -75,7 +77,7 @@ struct AgentCommand: AsyncParsableCommand {
                 configuration: .init(
                     socketPath: socketPath, defaultKey: keyURI, allowedUIDs: Set(allowUID), entra: hasEntra ? entraConfiguration : nil,
                     managedIdentityPort: managedIdentity ? port : nil, assertionFile: assertionFile, assertionLifetime: assertionLifetime),
-                token: context.token, logger: context.logger)
+                token: context.token, module: context.module, logger: logger)
         } catch {
             context.close()
             throw error
@@ -90,12 +92,12 @@ struct AgentCommand: AsyncParsableCommand {
                 }
                 FileHandle.standardOutput.write(Data(lines.utf8))
             }
-            let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: context.logger))
+            let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await group.run()
         } catch {
-            await agent.shutdown(module: context.module)
+            await agent.shutdown()
             throw error
         }
-        await agent.shutdown(module: context.module)
+        await agent.shutdown()
     }
 }
