@@ -14,6 +14,8 @@ let package = Package(
         .library(name: "Agent", targets: ["Agent"]),
         .executable(name: "p11jwt", targets: ["p11jwt"]),
         .executable(name: "entra-emulator", targets: ["entra-emulator"]),
+        .executable(name: "bench-ceiling", targets: ["bench-ceiling"]),
+        .executable(name: "p11jwt-bench", targets: ["p11jwt-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
@@ -105,6 +107,18 @@ let package = Package(
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "X509", package: "swift-certificates"),
+            ]
+        ),
+        // scripts/bench: the reference ceiling in C (no Swift in its hot loop), and the Swift side.
+        .executableTarget(name: "bench-ceiling", dependencies: ["CP11Kit"], linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
+        .executableTarget(
+            name: "p11jwt-bench",
+            dependencies: [
+                "PKCS11",
+                "JOSE",
+                "Entra",
+                "Agent",
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Blocking SIGTERM/SIGINT before threads start, so ServiceGroup sees them on Linux.

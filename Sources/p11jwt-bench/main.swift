@@ -1,0 +1,142 @@
+// The Swift side of scripts/bench: the same signing loops as bench-ceiling, through p11jwt's
+// layers, so each figure can be divided by the ceiling measured in the same run.
+//
+//   p11jwt-bench library   --module SO --key URI --pin-file F --alg RS256|PS256|ES256 --threads T --seconds S
+//   p11jwt-bench assertion --module SO --key URI --pin-file F --alg RS256|PS256|ES256 --threads T --seconds S
+//   p11jwt-bench agent     --socket PATH --clients C --seconds S [--alg RS256] [--operation sign|token]
+//
+// Each prints one JSON object with perSecond (and p50Ms / p99Ms for the agent).
+import Agent
+import Entra
+import Foundation
+import JOSE
+import Logging
+import PKCS11
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+guard let mode = arguments.first else {
+    FileHandle.standardError.write(Data("usage: p11jwt-bench library|assertion|agent --option value …\n".utf8))
+    exit(2)
+}
+let options: [String: String] = {
+    var options: [String: String] = [:]
+    var index = 1
+    while index + 1 < arguments.count {
+        options[String(arguments[index].dropFirst(2))] = arguments[index + 1]
+        index += 2
+    }
+    return options
+}()
+
+func option(_ name: String) -> String {
+    guard let value = options[name] else {
+        FileHandle.standardError.write(Data("p11jwt-bench: --\(name) is required\n".utf8))
+        exit(2)
+    }
+    return value
+}
+
+let seconds = Double(options["seconds"] ?? "2") ?? 2
+let threads = Int(options["threads"] ?? options["clients"] ?? "1") ?? 1
+let algorithm = JWSAlgorithm(name: options["alg"] ?? "RS256") ?? .RS256
+
+/// Runs `body` on `threads` threads until `seconds` pass; returns the count and per-call latencies.
+func run(threads: Int, seconds: Double, recordLatency: Bool, _ body: @escaping @Sendable (Int) throws -> Void) -> (Int, Double, [Double]) {
+    final class Results: @unchecked Sendable {
+        let lock = NSLock()
+        var count = 0
+        var latencies: [Double] = []
+        var failure: (any Error)?
+    }
+    let results = Results()
+    let group = DispatchGroup()
+    let start = DispatchTime.now().uptimeNanoseconds
+    let deadline = start + UInt64(seconds * 1e9)
+    for t in 0..<threads {
+        group.enter()
+        Thread.detachNewThread {
+            var count = 0
+            var latencies: [Double] = []
+            latencies.reserveCapacity(recordLatency ? 100_000 : 0)
+            do {
+                while DispatchTime.now().uptimeNanoseconds < deadline {
+                    let before = DispatchTime.now().uptimeNanoseconds
+                    try body(t)
+                    if recordLatency { latencies.append(Double(DispatchTime.now().uptimeNanoseconds - before) / 1e6) }
+                    count += 1
+                }
+            } catch {
+                results.lock.withLock { results.failure = error }
+            }
+            results.lock.withLock {
+                results.count += count
+                results.latencies += latencies
+            }
+            group.leave()
+        }
+    }
+    group.wait()
+    if let failure = results.failure {
+        FileHandle.standardError.write(Data("p11jwt-bench: \(failure)\n".utf8))
+        exit(1)
+    }
+    let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+    return (results.count, elapsed, results.latencies)
+}
+
+func percentile(_ values: [Double], _ p: Double) -> Double {
+    guard !values.isEmpty else { return 0 }
+    let sorted = values.sorted()
+    return sorted[min(sorted.count - 1, Int((Double(sorted.count - 1) * p).rounded()))]
+}
+
+func printResult(_ fields: [String: Any]) {
+    let data = try! JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])
+    print(String(decoding: data, as: UTF8.self))
+}
+
+var logger = Logger(label: "p11jwt-bench")
+logger.logLevel = .error
+
+switch mode {
+case "library", "assertion":
+    let uri = try PKCS11URI(option("key"))
+    let module = try Module.load(ModuleSpec(option("module")), logger: logger)
+    let token = try Token.open(uri, module: module, options: .init(maxPoolSessions: max(threads, 2)), logger: logger)
+    try token.login(pins: PINProvider(pinFile: option("pin-file"), environment: [:], allowPrompt: false))
+    let key = try token.signingKey(uri)
+    let signer = try TokenSigner(token: token, key: key)
+    let digest = [UInt8](repeating: 7, count: algorithm.hash.length)
+    let parameters = ClientAssertion.Parameters(
+        tenant: "72f988bf-86f1-41af-91ab-2d7cd011db47", clientID: "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+        authorityHost: EntraCloud.global.authorityHost, algorithm: .fixed(algorithm))
+    let benchLogger = logger
+    let (count, elapsed, _) = run(threads: threads, seconds: seconds, recordLatency: false) { _ in
+        if mode == "library" {
+            _ = try token.sign(digest: digest, algorithm: algorithm, key: key)
+        } else {
+            _ = try ClientAssertion.make(parameters, signer: signer, logger: benchLogger).compact
+        }
+    }
+    printResult(["mode": mode, "alg": algorithm.rawValue, "threads": threads, "seconds": elapsed, "operations": count, "perSecond": Double(count) / elapsed])
+    token.close()
+    module.finalize()
+case "agent":
+    let client = AgentClient(socketPath: option("socket"))
+    let operation = options["operation"] ?? "sign"
+    let digest = Base64URL.encode([UInt8](repeating: 7, count: algorithm.hash.length))
+    let (count, elapsed, latencies) = run(threads: threads, seconds: seconds, recordLatency: true) { _ in
+        if operation == "token" {
+            let _: AgentAPI.AccessTokenResponse = try client.call("POST", "/v1/token", body: AgentAPI.AccessTokenRequest())
+        } else {
+            _ = try client.sign(.init(key: nil, alg: algorithm.rawValue, value: digest))
+        }
+    }
+    printResult([
+        "mode": "agent-\(operation)", "alg": algorithm.rawValue, "clients": threads, "seconds": elapsed, "operations": count,
+        "perSecond": Double(count) / elapsed, "p50Ms": percentile(latencies, 0.5), "p99Ms": percentile(latencies, 0.99),
+    ])
+default:
+    FileHandle.standardError.write(Data("p11jwt-bench: unknown mode \(mode)\n".utf8))
+    exit(2)
+}
