@@ -5,17 +5,27 @@ import X509
 import Glibc
 #endif
 
-/// A client of the agent's Unix socket, for the CLI: one blocking HTTP/1.1 exchange per call
-/// (`Connection: close`), because JWS signers are synchronous, as PKCS#11 is. Nothing secret is
-/// sent: digests go in, signatures come out.
+/// A client of the agent's Unix socket, for the CLI: blocking HTTP/1.1 exchanges on one kept-
+/// alive connection (calls on one client are serialised; use a client per thread), because JWS
+/// signers are synchronous, as PKCS#11 is. Nothing secret is sent: digests go in, signatures
+/// come out.
 public struct AgentClient: Sendable {
     public let socketPath: String
     /// Seconds a call may take.
     public var timeout: Int
+    private let connection = Connection()
 
     public init(socketPath: String, timeout: Int = 30) {
         self.socketPath = socketPath
         self.timeout = timeout
+    }
+
+    /// The kept-alive socket, opened on first use and again after the agent closed it.
+    final class Connection: @unchecked Sendable {
+        let lock = NSLock()
+        var fd: Int32 = -1
+
+        deinit { if fd >= 0 { close(fd) } }
     }
 
     /// Whether something accepts connections on `path`.
@@ -52,13 +62,21 @@ public struct AgentClient: Sendable {
     /// Sends one request and decodes the answer (or the agent's error body).
     public func call<Out: Decodable>(_ method: String, _ path: String, body: (some Encodable)? = Optional<String>.none) throws -> Out {
         let payload = try body.map { try JSONEncoder().encode($0) } ?? Data()
-        var request = "\(method) \(path) HTTP/1.1\r\nHost: p11jwt-agent\r\nConnection: close\r\nAccept: application/json\r\n"
+        var request = "\(method) \(path) HTTP/1.1\r\nHost: p11jwt-agent\r\nAccept: application/json\r\n"
         if body != nil { request += "Content-Type: application/json\r\n" }
         request += "Content-Length: \(payload.count)\r\n\r\n"
-        let fd = try Self.connect(socketPath, timeout: timeout)
-        defer { close(fd) }
-        try Self.writeAll(fd, Array(request.utf8) + Array(payload))
-        let (status, answer) = try Self.readResponse(fd, socketPath: socketPath)
+        let bytes = Array(request.utf8) + Array(payload)
+        let (status, answer) = try connection.lock.withLock { () throws -> (Int, [UInt8]) in
+            // A kept-alive connection the agent has closed fails at once: open a new one, once.
+            // (Every request is safe to send again: none changes anything twice.)
+            let reused = connection.fd >= 0
+            do {
+                return try exchange(bytes)
+            } catch let error as AgentClientError where reused && error.code == nil {
+                reset()
+                return try exchange(bytes)
+            }
+        }
         guard (200..<300).contains(status) else {
             if let error = try? JSONDecoder().decode(AgentAPI.ErrorBody.self, from: Data(answer)) {
                 throw AgentClientError(message: "agent: \(error.message)", hint: error.hint, code: error.error, status: status)
@@ -69,6 +87,25 @@ public struct AgentClient: Sendable {
             return try JSONDecoder().decode(Out.self, from: Data(answer))
         } catch {
             throw AgentClientError(message: "the agent's answer to \(path) is not what was expected: \(error)")
+        }
+    }
+
+    private func reset() {
+        if connection.fd >= 0 { close(connection.fd) }
+        connection.fd = -1
+    }
+
+    /// One request and its answer on the kept-alive connection (under the lock).
+    private func exchange(_ bytes: [UInt8]) throws -> (Int, [UInt8]) {
+        if connection.fd < 0 { connection.fd = try Self.connect(socketPath, timeout: timeout) }
+        do {
+            try Self.writeAll(connection.fd, bytes)
+            let (status, body, keepAlive) = try Self.readResponse(connection.fd, socketPath: socketPath)
+            if !keepAlive { reset() }
+            return (status, body)
+        } catch {
+            reset()
+            throw error
         }
     }
 
@@ -114,36 +151,57 @@ public struct AgentClient: Sendable {
         }
     }
 
-    /// Reads until the agent closes the connection; returns the status and the body.
-    static func readResponse(_ fd: Int32, socketPath: String) throws -> (Int, [UInt8]) {
+    /// Reads one answer: the head, then the body by Content-Length (or chunks, or to the end).
+    /// Returns the status, the body and whether the connection stays open.
+    static func readResponse(_ fd: Int32, socketPath: String) throws -> (Int, [UInt8], Bool) {
         var data: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 16384)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw AgentClientError(message: "reading from the agent: \(String(cString: strerror(errno)))")
+        func fill() throws -> Bool {
+            while true {
+                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw AgentClientError(message: "reading from the agent: \(String(cString: strerror(errno)))")
+                }
+                if n == 0 { return false }
+                data += buffer[0..<n]
+                return true
             }
-            if n == 0 { break }
-            data += buffer[0..<n]
         }
-        guard let split = data.firstRange(of: [13, 10, 13, 10]) else {
-            throw AgentClientError(
-                message: "the agent at \(socketPath) closed the connection without an answer",
-                hint: "it refuses connections from other users: run as the agent's user, or start it with --allow-uid")
+        var split = data.firstRange(of: [13, 10, 13, 10])
+        while split == nil {
+            guard try fill() else {
+                throw AgentClientError(
+                    message: "the agent at \(socketPath) closed the connection without an answer",
+                    hint: "it refuses connections from other users: run as the agent's user, or start it with --allow-uid")
+            }
+            split = data.firstRange(of: [13, 10, 13, 10])
         }
-        let head = String(decoding: data[..<split.lowerBound], as: UTF8.self)
+        let head = String(decoding: data[..<split!.lowerBound], as: UTF8.self)
         let lines = head.components(separatedBy: "\r\n")
         let parts = lines[0].split(separator: " ")
-        guard parts.count >= 2, let status = Int(parts[1]) else { throw AgentClientError(message: "the agent's answer is not HTTP") }
-        var body = Array(data[split.upperBound...])
+        guard parts.count >= 2, let status = Int(parts[1]) else { throw AgentClientError(message: "the agent's answer is not HTTP", code: "protocol") }
         let headers = lines.dropFirst().map { $0.lowercased() }
-        if headers.contains(where: { $0.hasPrefix("transfer-encoding:") && $0.contains("chunked") }) {
-            body = try dechunk(body)
-        } else if let length = headers.first(where: { $0.hasPrefix("content-length:") }).flatMap({ Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) }) {
-            body = Array(body.prefix(length))
+        func header(_ name: String) -> String? {
+            headers.first { $0.hasPrefix(name + ":") }.map { String($0.dropFirst(name.count + 1)).trimmingCharacters(in: .whitespaces) }
         }
-        return (status, body)
+        let keepAlive = header("connection") != "close"
+        let bodyStart = split!.upperBound
+        if let length = header("content-length").flatMap({ Int($0) }) {
+            while data.count - bodyStart < length {
+                guard try fill() else { throw AgentClientError(message: "the agent's answer was cut short") }
+            }
+            return (status, Array(data[bodyStart..<bodyStart + length]), keepAlive)
+        }
+        if header("transfer-encoding")?.contains("chunked") == true {
+            // One request at a time: the answer ends with the last chunk.
+            while !data[bodyStart...].suffix(5).elementsEqual("0\r\n\r\n".utf8) {
+                guard try fill() else { break }
+            }
+            return (status, try dechunk(Array(data[bodyStart...])), keepAlive)
+        }
+        while try fill() {}
+        return (status, Array(data[bodyStart...]), false)
     }
 
     static func dechunk(_ bytes: [UInt8]) throws -> [UInt8] {

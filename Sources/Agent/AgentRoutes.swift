@@ -109,7 +109,7 @@ struct AgentRoutes: Sendable {
         case .ec(let curve): keyType = "ec:\(curve.rawValue.lowercased().replacingOccurrences(of: "-", with: ""))"
         }
         return AgentAPI.KeyInfo(
-            uri: signer.key.uri, label: signer.key.label, id: signer.key.id.map { $0.map { String(format: "%02x", $0) }.joined() },
+            uri: signer.key.uri, label: signer.key.label, id: signer.key.identity.idHex,
             keyType: keyType, algorithms: signer.supportedAlgorithms.map(\.rawValue),
             certificates: signer.certificateChain.map(\.x5cValue),
             publicKey: (try? signer.key.publicKey?.subjectPublicKeyInfo()).map { Data($0).base64EncodedString() })

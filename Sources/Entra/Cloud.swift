@@ -37,14 +37,19 @@ public enum EntraValue {
     /// A tenant: its GUID or a verified domain (`contoso.onmicrosoft.com`). `common`,
     /// `organizations` and `consumers` cannot issue app-only tokens.
     public static func tenant(_ text: String) throws -> String {
-        let tenant = text.trimmingCharacters(in: .whitespaces)
+        let tenant = trimmed(text)
         guard !tenant.isEmpty else {
             throw EntraError(
                 .invalidParameter, "the tenant is empty",
                 hint: "give --tenant (or AZURE_TENANT_ID): the directory (tenant) id GUID or a domain such as contoso.onmicrosoft.com")
         }
-        let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: ".-"))
-        guard tenant.unicodeScalars.allSatisfy(allowed.contains), tenant.first != ".", tenant.first != "-" else {
+        // ASCII first (GUIDs and DNS names are), CharacterSet only for the rest: this runs for
+        // every assertion.
+        let asciiOK = tenant.utf8.allSatisfy { b in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b == 0x2e || b == 0x2d
+        }
+        let allowed = asciiOK || tenant.unicodeScalars.allSatisfy(CharacterSet.alphanumerics.union(CharacterSet(charactersIn: ".-")).contains)
+        guard allowed, tenant.first != ".", tenant.first != "-" else {
             throw EntraError(
                 .invalidParameter, "tenant '\(tenant)' is neither a GUID nor a domain name",
                 hint: "give the directory (tenant) id GUID or a domain such as contoso.onmicrosoft.com")
@@ -59,7 +64,7 @@ public enum EntraValue {
 
     /// A GUID identifier (`what` names it in the error: "client id", "object id").
     public static func guid(_ text: String, what: String, hint: String) throws -> String {
-        let value = text.trimmingCharacters(in: .whitespaces)
+        let value = trimmed(text)
         guard !value.isEmpty else { throw EntraError(.invalidParameter, "the \(what) is empty", hint: hint) }
         guard isGUID(value) else {
             throw EntraError(.invalidParameter, "the \(what) '\(value)' is not a GUID", hint: hint)
@@ -92,6 +97,14 @@ public enum EntraValue {
         default:
             throw EntraError(.invalidParameter, "\(what) '\(text)' must be an https URL")
         }
+    }
+
+    /// Leading and trailing blanks removed; the common case (none) costs no Foundation call.
+    static func trimmed(_ text: String) -> String {
+        guard let first = text.unicodeScalars.first, let last = text.unicodeScalars.last else { return text }
+        let blank = CharacterSet.whitespaces
+        if !blank.contains(first) && !blank.contains(last) { return text }
+        return text.trimmingCharacters(in: .whitespaces)
     }
 
     static func isLoopback(_ host: String) -> Bool {

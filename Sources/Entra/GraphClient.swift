@@ -51,7 +51,7 @@ public struct KeyCredentialInfo: Sendable, Codable, Equatable {
 
     /// Graph's `customKeyIdentifier` is the base64 SHA-1 thumbprint: as uppercase hex.
     public var thumbprintHex: String? {
-        customKeyIdentifier.flatMap { Data(base64Encoded: $0) }.map { $0.map { String(format: "%02X", $0) }.joined() }
+        customKeyIdentifier.flatMap { Data(base64Encoded: $0) }.map { Hex.encode($0, uppercase: true) }
     }
 
     public init(keyId: String?, customKeyIdentifier: String?, displayName: String? = nil, startDateTime: String? = nil,

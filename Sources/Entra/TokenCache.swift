@@ -1,6 +1,7 @@
 import Crypto
 import DurableFiles
 import Foundation
+import JOSE
 
 /// Access tokens kept between runs: one file (0600, in a 0700 directory) under the user's cache
 /// directory, keyed by authority, tenant, client, scope and the key's certificate thumbprint,
@@ -41,7 +42,7 @@ public struct TokenCache: Sendable {
         /// The entry's name in the file: a hash, so the file does not list tenants and apps.
         var digest: String {
             let text = [authority, tenant, clientID, scope, thumbprint].joined(separator: "\n")
-            return SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
+            return Hex.encode(SHA256.hash(data: Data(text.utf8)))
         }
     }
 

@@ -187,4 +187,4 @@ func isoDate(_ date: Date) -> String {
     return formatter.string(from: date)
 }
 
-func hexString(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02X", $0) }.joined() }
+func hexString(_ bytes: [UInt8]) -> String { Hex.encode(bytes, uppercase: true) }

@@ -8,6 +8,8 @@ import X509
 public struct JWSCertificate: Sendable, Hashable {
     public let der: [UInt8]
     public let certificate: Certificate
+    /// SHA-1 and SHA-256 of the DER, computed once: every JWS header names the certificate by them.
+    public let thumbprint: Thumbprint
 
     public init(der: [UInt8]) throws {
         do {
@@ -16,6 +18,7 @@ public struct JWSCertificate: Sendable, Hashable {
             throw JOSEError(.invalidCertificate, "not a DER X.509 certificate: \(error)", cause: error)
         }
         self.der = der
+        thumbprint = Thumbprint(der: der)
     }
 
     /// Every `CERTIFICATE` block of a PEM text, in order (leaf first, by convention). A DER
@@ -49,7 +52,6 @@ public struct JWSCertificate: Sendable, Hashable {
         return certificates
     }
 
-    public var thumbprint: Thumbprint { Thumbprint(der: der) }
 
     public var publicKey: Certificate.PublicKey { certificate.publicKey }
 
@@ -77,8 +79,8 @@ public struct Thumbprint: Sendable, Hashable, Codable {
     public var x5tS256: String { Base64URL.encode(sha256) }
     /// Uppercase hex SHA-1, as Windows, Entra (`customKeyIdentifier`) and
     /// Microsoft.IdentityModel's `kid` show it.
-    public var hexSHA1: String { sha1.map { String(format: "%02X", $0) }.joined() }
-    public var hexSHA256: String { sha256.map { String(format: "%02X", $0) }.joined() }
+    public var hexSHA1: String { Hex.encode(sha1, uppercase: true) }
+    public var hexSHA256: String { Hex.encode(sha256, uppercase: true) }
 
     /// Whether a header's `x5t`, `x5t#S256` or `kid` names this certificate.
     public func matches(header: JSONObject) -> Bool {

@@ -82,7 +82,7 @@ public struct ObjectIdentity: Sendable, Hashable {
     /// A `pkcs11:` URI that selects this object.
     public let uri: String
 
-    public var idHex: String? { id.map { $0.map { String(format: "%02x", $0) }.joined() } }
+    public var idHex: String? { id.map { Hex.encode($0) } }
 }
 
 /// A private key on the token.

@@ -461,7 +461,7 @@ public struct Rotation: Sendable {
         "the journal is \(store.directory.path)/rotate-\(journal.objectID).json; the old credential \(journal.old.thumbprint) is \(journal.oldRemoved ? "removed" : "still registered")"
     }
 
-    static func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
+    static func hex(_ bytes: [UInt8]) -> String { Hex.encode(bytes) }
 
     static func bytes(_ hex: String) -> [UInt8] {
         var out: [UInt8] = []

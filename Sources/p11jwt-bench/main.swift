@@ -122,10 +122,13 @@ case "library", "assertion":
     token.close()
     module.finalize()
 case "agent":
-    let client = AgentClient(socketPath: option("socket"))
+    // A client (a kept-alive connection) per thread, as a real client would hold one.
+    let socket = option("socket")
+    let clients = (0..<threads).map { _ in AgentClient(socketPath: socket) }
     let operation = options["operation"] ?? "sign"
     let digest = Base64URL.encode([UInt8](repeating: 7, count: algorithm.hash.length))
-    let (count, elapsed, latencies) = run(threads: threads, seconds: seconds, recordLatency: true) { _ in
+    let (count, elapsed, latencies) = run(threads: threads, seconds: seconds, recordLatency: true) { t in
+        let client = clients[t]
         if operation == "token" {
             let _: AgentAPI.AccessTokenResponse = try client.call("POST", "/v1/token", body: AgentAPI.AccessTokenRequest())
         } else {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import JOSE
 import Logging
 import PKCS11
 
@@ -116,5 +117,5 @@ struct TokenContext {
 }
 
 extension Array where Element == UInt8 {
-    var hex: String { map { String(format: "%02x", $0) }.joined() }
+    var hex: String { Hex.encode(self) }
 }
