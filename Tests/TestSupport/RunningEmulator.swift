@@ -1,14 +1,9 @@
 import Foundation
 import Testing
 
-/// The `entra-emulator` binary built by `scripts/setup` (or `swift build`).
+/// The `entra-emulator` binary.
 public var entraEmulatorBinary: String {
-    get throws {
-        let path = ProcessInfo.processInfo.environment["ENTRA_EMULATOR_BIN"]
-            ?? repositoryRoot.appendingPathComponent(".build/debug/entra-emulator").path
-        try #require(FileManager.default.isExecutableFile(atPath: path), "no entra-emulator binary at \(path): run scripts/setup or swift build first")
-        return path
-    }
+    get throws { try builtBinary("entra-emulator", variable: "ENTRA_EMULATOR_BIN") }
 }
 
 /// A child process stopped with SIGTERM by `stop()`, and killed if it still runs when released.

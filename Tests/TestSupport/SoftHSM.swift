@@ -140,14 +140,17 @@ public func run(
         stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
 }
 
-/// The `p11jwt` binary built by `scripts/setup` (or `swift build`).
+/// A product built by `scripts/setup` (or `swift build`): `$variable` (scripts/test sets it),
+/// else the debug build.
+public func builtBinary(_ name: String, variable: String) throws -> String {
+    let path = ProcessInfo.processInfo.environment[variable] ?? repositoryRoot.appendingPathComponent(".build/debug/\(name)").path
+    try #require(FileManager.default.isExecutableFile(atPath: path), "no \(name) binary at \(path): run scripts/setup or swift build first")
+    return path
+}
+
+/// The `p11jwt` binary.
 public var p11jwtBinary: String {
-    get throws {
-        let path = ProcessInfo.processInfo.environment["P11JWT_BIN"]
-            ?? repositoryRoot.appendingPathComponent(".build/debug/p11jwt").path
-        try #require(FileManager.default.isExecutableFile(atPath: path), "no p11jwt binary at \(path): run scripts/setup or swift build first")
-        return path
-    }
+    get throws { try builtBinary("p11jwt", variable: "P11JWT_BIN") }
 }
 
 /// Runs `p11jwt` against a SoftHSM directory.
