@@ -254,6 +254,8 @@ struct AgentTests {
             print(credential.get_token("https://graph.microsoft.com/.default").token)
             """
         let path = try f.dir.write("sdk.py", script, mode: 0o644)
+        // The PIN was entered once, when the agent started: it is not needed again.
+        try FileManager.default.removeItem(atPath: f.hsm.pinFile)
         for kind in ["mi", "workload"] {
             var env = ProcessInfo.processInfo.environment.merging(agent.environment) { $1 }
             env["REQUESTS_CA_BUNDLE"] = f.emulator.caFile
@@ -341,6 +343,8 @@ extension AgentTests {
         let client = agent.client
         let digest = Base64URL.encode(Array(SHA256.hash(data: Array("before".utf8))))
         _ = try client.sign(.init(key: nil, alg: "RS256", value: digest))
+        // The PIN was read once, at start: the agent logs in again with the PIN it holds.
+        try FileManager.default.removeItem(atPath: f.hsm.pinFile)
         let tokens = f.hsm.directory.file("tokens")
         let tokenDirectory = try #require(try FileManager.default.contentsOfDirectory(atPath: tokens).first)
         let away = f.dir.file("token-away")
