@@ -9,6 +9,7 @@ import PKCS11
 actor TokenBroker {
     let client: EntraClient
     nonisolated let graphScope: String
+    let logger: Logger
     private var cached: [String: AccessToken] = [:]
     private var inFlight: [String: Task<AccessToken, any Error>] = [:]
 
@@ -17,6 +18,7 @@ actor TokenBroker {
         configuration.cacheFile = nil  // the agent's cache is this actor
         client = try EntraClient(configuration, logger: logger)
         graphScope = configuration.graphScope
+        self.logger = logger
     }
 
     func token(scope: String, signer: TokenSigner) async throws -> AccessToken {
@@ -31,6 +33,7 @@ actor TokenBroker {
         defer { inFlight[key] = nil }
         let token = try await task.value
         cached[key] = token
+        logger.info("access token fetched", metadata: ["scope": "\(scope)", "expiresOn": "\(Int(token.expiresOn.timeIntervalSince1970))"])
         return token
     }
 

@@ -123,32 +123,83 @@ struct AgentTests {
         #expect(!agent.log.contains(first.access_token) && !agent.log.contains(assertion.token))
     }
 
-    @Test func sixteenConcurrentClientsAllGetValidSignatures() async throws {
+    /// 16 threads, each with its own connection, released together so 16 requests are in flight
+    /// at once (tasks would run two at a time on two cores: these are real threads).
+    @Test func sixteenConcurrentClientsAllGetValidSignatures() throws {
         let f = try WorkflowFixture()
         let agent = try RunningAgent(f)
         defer { agent.stop() }
         let publicKeyPEM = try run("openssl", ["x509", "-in", f.bootstrapCertificate, "-noout", "-pubkey"]).stdout
         let socket = agent.socket
-        let results = try await withThrowingTaskGroup(of: (String, [UInt8], [UInt8]).self) { group in
-            for i in 0..<32 {
-                group.addTask {
-                    let digestInput = "message \(i)"
-                    let digest = Array(SHA256.hash(data: Array(digestInput.utf8)))
-                    let answer = try AgentClient(socketPath: socket).sign(.init(key: nil, alg: "RS256", value: Base64URL.encode(digest)))
-                    return (digestInput, digest, try #require(Base64URL.decode(answer.value)))
+        final class Outcomes: @unchecked Sendable {
+            let lock = NSLock()
+            var signatures: [(String, [UInt8])] = []
+            var errors: [String] = []
+        }
+        let outcomes = Outcomes()
+        let clients = 16, perClient = 4
+        let start = DispatchSemaphore(value: 0)
+        let group = DispatchGroup()
+        for c in 0..<clients {
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                let client = AgentClient(socketPath: socket)
+                start.wait()
+                for n in 0..<perClient {
+                    let message = "client \(c) message \(n)"
+                    do {
+                        let answer = try client.sign(.init(key: nil, alg: "RS256", value: Base64URL.encode(Array(SHA256.hash(data: Array(message.utf8))))))
+                        outcomes.lock.withLock { outcomes.signatures.append((message, Base64URL.decode(answer.value) ?? [])) }
+                    } catch {
+                        outcomes.lock.withLock { outcomes.errors.append("\(error)") }
+                    }
                 }
             }
-            return try await group.reduce(into: []) { $0.append($1) }
         }
-        #expect(results.count == 32)
-        let key = try #require(try agent.client.key(nil).certificates.first.flatMap { Data(base64Encoded: $0) })
-        let publicKey = try JWSCertificate(der: [UInt8](key)).publicKey
-        for (message, _, signature) in results {
-            #expect(try JWSVerifier.verify(signature: signature, message: Array(message.utf8), algorithm: .RS256, publicKey: publicKey))
+        for _ in 0..<clients { start.signal() }
+        group.wait()
+        #expect(outcomes.errors.isEmpty, "\(outcomes.errors)")
+        #expect(outcomes.signatures.count == clients * perClient)
+        let leaf = try #require(try agent.client.key(nil).certificates.first.flatMap { Data(base64Encoded: $0) })
+        let publicKey = try JWSCertificate(der: [UInt8](leaf)).publicKey
+        for (message, signature) in outcomes.signatures {
+            #expect(try JWSVerifier.verify(signature: signature, message: Array(message.utf8), algorithm: .RS256, publicKey: publicKey), "\(message)")
         }
         // And openssl agrees on one of them.
-        let (message, _, signature) = results[0]
+        let (message, signature) = try #require(outcomes.signatures.first)
         #expect(try IndependentVerifier.openssl(signature, message: Array(message.utf8), algorithm: .RS256, publicKeyPEM: publicKeyPEM))
+    }
+
+    /// Many clients asking for the same token at once: one request reaches Entra.
+    @Test func concurrentTokenRequestsAreOneFlightThenCached() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f)
+        defer { agent.stop() }
+        let socket = agent.socket
+        final class Tokens: @unchecked Sendable {
+            let lock = NSLock()
+            var values: [String] = []
+        }
+        let tokens = Tokens()
+        let start = DispatchSemaphore(value: 0)
+        let group = DispatchGroup()
+        for _ in 0..<8 {
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                let client = AgentClient(socketPath: socket)
+                start.wait()
+                if let answer: AgentAPI.AccessTokenResponse = try? client.call("POST", "/v1/token", body: AgentAPI.AccessTokenRequest()) {
+                    tokens.lock.withLock { tokens.values.append(answer.access_token) }
+                }
+            }
+        }
+        for _ in 0..<8 { start.signal() }
+        group.wait()
+        #expect(tokens.values.count == 8)
+        #expect(Set(tokens.values).count == 1, "every client got the one token fetched")
+        #expect(agent.log.components(separatedBy: "access token fetched").count - 1 == 1, "\(agent.log)")
     }
 
     @Test func theCLIGivesIdenticalResultsWithAndWithoutTheAgent() throws {
