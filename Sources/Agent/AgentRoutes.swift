@@ -78,10 +78,7 @@ struct AgentRoutes: Sendable {
                     guard let a = JWSAlgorithm(name: name) else { throw AgentAPI.ErrorBody(error: "badRequest", message: "unknown alg '\(name)'") }
                     algorithm = a
                 } else {
-                    switch signer.keyType {
-                    case .rsa: algorithm = .RS256
-                    case .ec(let curve): algorithm = curve.algorithm
-                    }
+                    algorithm = signer.keyType.defaultAlgorithm
                 }
                 let header = try JWSHeaderFields(type: "JWT").header(algorithm: algorithm, certificateChain: signer.certificateChain)
                 return AgentAPI.TokenResponse(token: try JWS.sign(header: header, claims: claims, signer: signer).compact)

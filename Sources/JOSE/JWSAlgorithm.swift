@@ -113,6 +113,14 @@ public enum JWSKeyType: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// What a JWT is signed with when nobody chose: RS256 for RSA, the curve's ES* for EC.
+    public var defaultAlgorithm: JWSAlgorithm {
+        switch self {
+        case .rsa: return .RS256
+        case .ec(let curve): return curve.algorithm
+        }
+    }
+
     public var description: String {
         switch self {
         case .rsa(let bits): return "RSA \(bits)"

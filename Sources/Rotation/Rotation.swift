@@ -188,8 +188,9 @@ public struct Rotation: Sendable {
     }
 
     private func proceed(_ journal: inout RotationJournal, report: inout Report, options: Options) async throws {
-        let newID = Self.bytes(journal.new.idHex)
-        let oldID = Self.bytes(journal.old.idHex)
+        guard let newID = Hex.decode(journal.new.idHex), !newID.isEmpty, let oldID = Hex.decode(journal.old.idHex), !oldID.isEmpty else {
+            throw EntraError(.stateFile, "the rotation journal names a CKA_ID that is not hex", hint: Self.journalHint(journals, journal))
+        }
         let resumed = report.resumed
         var instructions: [String] = []
         defer { report.instructions += instructions }
@@ -219,7 +220,7 @@ public struct Rotation: Sendable {
         if journal.step < .certificateStored {
             newCertificate = try await timedValue("certificate", &report) {
                 let certificate: JWSCertificate
-                if let stored = try token.certificates(matching: try uri(id: newID, type: "cert")).first {
+                if let stored = try token.certificates(matching: try uri(id: newID, type: .certificate)).first {
                     certificate = try JWSCertificate(der: stored.der)
                 } else {
                     progress("making a self-signed certificate for it, signed in the token")
@@ -405,7 +406,7 @@ public struct Rotation: Sendable {
     // MARK: - Helpers
 
     private func key(id: [UInt8]) throws -> PrivateKeyObject? {
-        try token.privateKeys(matching: try uri(id: id, type: "private")).first
+        try token.privateKeys(matching: try uri(id: id, type: .privateKey)).first
     }
 
     private func signer(id: [UInt8], what: String) throws -> TokenSigner {
@@ -415,9 +416,8 @@ public struct Rotation: Sendable {
         return try TokenSigner(token: token, key: key)
     }
 
-    private func uri(id: [UInt8], type: String? = nil) throws -> PKCS11URI {
-        let encoded = id.map { String(format: "%%%02x", $0) }.joined()
-        return try PKCS11URI("pkcs11:id=\(encoded)" + (type.map { ";type=\($0)" } ?? ""))
+    private func uri(id: [UInt8], type: ObjectClass? = nil) throws -> PKCS11URI {
+        try PKCS11URI(PKCS11URI.format(token: token.info, id: id, objectClass: type))
     }
 
     private func crash(_ point: String, _ options: Options) {
@@ -462,16 +462,6 @@ public struct Rotation: Sendable {
     }
 
     static func hex(_ bytes: [UInt8]) -> String { Hex.encode(bytes) }
-
-    static func bytes(_ hex: String) -> [UInt8] {
-        var out: [UInt8] = []
-        var index = hex.startIndex
-        while index < hex.endIndex, let next = hex.index(index, offsetBy: 2, limitedBy: hex.endIndex) {
-            if let byte = UInt8(hex[index..<next], radix: 16) { out.append(byte) }
-            index = next
-        }
-        return out
-    }
 
     static func dateStamp(_ date: Date) -> String {
         let formatter = DateFormatter()

@@ -46,8 +46,10 @@ struct EntraOptions: ParsableArguments {
         return file[key]
     }
 
-    func clientConfiguration(cacheFile: URL?, algorithm: ClientAssertion.AlgorithmChoice = .auto) throws -> EntraClient.Configuration {
-        let file = try configFile()
+    /// The Entra settings from the flags, the environment and `file` (read once by the command).
+    func clientConfiguration(
+        _ file: ConfigFile, cacheFile: URL?, algorithm: ClientAssertion.AlgorithmChoice = .auto
+    ) throws -> EntraClient.Configuration {
         let cloudName = cloud?.rawValue ?? file["cloud"]
         guard let cloud = EntraCloud(rawValue: cloudName ?? "public") else {
             throw CLIError.usage("unknown cloud '\(cloudName ?? "")' in \(file.path ?? "the config file"): use public, usgov, usgov-dod or china")

@@ -42,11 +42,7 @@ struct SigningOptions: ParsableArguments {
         if cert != nil && certFile != nil { throw ValidationError("give --cert or --cert-file, not both") }
     }
 
-    /// The agent's socket, when commands should sign through it.
-    var agentSocket: String? {
-        guard !noAgent, let path = ProcessInfo.processInfo.environment["P11JWT_AGENT_SOCK"], !path.isEmpty else { return nil }
-        return path
-    }
+    var agentSocket: String? { runningAgentSocket(noAgent: noAgent) }
 
     /// The signer for this command: the agent's when it runs (the certificate options still
     /// apply), else the token's, logged in here.
@@ -120,6 +116,13 @@ struct SigningOptions: ParsableArguments {
         defer { if !sameToken { token.close() } }
         return try JWSCertificate(der: try token.certificate(matching: uri).der)
     }
+}
+
+/// The agent's socket, when commands should sign through it: `$P11JWT_AGENT_SOCK`, unless
+/// `--no-agent`.
+func runningAgentSocket(noAgent: Bool) -> String? {
+    guard !noAgent, let path = ProcessInfo.processInfo.environment["P11JWT_AGENT_SOCK"], !path.isEmpty else { return nil }
+    return path
 }
 
 /// A signer with a certificate chain given on the command line instead of its own.

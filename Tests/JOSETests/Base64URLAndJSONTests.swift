@@ -105,3 +105,20 @@ struct JSONValueTests {
         #expect(base["aud"] == "other")
     }
 }
+
+@Suite("Hex")
+struct HexTests {
+    @Test func roundTripsAndMatchesFoundationFormatting() {
+        let bytes = (0...255).map(UInt8.init)
+        #expect(Hex.encode(bytes) == bytes.map { String(format: "%02x", $0) }.joined())
+        #expect(Hex.encode(bytes, uppercase: true) == bytes.map { String(format: "%02X", $0) }.joined())
+        #expect(Hex.decode(Hex.encode(bytes)) == bytes)
+        #expect(Hex.decode("A29C09a6") == [0xa2, 0x9c, 0x09, 0xa6])
+        #expect(Hex.decode("") == [])
+    }
+
+    @Test(arguments: ["a", "abc", "0g", "zz", "0x01", " 01", "01 "])
+    func refusesWhatIsNotAnEvenRunOfHexDigits(_ text: String) {
+        #expect(Hex.decode(text) == nil)
+    }
+}

@@ -58,7 +58,7 @@ struct AgentCommand: AsyncParsableCommand {
         let logger = try signing.moduleOptions.makeLogger(defaultLevel: "info")
         let file = try entra.configFile()
         // Entra settings are optional: without tenant and client id the agent only signs.
-        let entraConfiguration = try entra.clientConfiguration(cacheFile: nil)
+        let entraConfiguration = try entra.clientConfiguration(file, cacheFile: nil)
         let hasEntra = !entraConfiguration.tenant.isEmpty && !entraConfiguration.clientID.isEmpty
         if hasEntra { _ = try entraConfiguration.validated() }
         if (managedIdentity || assertionFile != nil) && !hasEntra {

@@ -56,7 +56,7 @@ struct ImportCommand: ParsableCommand {
         let key = try context.token.importPrivateKey(material, label: label, id: id)
         // Leaf first: the certificate whose public key is the imported key's.
         guard let leaf = certificates.first(where: { context.token.isKey(key, publicKey: $0.publicKey) }) else {
-            try? context.token.destroy(try context.token.objects(matching: try PKCS11URI("pkcs11:id=\(id.map { String(format: "%%%02x", $0) }.joined())")))
+            try? context.token.destroy(try context.token.objects(matching: try PKCS11URI(PKCS11URI.format(token: context.token.info, id: id))))
             throw CLIError(message: "no certificate in \(pfx) belongs to its private key; nothing was imported")
         }
         let chain = [leaf] + certificates.filter { $0.der != leaf.der }

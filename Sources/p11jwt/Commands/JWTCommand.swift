@@ -56,11 +56,7 @@ struct JWTCommand: ParsableCommand {
         let algorithm: JWSAlgorithm
         switch alg {
         case .fixed(let a): algorithm = a
-        case .auto:
-            switch signer.keyType {
-            case .rsa: algorithm = .RS256
-            case .ec(let curve): algorithm = curve.algorithm
-            }
+        case .auto: algorithm = signer.keyType.defaultAlgorithm
         }
         guard signer.canSign(algorithm) else {
             if let tokenSigner = signer as? TokenSigner {

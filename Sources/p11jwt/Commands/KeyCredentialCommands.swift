@@ -48,7 +48,7 @@ struct GraphOptions: ParsableArguments {
 
     func prepare() throws -> Prepared {
         let file = try entra.configFile()
-        let configuration = try entra.clientConfiguration(cacheFile: state.cacheFile)
+        let configuration = try entra.clientConfiguration(file, cacheFile: state.cacheFile)
         _ = try configuration.validated()
         let (target, objectID) = try targetOptions.target(configFile: file)
         return Prepared(configFile: file, configuration: configuration, target: target, objectID: objectID)

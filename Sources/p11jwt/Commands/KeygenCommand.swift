@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import JOSE
 import PKCS11
 
 struct KeygenCommand: ParsableCommand {
@@ -42,15 +43,8 @@ struct KeygenCommand: ParsableCommand {
     func parseID() throws -> [UInt8]? {
         guard let id else { return nil }
         let hex = id.hasPrefix("0x") ? String(id.dropFirst(2)) : id
-        guard hex.count % 2 == 0, !hex.isEmpty, hex.allSatisfy(\.isHexDigit) else {
+        guard let bytes = Hex.decode(hex), !bytes.isEmpty else {
             throw ValidationError("--id must be an even number of hex digits, e.g. 01a2")
-        }
-        var bytes: [UInt8] = []
-        var index = hex.startIndex
-        while index < hex.endIndex {
-            let next = hex.index(index, offsetBy: 2)
-            bytes.append(UInt8(hex[index..<next], radix: 16)!)
-            index = next
         }
         return bytes
     }

@@ -50,7 +50,7 @@ struct SignCommand: ParsableCommand {
     }
 
     func run() throws {
-        if !noAgent, let socket = ProcessInfo.processInfo.environment["P11JWT_AGENT_SOCK"], !socket.isEmpty {
+        if let socket = runningAgentSocket(noAgent: noAgent) {
             let answer = try AgentClient(socketPath: socket).sign(.init(key: key, alg: alg.rawValue, value: digest))
             return try show(kid: answer.kid, value: answer.value)
         }

@@ -36,14 +36,15 @@ struct TokenCommand: AsyncParsableCommand {
         case .auto: algorithm = .auto
         case .fixed(let a): algorithm = .fixed(a)
         }
-        let configuration = try entra.clientConfiguration(cacheFile: state.cacheFile, algorithm: algorithm)
+        let file = try entra.configFile()
+        let configuration = try entra.clientConfiguration(file, cacheFile: state.cacheFile, algorithm: algorithm)
         let scope = self.scope ?? configuration.graphScope
         guard scope.hasSuffix("/.default") else {
             throw CLIError.usage("scope '\(scope)' is not <resource>/.default: app-only tokens carry the app's granted permissions, e.g. https://graph.microsoft.com/.default")
         }
         // The tenant and client id are checked before a PIN is asked for.
         _ = try configuration.validated()
-        let session = try signing.open(requireCertificate: true, configKey: try entra.configFile()["key"])
+        let session = try signing.open(requireCertificate: true, configKey: file["key"])
         defer { session.close() }
         let token = try await withEntraClient(configuration, logger: session.logger) { client in
             try await client.token(scope: scope, signer: session.signer)
