@@ -272,11 +272,11 @@ public struct Rotation: Sendable {
         // 4. The new key gets a token (Entra replicates new credentials with a delay).
         if journal.step < .verified {
             try await timed("verify", &report) {
-                try await verify(newSigner, options: options, journal: journal)
+                let attempts = try await verify(newSigner, options: options, journal: journal)
                 journal.step = .verified
                 try journals.save(journal)
                 crash("verified", options)
-                return "token acquired with the new key"
+                return "token acquired with the new key (attempt \(attempts))"
             }
         }
 
@@ -348,7 +348,8 @@ public struct Rotation: Sendable {
     }
 
     /// Acquires tokens with the new key until Entra accepts it or the propagation timeout passes.
-    private func verify(_ newSigner: TokenSigner, options: Options, journal: RotationJournal) async throws {
+    /// Returns the attempt that got the token.
+    private func verify(_ newSigner: TokenSigner, options: Options, journal: RotationJournal) async throws -> Int {
         let deadline = Date().addingTimeInterval(options.propagationTimeout)
         var wait = options.verifyInterval
         var attempt = 1
@@ -356,7 +357,7 @@ public struct Rotation: Sendable {
             do {
                 progress("verify: getting a token with the new key (attempt \(attempt))")
                 _ = try await client.token(scope: client.configuration.graphScope, signer: newSigner, useCache: false)
-                return
+                return attempt
             } catch let error as EntraError where error.code == .tokenRefused && error.aadsts == 700027 {
                 guard Date().addingTimeInterval(wait) < deadline else {
                     throw EntraError(

@@ -43,7 +43,7 @@ extension WorkflowFixture {
 @Suite("p11jwt rotate against the emulator over HTTPS")
 struct RotateTests {
     @Test func rotateWaitsOutThePropagationDelayAndLeavesExactlyTheNewKey() throws {
-        let f = try WorkflowFixture(emulatorArguments: ["--propagation-delay", "3"])
+        let f = try WorkflowFixture(emulatorArguments: ["--propagation-delay", "5"])
         let oldThumbprint = try opensslThumbprint(f.bootstrapCertificate)
         let r = try f.rotate(["--old-key-id", f.bootstrapKeyID, "--propagation-timeout", "60", "--output", "json"])
         #expect(r.status == 0, "\(r.stderr)")
@@ -52,10 +52,13 @@ struct RotateTests {
         #expect(report["oldRemoved"] as? Bool == true)
         let newThumbprint = try #require(report["newThumbprint"] as? String)
         #expect(newThumbprint != oldThumbprint)
-        // Entra's replication delay was waited out, not failed on.
+        // Entra's replication delay was waited out, not failed on: the first attempts were refused.
+        // (Counted, not timed: how long the wait took depends on the machine.)
         let steps = try #require(report["steps"] as? [[String: Any]])
         let verify = try #require(steps.first { $0["step"] as? String == "verify" })
-        #expect((verify["seconds"] as? Double ?? 0) >= 2.5)
+        let outcome = try #require(verify["outcome"] as? String)
+        let attempt = Int(outcome.split(separator: " ").last?.trimmingCharacters(in: CharacterSet(charactersIn: ")")) ?? "") ?? 0
+        #expect(attempt >= 2, "\(outcome)")
         // Exactly the new credential is registered, the new key has the old label and works,
         // the old key is kept, relabelled.
         #expect(try f.registeredThumbprints() == [newThumbprint])
