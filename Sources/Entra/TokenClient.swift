@@ -82,7 +82,7 @@ public struct TokenClient: Sendable {
             return EntraError(.tokenRefused, "the token endpoint answered HTTP \(status) without Entra's error JSON", httpStatus: status)
         }
         let description = body["error_description"]?.stringValue ?? error
-        let code = body["error_codes"]?.arrayValue?.first?.numberValue.map { Int($0) }
+        let code = body["error_codes"]?.arrayValue?.first?.numberValue.flatMap { Int(exactly: $0) }
             ?? Int(description.drop(while: { !$0.isNumber }).prefix(while: \.isNumber))
         // Entra appends trace and correlation ids on new lines; the first line is the message.
         let message = description.components(separatedBy: CharacterSet.newlines).first ?? description
@@ -107,7 +107,9 @@ public struct TokenClient: Sendable {
             return "application '\(clientID)' was not found in tenant '\(tenant)': check --client-id (the appId) and --tenant"
         case 7000215, 7000222:
             return "the credential is invalid or expired: p11jwt sends a client assertion, check that the app accepts certificate credentials"
-        case 70011:
+        case 500011:
+            return "no resource named by the scope '\(scope)' exists in tenant '\(tenant)': check --scope (an API's App ID URI or appId, then /.default) and that the API is registered in this tenant"
+        case 70011, 1002012:
             return "the scope '\(scope)' is not valid: app-only tokens need '<resource>/.default', e.g. https://graph.microsoft.com/.default"
         case 50027:
             return "Entra could not read the assertion as a JWT with a certificate thumbprint: check that the key has its certificate (x5t / x5t#S256)"
@@ -119,7 +121,7 @@ public struct TokenClient: Sendable {
             return "iss and sub must both be the client id: check --client-id"
         case 7000218:
             return "the request carried no client assertion, or the wrong client_assertion_type: this is a p11jwt bug if you see it, please report it"
-        case 70003, 900144:
+        case 70003, 900144, 900561:
             return "the token request is not a client-credentials request Entra accepts: this is a p11jwt bug if you see it, please report it"
         case 50013:
             return "Entra refused the assertion as reused or invalid: run the command again: p11jwt makes a fresh assertion with a new jti for each request"

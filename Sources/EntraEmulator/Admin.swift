@@ -14,10 +14,22 @@ public struct CreatedApplication: Codable, Sendable {
 extension StateStore {
     /// Registers an application (and its service principal) with an optional first certificate
     /// credential, in `tenant` (created on first use; default: the first tenant, else a new one).
+    /// As a resource it may have App ID URIs, app roles (application permissions) and an
+    /// access-token version (1, Entra's default, or 2).
     public func createApplication(
         name: String, certificate: [UInt8]?, roles: [String] = [], owners: [String] = [], tenant: String? = nil,
+        identifierURIs: [String] = [], appRoles: [String] = [], accessTokenVersion: Int? = nil,
         now: Date = Date()
     ) throws -> CreatedApplication {
+        if let accessTokenVersion, ![1, 2].contains(accessTokenVersion) {
+            throw EmulatorError("the access-token version is 1 or 2, not \(accessTokenVersion)")
+        }
+        for uri in identifierURIs where URL(string: uri)?.scheme == nil {
+            throw EmulatorError("an identifier URI needs a scheme (api://…, https://…): '\(uri)'")
+        }
+        for role in appRoles where role.isEmpty || role.contains(where: \.isWhitespace) {
+            throw EmulatorError("an app role value has no spaces: '\(role)'")
+        }
         var credential = try certificate.map { try KeyCredential.make(certificateDER: $0, displayName: nil, now: now) }
         credential?.preRegistered = true
         return try update { state in
@@ -32,10 +44,21 @@ extension StateStore {
                 state.tenants.append(Tenant(id: id, domain: domain))
                 t = state.tenants.count - 1
             }
+            for uri in identifierURIs {
+                let taken = state.tenants[t].applications.contains { ($0.identifierUris ?? []).contains { $0.lowercased() == uri.lowercased() } }
+                if taken { throw EmulatorError("another application of the tenant already has the identifier URI '\(uri)'") }
+            }
             var app = AppRegistration(
                 id: UUID().uuidString.lowercased(), appId: UUID().uuidString.lowercased(), displayName: name,
                 servicePrincipal: ServicePrincipal(id: UUID().uuidString.lowercased()), roles: roles,
                 owners: owners.map { $0.lowercased() })
+            if !identifierURIs.isEmpty { app.identifierUris = identifierURIs }
+            if !appRoles.isEmpty {
+                app.appRoles = appRoles.map {
+                    AppRole(id: UUID().uuidString.lowercased(), value: $0, displayName: $0, allowedMemberTypes: ["Application"], isEnabled: true)
+                }
+            }
+            app.requestedAccessTokenVersion = accessTokenVersion
             if var credential {
                 credential.displayName = name
                 app.keyCredentials.append(credential)
@@ -44,6 +67,43 @@ extension StateStore {
             return CreatedApplication(
                 tenantId: state.tenants[t].id, appId: app.appId, id: app.id, servicePrincipalId: app.servicePrincipal.id,
                 keyId: app.keyCredentials.first?.keyId)
+        }
+    }
+
+    /// Grants the client application `clientAppID` the application permission `role` on a
+    /// resource: Graph (by its URL or appId, any role name) or an application of the client's
+    /// tenant (by appId or App ID URI; the role must be one of its app roles). Granting twice
+    /// is harmless. Returns the resource's appId.
+    @discardableResult
+    public func grant(client clientAppID: String, resource: String, roles: [String]) throws -> String {
+        guard !roles.isEmpty else { throw EmulatorError("name at least one role to grant") }
+        return try update { state in
+            guard let (t, c) = state.locate(application: clientAppID, byAppID: true) else {
+                throw EmulatorError("no application with appId \(clientAppID)")
+            }
+            guard let resolved = TokenEndpoint.resolve(resource, in: state.tenants[t]) else {
+                throw EmulatorError("no resource '\(resource)' in tenant \(state.tenants[t].domain): give Graph (https://graph.microsoft.com) or an application's appId or identifier URI")
+            }
+            if let api = resolved.application {
+                let defined = (api.appRoles ?? []).map(\.value)
+                for role in roles where !defined.contains(role) {
+                    throw EmulatorError("'\(api.displayName)' defines no app role '\(role)' (it has: \(defined.isEmpty ? "none" : defined.joined(separator: ", ")))")
+                }
+            }
+            var client = state.tenants[t].applications[c]
+            if resolved.appId == BuiltInResource.graph.appId {
+                client.roles += roles.filter { !client.roles.contains($0) }
+            } else {
+                var grants = client.grants ?? []
+                if let g = grants.firstIndex(where: { $0.resourceAppId == resolved.appId }) {
+                    grants[g].roles += roles.filter { !grants[g].roles.contains($0) }
+                } else {
+                    grants.append(ResourceGrant(resourceAppId: resolved.appId, roles: roles))
+                }
+                client.grants = grants
+            }
+            state.tenants[t].applications[c] = client
+            return resolved.appId
         }
     }
 

@@ -41,12 +41,26 @@ enum GraphTarget: Equatable {
     case servicePrincipal(id: String)
     case servicePrincipalByAppID(String)
 
+    /// The key as the URL has it.
+    var key: String {
+        switch self {
+        case .application(let id), .servicePrincipal(let id): return id
+        case .applicationByAppID(let appId), .servicePrincipalByAppID(let appId): return "appId='\(appId)'"
+        }
+    }
+
     var isServicePrincipal: Bool {
         switch self {
         case .servicePrincipal, .servicePrincipalByAppID: return true
         default: return false
         }
     }
+}
+
+/// What a Graph path names: one object, or a collection (`GET /applications?$filter=…`).
+enum GraphPath: Equatable {
+    case object(GraphTarget)
+    case collection(servicePrincipals: Bool)
 }
 
 /// Who is calling: from a bearer token this emulator issued.
@@ -59,6 +73,7 @@ struct GraphCaller {
 /// Graph's key-credential API on applications and service principals.
 struct GraphAPI: Sendable {
     static let proofAudience = "00000002-0000-0000-c000-000000000000"
+    static let clockSkew: TimeInterval = 300
     static let graphAudiences: Set<String> = [
         "https://graph.microsoft.com", "https://graph.microsoft.com/", "00000003-0000-0000-c000-000000000000",
         "https://graph.microsoft.us", "https://dod-graph.microsoft.us", "https://microsoftgraph.chinacloudapi.cn",
@@ -80,10 +95,10 @@ struct GraphAPI: Sendable {
         guard let aud = claims["aud"]?.stringValue, Self.graphAudiences.contains(aud) else {
             throw invalid("the token's aud is '\(claims["aud"]?.stringValue ?? "")', not Microsoft Graph")
         }
-        guard let exp = claims["exp"]?.numberValue, exp > now.timeIntervalSince1970 else {
+        guard let exp = claims["exp"]?.numberValue, exp.isFinite, exp > now.timeIntervalSince1970 else {
             throw GraphError(401, "InvalidAuthenticationToken", "Lifetime validation failed, the token is expired.", reason: "expired")
         }
-        guard claims["idtyp"] == "app", let appId = claims["appid"]?.stringValue, let tid = claims["tid"]?.stringValue else {
+        guard claims["idtyp"] == "app", let appId = (claims["appid"] ?? claims["azp"])?.stringValue, let tid = claims["tid"]?.stringValue else {
             throw GraphError(401, "InvalidAuthenticationToken", "Access token validation failure.", reason: "not an app-only token")
         }
         return GraphCaller(appId: appId, roles: claims["roles"]?.arrayValue?.compactMap(\.stringValue) ?? [], tenantId: tid)
@@ -127,23 +142,79 @@ struct GraphAPI: Sendable {
         }
     }
 
-    /// `GET applications/{id}`: needs a role.
-    func get(_ target: GraphTarget, caller: GraphCaller) throws(GraphError) -> JSONObject {
-        let state: EmulatorState
-        do { state = try store.read() } catch { throw GraphError(500, "generalException", "\(error)") }
-        let (t, a) = try locate(target, in: state)
+    /// `GET applications/{id}` (or a service principal): needs a read role. `key` is returned
+    /// only when `$select` names `keyCredentials`; `$select` limits the properties.
+    func get(_ target: GraphTarget, caller: GraphCaller, query: GraphQuery) throws(GraphError) -> JSONObject {
+        let state = try readState()
+        let (t, a) = try locate(target, in: state, tenantId: caller.tenantId)
         let app = state.tenants[t].applications[a]
         try authorize(caller, app: app, tenantId: state.tenants[t].id, selfServiceAllowed: false)
-        if target.isServicePrincipal {
-            return JSONObject([
-                "id": .string(app.servicePrincipal.id), "appId": .string(app.appId), "displayName": .string(app.displayName),
-                "keyCredentials": .array(app.servicePrincipal.keyCredentials.map { .object(Self.json($0, withKey: true)) }),
-            ])
+        let collection = target.isServicePrincipal ? "servicePrincipals" : "applications"
+        let withKey = query.select?.contains("keyCredentials") ?? false
+        var object = JSONObject()
+        let context = query.select.map { "\(query.base)/v1.0/$metadata#\(collection)(\($0.joined(separator: ",")))/$entity" }
+            ?? "\(query.base)/v1.0/$metadata#\(collection)/$entity"
+        object["@odata.context"] = .string(context)
+        for (name, value) in Self.properties(app, servicePrincipal: target.isServicePrincipal, withKey: withKey) {
+            if let select = query.select, !select.contains(name) { continue }
+            object[name] = value
         }
-        return JSONObject([
-            "id": .string(app.id), "appId": .string(app.appId), "displayName": .string(app.displayName),
-            "keyCredentials": .array(app.keyCredentials.map { .object(Self.json($0, withKey: true)) }),
-        ])
+        return object
+    }
+
+    /// `GET applications` / `servicePrincipals`, optionally `$filter=appId eq '…'`: the objects
+    /// of the caller's tenant it may read (`key` always null in a collection, as in Graph).
+    func list(servicePrincipals: Bool, caller: GraphCaller, query: GraphQuery) throws(GraphError) -> JSONObject {
+        guard !query.hasUnsupportedFilter else {
+            throw GraphError(400, "Request_UnsupportedQuery", "Unsupported or invalid query filter clause specified for property 'appId' of resource '\(servicePrincipals ? "ServicePrincipal" : "Application")'.",
+                reason: "the emulator filters by appId eq '…' only")
+        }
+        let state = try readState()
+        guard let tenant = state.tenants.first(where: { $0.id == caller.tenantId }) else { throw GraphError.denied }
+        let readRoles = ["Application.Read.All", "Application.ReadWrite.All", "Application.ReadWrite.OwnedBy"]
+        guard caller.roles.contains(where: readRoles.contains) else { throw GraphError.denied }
+        var values: [JSONValue] = []
+        for app in tenant.applications where query.filterAppID == nil || app.appId == query.filterAppID {
+            guard (try? authorize(caller, app: app, tenantId: tenant.id, selfServiceAllowed: false)) != nil else { continue }
+            var object = JSONObject()
+            for (name, value) in Self.properties(app, servicePrincipal: servicePrincipals, withKey: false) {
+                if let select = query.select, !select.contains(name) { continue }
+                object[name] = value
+            }
+            values.append(.object(object))
+        }
+        let collection = servicePrincipals ? "servicePrincipals" : "applications"
+        let context = query.select.map { "\(query.base)/v1.0/$metadata#\(collection)(\($0.joined(separator: ",")))" }
+            ?? "\(query.base)/v1.0/$metadata#\(collection)"
+        return JSONObject(["@odata.context": .string(context), "value": .array(values)])
+    }
+
+    /// The properties of an application or its service principal, in Graph's names.
+    static func properties(_ app: AppRegistration, servicePrincipal: Bool, withKey: Bool) -> JSONObject {
+        let credentials = servicePrincipal ? app.servicePrincipal.keyCredentials : app.keyCredentials
+        var object = JSONObject()
+        object["id"] = .string(servicePrincipal ? app.servicePrincipal.id : app.id)
+        object["appId"] = .string(app.appId)
+        object["displayName"] = .string(app.displayName)
+        let roles = JSONValue.array((app.appRoles ?? []).map { role in
+            .object(JSONObject([
+                "allowedMemberTypes": .array(role.allowedMemberTypes.map { .string($0) }), "description": .null,
+                "displayName": .string(role.displayName), "id": .string(role.id), "isEnabled": .bool(role.isEnabled),
+                "value": .string(role.value),
+            ]))
+        })
+        if servicePrincipal {
+            object["appRoles"] = roles
+            object["servicePrincipalNames"] = .array(([app.appId] + (app.identifierUris ?? [])).map { .string($0) })
+        } else {
+            object["identifierUris"] = .array((app.identifierUris ?? []).map { .string($0) })
+            object["appRoles"] = roles
+            object["api"] = .object(JSONObject([
+                "requestedAccessTokenVersion": app.requestedAccessTokenVersion.map { .int(Int64($0)) } ?? .null,
+            ]))
+        }
+        object["keyCredentials"] = .array(credentials.map { .object(Self.json($0, withKey: withKey)) })
+        return object
     }
 
     /// `PATCH applications/{id}` with `keyCredentials`: replaces the whole collection; needs a role.
@@ -166,7 +237,7 @@ struct GraphAPI: Sendable {
         }
         do {
             try store.update { state in
-                let (t, a) = try locate(target, in: state)
+                let (t, a) = try locate(target, in: state, tenantId: caller.tenantId)
                 try authorize(caller, app: state.tenants[t].applications[a], tenantId: state.tenants[t].id, selfServiceAllowed: false)
                 if target.isServicePrincipal {
                     state.tenants[t].applications[a].servicePrincipal.keyCredentials = credentials
@@ -187,7 +258,7 @@ struct GraphAPI: Sendable {
     ) throws(GraphError) -> JSONObject {
         do {
             return try store.update { state -> JSONObject in
-                let (t, a) = try locate(target, in: state)
+                let (t, a) = try locate(target, in: state, tenantId: caller.tenantId)
                 let app = state.tenants[t].applications[a]
                 try authorize(caller, app: app, tenantId: state.tenants[t].id, selfServiceAllowed: true)
                 if target.isServicePrincipal {
@@ -202,16 +273,26 @@ struct GraphAPI: Sendable {
         }
     }
 
-    private func locate(_ target: GraphTarget, in state: EmulatorState) throws(GraphError) -> (Int, Int) {
-        let found: (tenant: Int, app: Int)?
-        switch target {
-        case .application(let id): found = state.locate(application: id, byAppID: false)
-        case .applicationByAppID(let appId): found = state.locate(application: appId, byAppID: true)
-        case .servicePrincipal(let id): found = state.locate(servicePrincipal: id, byAppID: false)
-        case .servicePrincipalByAppID(let appId): found = state.locate(servicePrincipal: appId, byAppID: true)
+    private func readState() throws(GraphError) -> EmulatorState {
+        do { return try store.read() } catch { throw GraphError(500, "generalException", "\(error)") }
+    }
+
+    /// The object in the caller's tenant: another tenant's object does not exist for it.
+    private func locate(_ target: GraphTarget, in state: EmulatorState, tenantId: String) throws(GraphError) -> (Int, Int) {
+        var found: (tenant: Int, app: Int)?
+        if let t = state.tenants.firstIndex(where: { $0.id == tenantId }) {
+            let apps = state.tenants[t].applications
+            let a: Int?
+            switch target {
+            case .application(let id): a = apps.firstIndex { $0.id == id.lowercased() }
+            case .applicationByAppID(let appId): a = apps.firstIndex { $0.appId == appId.lowercased() }
+            case .servicePrincipal(let id): a = apps.firstIndex { $0.servicePrincipal.id == id.lowercased() }
+            case .servicePrincipalByAppID(let appId): a = apps.firstIndex { $0.appId == appId.lowercased() }
+            }
+            found = a.map { (t, $0) }
         }
         guard let found else {
-            throw GraphError(404, "Request_ResourceNotFound", "Resource '\(target)' does not exist or one of its queried reference-property objects are not present.")
+            throw GraphError(404, "Request_ResourceNotFound", "Resource '\(target.key)' does not exist or one of its queried reference-property objects are not present.")
         }
         return (found.tenant, found.app)
     }
@@ -241,10 +322,15 @@ struct GraphAPI: Sendable {
         guard let claims = jws.claims else { throw GraphError.malformed("the proof's payload is not a JSON object") }
         guard claims["aud"]?.stringValue == Self.proofAudience else { throw GraphError.malformed("the proof's aud must be \(Self.proofAudience)") }
         guard claims["iss"]?.stringValue?.lowercased() == objectID else { throw GraphError.malformed("the proof's iss must be the object id \(objectID)") }
-        guard let nbf = claims["nbf"]?.numberValue, let exp = claims["exp"]?.numberValue else { throw GraphError.malformed("the proof needs nbf and exp") }
-        guard exp - nbf <= 600 else { throw GraphError.malformed("the proof is valid for \(Int(exp - nbf))s; at most 600s is allowed") }
+        guard let nbf = claims["nbf"]?.numberValue, let exp = claims["exp"]?.numberValue, nbf.isFinite, exp.isFinite else {
+            throw GraphError.malformed("the proof needs nbf and exp as numbers")
+        }
+        guard exp - nbf <= 600 else { throw GraphError.malformed("the proof is valid for \(exp - nbf)s; at most 600s is allowed") }
+        // A few minutes of clock skew either side, as for client assertions (uncertain: Graph's exact allowance).
         let t = now.timeIntervalSince1970
-        guard nbf <= t, t <= exp else { throw GraphError.malformed("the proof is not valid now (nbf \(Int(nbf)), exp \(Int(exp)), now \(Int(t)))") }
+        guard nbf <= t + Self.clockSkew, t <= exp + Self.clockSkew else {
+            throw GraphError.malformed("the proof is not valid now (nbf \(isoDate(nbf)), exp \(isoDate(exp)), now \(isoDate(now)))")
+        }
         let x5t = jws.header["x5t"]?.stringValue.flatMap { Base64URL.decode($0) }
         let kid = jws.header["kid"]?.stringValue?.uppercased()
         guard let credential = valid.first(where: { c in
@@ -270,6 +356,19 @@ struct GraphAPI: Sendable {
         }
         let start = try date(object["startDateTime"], "startDateTime")
         let end = try date(object["endDateTime"], "endDateTime")
+        let certificate: JWSCertificate
+        do { certificate = try JWSCertificate(der: der) } catch {
+            throw GraphError.badRequest("Key credential's key is not a valid certificate (a DER X.509 certificate without private key is required).")
+        }
+        // A credential may not outlive its certificate, nor start before it (compared to the second).
+        if let end, end.timeIntervalSince1970.rounded(.down) > certificate.certificate.notValidAfter.timeIntervalSince1970 {
+            throw GraphError(400, "KeyCredentialsInvalidEndDate", "Key credential end date is invalid.",
+                reason: "endDateTime \(isoDate(end)) is after the certificate's notAfter \(isoDate(certificate.certificate.notValidAfter))")
+        }
+        if let start, start.timeIntervalSince1970.rounded(.up) < certificate.certificate.notValidBefore.timeIntervalSince1970 {
+            throw GraphError(400, "KeyCredentialsInvalidStartDate", "Key credential start date is invalid.",
+                reason: "startDateTime \(isoDate(start)) is before the certificate's notBefore \(isoDate(certificate.certificate.notValidBefore))")
+        }
         do {
             return try KeyCredential.make(certificateDER: der, displayName: object["displayName"]?.stringValue, start: start, end: end, now: now)
         } catch {
@@ -285,10 +384,19 @@ struct GraphAPI: Sendable {
 
     private func date(_ value: JSONValue?, _ name: String) throws(GraphError) -> Date? {
         guard let value, value != .null else { return nil }
-        guard let text = value.stringValue, let date = ISO8601DateFormatter().date(from: text) else {
+        guard let text = value.stringValue, let date = Self.parseDate(text) else {
             throw GraphError.badRequest("Invalid value specified for property '\(name)' of resource 'KeyCredential'.")
         }
         return date
+    }
+
+    /// An ISO 8601 date with or without fractional seconds (Graph and its SDKs send both).
+    static func parseDate(_ text: String) -> Date? {
+        let plain = ISO8601DateFormatter()
+        if let date = plain.date(from: text) { return date }
+        let fractional = ISO8601DateFormatter()
+        fractional.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return fractional.date(from: text)
     }
 
     /// A keyCredential as Graph returns it (`key` only on GET with $select).

@@ -48,6 +48,64 @@ public struct AppRegistration: Codable, Sendable, Equatable {
     public var roles: [String] = []
     /// appIds of the applications that own this one (for `Application.ReadWrite.OwnedBy`).
     public var owners: [String] = []
+    /// The App ID URIs (`api://orders`) by which clients name this app as a resource.
+    public var identifierUris: [String]?
+    /// The application permissions this app defines as a resource (`Orders.Read`).
+    public var appRoles: [AppRole]?
+    /// `api.requestedAccessTokenVersion`: 1 (Entra's default, also when unset) or 2.
+    public var requestedAccessTokenVersion: Int?
+    /// Roles granted to this app (as a client) on other applications of its tenant.
+    public var grants: [ResourceGrant]?
+
+    public init(id: String, appId: String, displayName: String, servicePrincipal: ServicePrincipal, roles: [String] = [], owners: [String] = []) {
+        self.id = id
+        self.appId = appId
+        self.displayName = displayName
+        self.servicePrincipal = servicePrincipal
+        self.roles = roles
+        self.owners = owners
+    }
+
+    /// The access-token version this app gets as a resource.
+    public var accessTokenVersion: Int { requestedAccessTokenVersion == 2 ? 2 : 1 }
+
+    /// The roles granted to this app on the resource `resourceAppId`.
+    public func roles(on resourceAppId: String) -> [String] {
+        if resourceAppId == BuiltInResource.graph.appId { return roles }
+        return grants?.first { $0.resourceAppId == resourceAppId }?.roles ?? []
+    }
+}
+
+/// An application permission an API defines (`appRoles` in Graph, member type Application).
+public struct AppRole: Codable, Sendable, Equatable {
+    public var id: String
+    public var value: String
+    public var displayName: String
+    public var allowedMemberTypes: [String]
+    public var isEnabled: Bool
+}
+
+/// Roles granted to a client on one resource application (an app role assignment each).
+public struct ResourceGrant: Codable, Sendable, Equatable {
+    public var resourceAppId: String
+    public var roles: [String]
+}
+
+/// A first-party resource every tenant has. Graph's roles are not enumerated: any role name
+/// may be granted on it, as `app create --role` always allowed.
+public struct BuiltInResource: Sendable {
+    public var appId: String
+    /// Identifiers a `scope` may name it by (compared without case and trailing `/`).
+    public var identifiers: [String]
+    public var accessTokenVersion: Int
+
+    public static let graph = BuiltInResource(
+        appId: "00000003-0000-0000-c000-000000000000",
+        identifiers: [
+            "https://graph.microsoft.com", "https://graph.microsoft.us", "https://dod-graph.microsoft.us",
+            "https://microsoftgraph.chinacloudapi.cn", "00000003-0000-0000-c000-000000000000",
+        ],
+        accessTokenVersion: 1)
 }
 
 public struct ServicePrincipal: Codable, Sendable, Equatable {

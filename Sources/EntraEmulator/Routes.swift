@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Hummingbird
 import JOSE
 import Logging
@@ -31,52 +32,71 @@ public struct EmulatorRoutes: Sendable {
 
     public func router() -> Router<EmulatorRequestContext> {
         let router = Router(context: EmulatorRequestContext.self)
+        // No route answers an empty body: unknown paths and methods get Entra's or Graph's shape.
+        router.middlewares.add(UnknownRouteMiddleware(baseURL: baseURL))
         let token = TokenEndpoint(store: store, key: key, faults: faults)
         let graph = GraphAPI(store: store, key: key)
 
-        router.post("/{tenant}/oauth2/v2.0/token") { request, context -> Response in
-            if let injected = try await inject("token") { return injected }
-            var request = request
-            let body = try await request.collectBody(upTo: 1 << 20)
-            let form = Self.parseForm(String(buffer: body))
-            let tenant = context.parameters.get("tenant") ?? ""
-            let authorities = authorities(request)
-            let now = faults.now
-            do throws(OAuthError) {
-                return Self.json(try token.issue(tenant: tenant, form: form, authorities: authorities, now: now))
-            } catch {
-                context.logger.info("token request refused", metadata: ["aadsts": "\(error.code)"])
-                return Self.json(error.body(authority: authorities.first ?? "", now: now), status: error.status)
+        for (template, version) in [("/{tenant}/oauth2/v2.0/token", TokenEndpointVersion.v2), ("/{tenant}/oauth2/token", .v1)] {
+          for path in Self.tenantPaths(template) {
+            router.post(RouterPath(stringLiteral: path)) { request, context -> Response in
+                if let injected = try await inject("token") { return injected }
+                var request = request
+                let body = try await request.collectBody(upTo: 1 << 20)
+                // Entra reads a form body only: any other content type is a request without parameters.
+                let isForm = request.headers[.contentType].map { Self.mediaType($0) == "application/x-www-form-urlencoded" } ?? false
+                let form = isForm ? Self.parseForm(String(buffer: body)) : [:]
+                let tenant = context.parameters.get("tenant") ?? "common"
+                let authorities = authorities(request)
+                let now = faults.now
+                do throws(OAuthError) {
+                    return Self.json(try token.issue(tenant: tenant, form: form, authorities: authorities, now: now, endpoint: version))
+                } catch {
+                    context.logger.info("token request refused", metadata: ["aadsts": "\(error.code)"])
+                    return Self.json(error.body(authority: authorities.first ?? "", now: now), status: error.status)
+                }
             }
+            for method in [HTTPRequest.Method.get, .put, .patch, .delete, .head] {
+                router.on(RouterPath(stringLiteral: path), method: method) { request, _ -> Response in
+                    // Uncertain: the status Entra gives with AADSTS900561; 405 is the HTTP meaning.
+                    let error = OAuthError(405, "invalid_request", 900561, "The endpoint only accepts POST, OPTIONS requests. Received a \(request.method) request.")
+                    return Self.json(error.body(authority: authorities(request).first ?? "", now: faults.now), status: error.status)
+                }
+            }
+          }
         }
 
-        router.get("/{tenant}/v2.0/.well-known/openid-configuration") { request, context -> Response in
-            let base = authorities(request).first ?? ""
-            let tenantPath = context.parameters.get("tenant") ?? ""
-            guard let tenant = try store.read().tenant(tenantPath) else {
-                return Self.json(OAuthError(400, "invalid_tenant", 90002, "Tenant '\(tenantPath)' not found.").body(authority: base, now: Date()), status: 400)
+        // OpenID discovery, v2 and v1, for a tenant id or domain, `common` and `organizations`.
+        for version in [TokenEndpointVersion.v2, .v1] {
+            let template = version == .v2 ? "/{tenant}/v2.0/.well-known/openid-configuration" : "/{tenant}/.well-known/openid-configuration"
+            for path in Self.tenantPaths(template) {
+            router.get(RouterPath(stringLiteral: path)) { request, context -> Response in
+                let base = authorities(request).first ?? ""
+                let tenantPath = context.parameters.get("tenant") ?? "common"
+                guard let tenantID = try Self.discoveryTenant(tenantPath, state: store.read()) else {
+                    return Self.json(OAuthError(400, "invalid_tenant", 90002, "Tenant '\(tenantPath)' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant.").body(authority: base, now: faults.now), status: 400)
+                }
+                return Self.json(Self.openIDConfiguration(version, base: base, tenantPath: tenantPath, tenantID: tenantID))
             }
-            return Self.json(JSONObject([
-                "issuer": .string("\(base)/\(tenant.id)/v2.0"),
-                "authorization_endpoint": .string("\(base)/\(tenantPath)/oauth2/v2.0/authorize"),
-                "token_endpoint": .string("\(base)/\(tenantPath)/oauth2/v2.0/token"),
-                "jwks_uri": .string("\(base)/\(tenantPath)/discovery/v2.0/keys"),
-                "token_endpoint_auth_methods_supported": .array(["client_secret_post", "private_key_jwt", "client_secret_basic"]),
-                "response_types_supported": .array(["code", "id_token", "code id_token", "id_token token"]),
-                "subject_types_supported": .array(["pairwise"]),
-                "id_token_signing_alg_values_supported": .array(["RS256"]),
-                "tenant_region_scope": "WW",
-                "cloud_instance_name": .string(URL(string: base)?.host ?? "localhost"),
-            ]))
+            }
         }
-
-        router.get("/{tenant}/discovery/v2.0/keys") { _, _ -> Response in
-            Self.json(JSONObject(["keys": .array([.object(try key.jwk())])]))
+        for (template, version) in [("/{tenant}/discovery/v2.0/keys", TokenEndpointVersion.v2), ("/{tenant}/discovery/keys", .v1)] {
+            for path in Self.tenantPaths(template) {
+            router.get(RouterPath(stringLiteral: path)) { request, context -> Response in
+                let base = authorities(request).first ?? ""
+                let tenantPath = context.parameters.get("tenant") ?? "common"
+                guard let tenantID = try Self.discoveryTenant(tenantPath, state: store.read()) else {
+                    return Self.json(OAuthError(400, "invalid_tenant", 90002, "Tenant '\(tenantPath)' not found.").body(authority: base, now: faults.now), status: 400)
+                }
+                let issuer = version == .v2 ? "\(base)/\(tenantID)/v2.0" : nil
+                return Self.json(JSONObject(["keys": .array([.object(try key.jwk(issuer: issuer))])]))
+            }
+            }
         }
 
         router.get("/common/discovery/instance") { request, _ -> Response in
             let base = authorities(request).first ?? ""
-            let host = URL(string: base).flatMap { url in url.port.map { "\(url.host!):\($0)" } ?? url.host } ?? "localhost"
+            let host = URL(string: base).flatMap { url in url.port.map { "\(url.host ?? "localhost"):\($0)" } ?? url.host } ?? "localhost"
             return Self.json(JSONObject([
                 "tenant_discovery_endpoint": .string("\(base)/common/v2.0/.well-known/openid-configuration"),
                 "api-version": "1.1",
@@ -97,44 +117,96 @@ public struct EmulatorRoutes: Sendable {
             return Response(status: .noContent)
         }
 
-        for method in [HTTPRequest.Method.get, .post, .patch] {
+        for method in [HTTPRequest.Method.get, .post, .patch, .put, .delete] {
             router.on("/v1.0/**", method: method) { request, context -> Response in
                 let path = request.uri.path.removingPercentEncoding ?? request.uri.path
                 let route = path.hasSuffix("/addKey") ? "addKey" : path.hasSuffix("/removeKey") ? "removeKey" : "graph"
-                if let injected = try await inject(route) { return injected }
+                let clientRequestID = request.headers[HTTPField.Name("client-request-id")!] ?? UUID().uuidString.lowercased()
+                if let injected = try await inject(route) { return Self.graphHeaders(injected, clientRequestID: clientRequestID) }
                 var request = request
                 let body = Array(buffer: try await request.collectBody(upTo: 1 << 20))
                 let now = faults.now
-                let clientRequestID = request.headers.first { $0.name.canonicalName == "client-request-id" }?.value
+                let base = authorities(request).first ?? ""
                 do throws(GraphError) {
                     let caller = try graph.authenticate(request.headers[.authorization], now: now)
-                    guard let (target, action) = Self.parseGraphPath(path) else {
-                        throw GraphError(400, "BadRequest", "Resource not found for the segment '\(path)'.")
+                    guard let (target, action) = try Self.parseGraphPath(path) else {
+                        throw GraphError(400, "BadRequest", "Resource not found for the segment '\(path.split(separator: "/").dropFirst().first ?? "")'.")
                     }
-                    switch (request.method, action) {
-                    case (.post, "addKey"):
-                        let added = try graph.addKey(target, body: body, caller: caller, now: now)
+                    if request.method == .post || request.method == .patch || request.method == .put {
+                        let json = request.headers[.contentType].map { Self.mediaType($0) == "application/json" } ?? false
+                        guard json else {
+                            throw action == nil
+                                ? GraphError(400, "BadRequest", "Entity only allows writes with a JSON Content-Type header.")
+                                : GraphError(400, "BadRequest", "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format.")
+                        }
+                    }
+                    let query = GraphQuery(request.uri.queryParameters, base: base)
+                    switch (request.method, target, action) {
+                    case (.post, .object(let object), "addKey"):
+                        let added = try graph.addKey(object, body: body, caller: caller, now: now)
                         await dropIfInjected(route, context: context)
-                        return Self.json(added)
-                    case (.post, "removeKey"):
-                        try graph.removeKey(target, body: body, caller: caller, now: now)
+                        return Self.graphJSON(added, clientRequestID: clientRequestID)
+                    case (.post, .object(let object), "removeKey"):
+                        try graph.removeKey(object, body: body, caller: caller, now: now)
                         await dropIfInjected(route, context: context)
-                        return Response(status: .noContent)
-                    case (.get, nil):
-                        return Self.json(try graph.get(target, caller: caller))
-                    case (.patch, nil):
-                        try graph.patch(target, body: body, caller: caller, now: now)
-                        return Response(status: .noContent)
+                        return Self.graphHeaders(Response(status: .noContent), clientRequestID: clientRequestID)
+                    case (.get, .object(let object), nil):
+                        return Self.graphJSON(try graph.get(object, caller: caller, query: query), clientRequestID: clientRequestID)
+                    case (.get, .collection(let servicePrincipals), nil):
+                        return Self.graphJSON(try graph.list(servicePrincipals: servicePrincipals, caller: caller, query: query), clientRequestID: clientRequestID)
+                    case (.patch, .object(let object), nil):
+                        try graph.patch(object, body: body, caller: caller, now: now)
+                        return Self.graphHeaders(Response(status: .noContent), clientRequestID: clientRequestID)
                     default:
                         throw GraphError(405, "Request_BadRequest", "The \(request.method) method is not supported on '\(path)'.")
                     }
                 } catch {
                     context.logger.info("graph request refused", metadata: ["code": "\(error.code)", "reason": "\(error.reason ?? "")"])
-                    return Self.json(error.body(clientRequestID: clientRequestID, now: now), status: error.status)
+                    return Self.graphJSON(error.body(clientRequestID: clientRequestID, now: now), status: error.status, clientRequestID: clientRequestID)
                 }
             }
         }
         return router
+    }
+
+    /// A `{tenant}` route and its `common` twin (the constant `common` of
+    /// `/common/discovery/instance` takes precedence over the parameter in the router).
+    static func tenantPaths(_ template: String) -> [String] {
+        [template, template.replacingOccurrences(of: "{tenant}", with: "common")]
+    }
+
+    /// The tenant id a discovery path names: a tenant by id or domain, or the literal
+    /// `{tenantid}` placeholder Entra prints for `common` and `organizations`.
+    static func discoveryTenant(_ path: String, state: EmulatorState) -> String? {
+        if ["common", "organizations"].contains(path.lowercased()) { return "{tenantid}" }
+        return state.tenant(path)?.id
+    }
+
+    /// OpenID provider metadata as Entra publishes it for a tenant path.
+    static func openIDConfiguration(_ version: TokenEndpointVersion, base: String, tenantPath: String, tenantID: String) -> JSONObject {
+        let v2 = version == .v2
+        return JSONObject([
+            "token_endpoint": .string(v2 ? "\(base)/\(tenantPath)/oauth2/v2.0/token" : "\(base)/\(tenantPath)/oauth2/token"),
+            "token_endpoint_auth_methods_supported": .array(["client_secret_post", "private_key_jwt", "client_secret_basic"]),
+            "jwks_uri": .string(v2 ? "\(base)/\(tenantPath)/discovery/v2.0/keys" : "\(base)/\(tenantPath)/discovery/keys"),
+            "response_modes_supported": .array(["query", "fragment", "form_post"]),
+            "subject_types_supported": .array(["pairwise"]),
+            "id_token_signing_alg_values_supported": .array(["RS256"]),
+            "response_types_supported": .array(["code", "id_token", "code id_token", "token id_token", "token"]),
+            "scopes_supported": .array(v2 ? ["openid", "profile", "email", "offline_access"] : ["openid"]),
+            "issuer": .string(v2 ? "\(base)/\(tenantID)/v2.0" : TokenEndpoint.v1Issuer(tenantID)),
+            "authorization_endpoint": .string(v2 ? "\(base)/\(tenantPath)/oauth2/v2.0/authorize" : "\(base)/\(tenantPath)/oauth2/authorize"),
+            "device_authorization_endpoint": .string(v2 ? "\(base)/\(tenantPath)/oauth2/v2.0/devicecode" : "\(base)/\(tenantPath)/oauth2/devicecode"),
+            "tenant_region_scope": "WW",
+            "cloud_instance_name": .string(URL(string: base)?.host ?? "localhost"),
+            "cloud_graph_host_name": "graph.windows.net",
+            "msgraph_host": "graph.microsoft.com",
+        ])
+    }
+
+    /// The media type of a Content-Type value, lowercased, without parameters.
+    static func mediaType(_ value: String) -> String {
+        String(value.split(separator: ";", maxSplits: 1).first ?? "").trimmingCharacters(in: .whitespaces).lowercased()
     }
 
     /// An injected latency, and an injected failure when one is pending for `route`.
@@ -145,7 +217,7 @@ public struct EmulatorRoutes: Sendable {
         let status = failure.status ?? 503
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
-        if status == 429 { headers[.retryAfter] = String(failure.retryAfter ?? 1) }
+        if status == 429 || status == 503 { headers[.retryAfter] = String(failure.retryAfter ?? 1) }
         let body = route == "token"
             ? OAuthError(status, "temporarily_unavailable", 90033, "A transient error has occurred. Please try again.").body(authority: baseURL.value ?? "", now: Date()).serialized
             : GraphError(status, status == 429 ? "TooManyRequests" : "ServiceUnavailable", "Injected fault.").body(clientRequestID: nil, now: Date()).serialized
@@ -160,8 +232,10 @@ public struct EmulatorRoutes: Sendable {
         try? await context.channel.close()
     }
 
-    /// `applications/{id}/addKey`, `applications(appId='…')/removeKey`, `servicePrincipals/{id}`, …
-    static func parseGraphPath(_ path: String) -> (GraphTarget, String?)? {
+    /// `applications/{id}/addKey`, `applications(appId='…')/removeKey`, `servicePrincipals/{id}`,
+    /// the `applications` collection, … nil for a path that names no such resource; an error for
+    /// an `appId=` key without its quotes, which Graph refuses.
+    static func parseGraphPath(_ path: String) throws(GraphError) -> (GraphPath, String?)? {
         var segments = path.split(separator: "/").map(String.init)
         guard segments.first == "v1.0", segments.count >= 2 else { return nil }
         segments.removeFirst()
@@ -177,25 +251,37 @@ public struct EmulatorRoutes: Sendable {
         } else if segments.count == 1, let open = segments[0].firstIndex(of: "("), segments[0].hasSuffix(")") {
             collection = String(segments[0][..<open])
             key = String(segments[0][segments[0].index(after: open)..<segments[0].index(before: segments[0].endIndex)])
+        } else if segments.count == 1, action == nil, ["applications", "servicePrincipals"].contains(segments[0]) {
+            return (.collection(servicePrincipals: segments[0] == "servicePrincipals"), nil)
         } else {
             return nil
         }
+        guard ["applications", "servicePrincipals"].contains(collection) else { return nil }
         let byAppID: String?
-        if key.hasPrefix("appId='") && key.hasSuffix("'") {
+        if key.hasPrefix("appId='") && key.hasSuffix("'") && key.count > "appId=''".count - 1 {
             byAppID = String(key.dropFirst("appId='".count).dropLast())
         } else if key.hasPrefix("appId=") {
-            byAppID = String(key.dropFirst("appId=".count))
+            // Uncertain: Graph's exact words for an alternate key without quotes.
+            throw GraphError(400, "BadRequest", "Bad Request - Error in query syntax.", reason: "an appId key needs quotes: \(collection)(appId='…')")
         } else {
             byAppID = nil
         }
-        switch collection {
-        case "applications":
-            return (byAppID.map { .applicationByAppID($0) } ?? .application(id: key), action)
-        case "servicePrincipals":
-            return (byAppID.map { .servicePrincipalByAppID($0) } ?? .servicePrincipal(id: key), action)
-        default:
-            return nil
+        if collection == "applications" {
+            return (.object(byAppID.map { .applicationByAppID($0) } ?? .application(id: key)), action)
         }
+        return (.object(byAppID.map { .servicePrincipalByAppID($0) } ?? .servicePrincipal(id: key)), action)
+    }
+
+    /// Graph's headers on every answer: `request-id` and the caller's `client-request-id`.
+    static func graphHeaders(_ response: Response, clientRequestID: String) -> Response {
+        var response = response
+        response.headers[HTTPField.Name("request-id")!] = UUID().uuidString.lowercased()
+        response.headers[HTTPField.Name("client-request-id")!] = clientRequestID
+        return response
+    }
+
+    static func graphJSON(_ object: JSONObject, status: Int = 200, clientRequestID: String) -> Response {
+        graphHeaders(json(object, status: status), clientRequestID: clientRequestID)
     }
 
     /// `application/x-www-form-urlencoded`.
@@ -237,5 +323,55 @@ final class BaseURL: @unchecked Sendable {
     var value: String? {
         get { lock.withLock { url } }
         set { lock.withLock { url = newValue } }
+    }
+}
+
+/// Unknown paths and methods: Graph's error shape under `/v1.0` and `/beta`, Entra's elsewhere
+/// (where real Entra answers an HTML page, the emulator answers JSON that clients can read).
+struct UnknownRouteMiddleware: RouterMiddleware {
+    let baseURL: BaseURL
+
+    func handle(_ request: Request, context: EmulatorRequestContext, next: (Request, EmulatorRequestContext) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError where error.status == .notFound || error.status == .methodNotAllowed {
+            let path = request.uri.path
+            if path.hasPrefix("/v1.0/") || path.hasPrefix("/beta/") || path == "/v1.0" || path == "/beta" {
+                let segment = path.split(separator: "/").dropFirst().first.map(String.init) ?? ""
+                let graph = GraphError(400, "BadRequest", "Resource not found for the segment '\(segment)'.")
+                let id = request.headers[HTTPField.Name("client-request-id")!] ?? UUID().uuidString.lowercased()
+                return EmulatorRoutes.graphJSON(graph.body(clientRequestID: id, now: Date()), status: graph.status, clientRequestID: id)
+            }
+            return EmulatorRoutes.json(JSONObject([
+                "error": "not_found",
+                "error_description": .string("The emulator serves no \(request.method) \(path). Token endpoints: POST /{tenant}/oauth2/v2.0/token and /{tenant}/oauth2/token; discovery: /{tenant}/v2.0/.well-known/openid-configuration."),
+                "error_codes": .array([]),
+                "error_uri": .string("\(baseURL.value ?? "")/error"),
+            ]), status: 404)
+        }
+    }
+}
+
+/// The OData query options Graph reads here: `$select` and `$filter=appId eq '…'`.
+struct GraphQuery {
+    var select: [String]?
+    var filterAppID: String?
+    var hasUnsupportedFilter = false
+    var base: String
+
+    init(_ parameters: Parameters, base: String) {
+        self.base = base
+        if let select = parameters["$select"] {
+            self.select = select.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
+        if let filter = parameters["$filter"] {
+            let text = filter.replacingOccurrences(of: "+", with: " ").trimmingCharacters(in: .whitespaces)
+            let prefix = "appid eq '"
+            if text.lowercased().hasPrefix(prefix), text.hasSuffix("'"), text.count > prefix.count {
+                filterAppID = String(text.dropFirst(prefix.count).dropLast()).lowercased()
+            } else {
+                hasUnsupportedFilter = true
+            }
+        }
     }
 }

@@ -35,8 +35,24 @@ public struct OAuthError: Error, Sendable, Equatable {
     }
 }
 
-/// `POST /{tenant}/oauth2/v2.0/token` with `grant_type=client_credentials` and a client
-/// assertion, checked the way Entra checks it.
+/// The two token endpoints: v2 `POST /{tenant}/oauth2/v2.0/token` (`scope=`) and v1
+/// `POST /{tenant}/oauth2/token` (`resource=`), answering in each one's shape.
+enum TokenEndpointVersion: Sendable {
+    case v1, v2
+}
+
+/// What a client credentials request names as its audience: a built-in resource (Graph) or an
+/// application of the tenant, and the identifier the request used for it.
+struct ResolvedResource {
+    var appId: String
+    var requestedAs: String
+    var accessTokenVersion: Int
+    var application: AppRegistration?
+}
+
+/// `grant_type=client_credentials` with a client assertion, checked the way Entra checks it.
+/// Where Entra's behaviour is uncertain the choice is commented here and listed in
+/// docs/emulator-fidelity.md.
 struct TokenEndpoint: Sendable {
     static let assertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
     static let clockSkew: TimeInterval = 300
@@ -48,23 +64,49 @@ struct TokenEndpoint: Sendable {
 
     /// The access-token response, or the error Entra would give.
     /// `authorities` are the base URLs this emulator is reached by (the assertion's `aud` must
-    /// be this tenant's token endpoint under one of them).
-    func issue(tenant tenantPath: String, form: [String: String], authorities: [String], now: Date) throws(OAuthError) -> JSONObject {
+    /// be this tenant's token endpoint, or its issuer, under one of them).
+    func issue(
+        tenant tenantPath: String, form: [String: String], authorities: [String], now: Date, endpoint: TokenEndpointVersion = .v2
+    ) throws(OAuthError) -> JSONObject {
         let state: EmulatorState
         do { state = try store.read() } catch { throw OAuthError(500, "server_error", 90000, "\(error)") }
         guard let tenant = state.tenant(tenantPath) else {
             throw OAuthError(400, "invalid_request", 90002,
                 "Tenant '\(tenantPath)' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant.")
         }
-        guard form["grant_type"] == "client_credentials" else {
-            throw OAuthError(400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type '\(form["grant_type"] ?? "")'.")
+        guard let grantType = form["grant_type"], !grantType.isEmpty else { throw Self.missing("grant_type") }
+        guard grantType == "client_credentials" else {
+            throw OAuthError(400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type '\(grantType)'.")
         }
-        guard let clientID = form["client_id"], !clientID.isEmpty else {
-            throw OAuthError(400, "invalid_request", 900144, "The request body must contain the following parameter: 'client_id'.")
+        guard let clientID = form["client_id"], !clientID.isEmpty else { throw Self.missing("client_id") }
+        // The scope's form is request validation, before the client is looked up.
+        let requested: String
+        switch endpoint {
+        case .v2:
+            guard let scope = form["scope"], !scope.isEmpty else { throw Self.missing("scope") }
+            let scopes = scope.split(separator: " ")
+            guard scopes.count == 1 else {
+                throw OAuthError(400, "invalid_scope", 70011,
+                    "The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope \(scope) is not valid. For the client credentials flow it must be a single resource followed by /.default.")
+            }
+            guard scope.hasSuffix("/.default"), scope.count > "/.default".count else {
+                throw OAuthError(400, "invalid_scope", 1002012,
+                    "The provided value for scope \(scope) is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).")
+            }
+            requested = String(scope.dropLast("/.default".count))
+        case .v1:
+            // Uncertain: what v1 answers without `resource`; the emulator names the parameter.
+            guard let resource = form["resource"], !resource.isEmpty else { throw Self.missing("resource") }
+            requested = resource
         }
         guard let app = tenant.applications.first(where: { $0.appId == clientID.lowercased() }) else {
             throw OAuthError(400, "unauthorized_client", 700016,
                 "Application with identifier '\(clientID)' was not found in the directory '\(tenant.domain)'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.")
+        }
+        // The emulator models certificate credentials only: every secret is a wrong secret.
+        if let secret = form["client_secret"], !secret.isEmpty {
+            throw OAuthError(401, "invalid_client", 7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '\(app.appId)'.")
         }
         guard let assertion = form["client_assertion"], !assertion.isEmpty else {
             throw OAuthError(401, "invalid_client", 7000218, "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.")
@@ -73,15 +115,88 @@ struct TokenEndpoint: Sendable {
             throw OAuthError(400, "invalid_request", 7000218,
                 "The 'client_assertion_type' parameter must be '\(Self.assertionType)' when 'client_assertion' is sent.")
         }
-        let scope = form["scope"] ?? ""
-        let scopes = scope.split(separator: " ")
-        guard scopes.count == 1, scope.hasSuffix("/.default"), scope.count > "/.default".count else {
-            throw OAuthError(400, "invalid_scope", 70011,
-                "The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope \(scope) is not valid. For the client credentials flow it must be a single resource followed by /.default.")
+        try checkAssertion(assertion, app: app, clientID: clientID, tenant: tenant, authorities: authorities, now: now)
+        // The client is authenticated; then the resource it asks for. (Uncertain: Entra's order
+        // between 500011 and a bad assertion; the emulator authenticates first.)
+        guard let resource = Self.resolve(requested, in: tenant) else {
+            throw OAuthError(400, "invalid_resource", 500011,
+                "The resource principal named \(requested) was not found in the tenant named \(tenant.domain). This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant.")
         }
-        let resource = String(scope.dropLast("/.default".count))
 
-        // The assertion itself.
+        // An access token signed by the emulator's key, in the resource's token version.
+        let iat = Int64(now.timeIntervalSince1970)
+        let authority = authorities.first ?? ""
+        var token = JSONObject()
+        if resource.accessTokenVersion == 2 {
+            token["aud"] = .string(resource.appId)
+            token["iss"] = .string("\(authority)/\(tenant.id)/v2.0")
+        } else {
+            token["aud"] = .string(resource.requestedAs)
+            token["iss"] = .string(Self.v1Issuer(tenant.id))
+            token["idp"] = .string(Self.v1Issuer(tenant.id))
+        }
+        token["iat"] = .int(iat)
+        token["nbf"] = .int(iat)
+        token["exp"] = .int(iat + Self.accessTokenLifetime)
+        if resource.accessTokenVersion == 2 {
+            token["azp"] = .string(app.appId)
+            token["azpacr"] = "2"
+        } else {
+            token["appid"] = .string(app.appId)
+            token["appidacr"] = "2"
+        }
+        token["idtyp"] = "app"
+        token["oid"] = .string(app.servicePrincipal.id)
+        let roles = app.roles(on: resource.appId)
+        if !roles.isEmpty { token["roles"] = .array(roles.map { .string($0) }) }
+        token["sub"] = .string(app.servicePrincipal.id)
+        token["tid"] = .string(tenant.id)
+        token["uti"] = .string(Base64URL.encode(Array(UUID().uuidString.utf8.prefix(16))))
+        token["ver"] = resource.accessTokenVersion == 2 ? "2.0" : "1.0"
+        let accessToken: String
+        do { accessToken = try key.sign(claims: token) } catch { throw OAuthError(500, "server_error", 90000, "\(error)") }
+        switch endpoint {
+        case .v2:
+            return JSONObject([
+                "token_type": "Bearer", "expires_in": .int(Self.accessTokenLifetime), "ext_expires_in": .int(Self.accessTokenLifetime),
+                "access_token": .string(accessToken),
+            ])
+        case .v1:
+            // v1 answers numbers as strings, with expires_on, not_before and resource.
+            return JSONObject([
+                "token_type": "Bearer", "expires_in": .string(String(Self.accessTokenLifetime)),
+                "ext_expires_in": .string(String(Self.accessTokenLifetime)),
+                "expires_on": .string(String(iat + Self.accessTokenLifetime)), "not_before": .string(String(iat)),
+                "resource": .string(requested), "access_token": .string(accessToken),
+            ])
+        }
+    }
+
+    static func v1Issuer(_ tenantID: String) -> String { "https://sts.windows.net/\(tenantID)/" }
+
+    static func missing(_ parameter: String) -> OAuthError {
+        OAuthError(400, "invalid_request", 900144, "The request body must contain the following parameter: '\(parameter)'.")
+    }
+
+    /// Graph by any of its names, else an application of the tenant by appId or App ID URI
+    /// (compared without case or a trailing `/`, as Entra matches identifier URIs).
+    static func resolve(_ requested: String, in tenant: Tenant) -> ResolvedResource? {
+        func normal(_ s: String) -> String { (s.hasSuffix("/") ? String(s.dropLast()) : s).lowercased() }
+        let name = normal(requested)
+        let graph = BuiltInResource.graph
+        if graph.identifiers.contains(where: { normal($0) == name }) {
+            return ResolvedResource(appId: graph.appId, requestedAs: requested, accessTokenVersion: graph.accessTokenVersion)
+        }
+        guard let api = tenant.applications.first(where: { app in
+            app.appId == name || (app.identifierUris ?? []).contains { normal($0) == name }
+        }) else { return nil }
+        return ResolvedResource(appId: api.appId, requestedAs: requested, accessTokenVersion: api.accessTokenVersion, application: api)
+    }
+
+    /// Checks the client assertion for `app` as Entra would.
+    private func checkAssertion(
+        _ assertion: String, app: AppRegistration, clientID: String, tenant: Tenant, authorities: [String], now: Date
+    ) throws(OAuthError) {
         let malformed = OAuthError(401, "invalid_client", 50027, "JWT token is invalid or malformed.")
         let jws: JWS
         do { jws = try JWS(compact: assertion) } catch { throw malformed }
@@ -90,19 +205,26 @@ struct TokenEndpoint: Sendable {
         guard let algorithm = JWSAlgorithm(rawValue: alg), algorithm == .RS256 || algorithm == .PS256 else {
             throw OAuthError(401, "invalid_client", 5002730, "Unsupported key for the signing algorithm '\(alg)'. Client assertions must be signed with RS256 or PS256.")
         }
-        let x5t = jws.header["x5t"]?.stringValue.flatMap { Base64URL.decode($0) }
-        let x5tS256 = jws.header["x5t#S256"]?.stringValue.flatMap { Base64URL.decode($0) }
-        let x5cLeaf = jws.header["x5c"]?.arrayValue?.first?.stringValue.flatMap { Data(base64Encoded: $0) }.map { [UInt8]($0) }
-        guard x5t?.count == 20 || x5tS256?.count == 32 || x5cLeaf != nil else {
+        // What Microsoft's clients send, and Entra so accepts: MSAL Python and azure-identity
+        // write thumbprints with `=` padding, and MSAL's x5c entries are PEM bodies with line breaks.
+        let x5t = Self.thumbprint(jws.header["x5t"], length: 20)
+        let x5tS256 = Self.thumbprint(jws.header["x5t#S256"], length: 32)
+        let x5cLeaf = Self.certificateDER(jws.header["x5c"]?.arrayValue?.first)
+        guard x5t != nil || x5tS256 != nil || x5cLeaf != nil else {
             throw OAuthError(401, "invalid_client", 50027,
                 "JWT token is invalid or malformed. The client assertion header has no certificate thumbprint (x5t or x5t#S256) and no x5c.")
         }
-
         let issuer = claims["iss"]?.stringValue
-        let audiences = authorities.flatMap { base in
-            [tenant.id, tenant.domain].flatMap { t in ["\(base)/\(t)/oauth2/v2.0/token", "\(base)/\(t)/v2.0"] }
+        // aud: the v2 or v1 token endpoint or the v2 issuer, the tenant by id or domain, any case.
+        guard case .string(let aud)? = claims["aud"] else {
+            throw OAuthError(401, "invalid_client", 50027, "JWT token is invalid or malformed. The 'aud' claim must be a string.")
         }
-        guard let aud = claims["aud"]?.stringValue, audiences.contains(where: { $0.lowercased() == aud.lowercased() }) else {
+        let audiences = authorities.flatMap { base in
+            [tenant.id, tenant.domain].flatMap { t in
+                ["\(base)/\(t)/oauth2/v2.0/token", "\(base)/\(t)/oauth2/token", "\(base)/\(t)/v2.0"]
+            }
+        }
+        guard audiences.contains(where: { $0.lowercased() == aud.lowercased() }) else {
             throw OAuthError(401, "invalid_client", 700023,
                 "Client assertion audience claim does not match Realm issuer. Review the documentation at https://docs.microsoft.com/en-us/azure/active-directory/develop/active-directory-certificate-credentials .")
         }
@@ -115,12 +237,13 @@ struct TokenEndpoint: Sendable {
                 "Subject mismatches Issuer claim in the client assertion for application '\(app.appId)'.")
         }
         let effectiveNow = now.timeIntervalSince1970
-        guard let exp = claims["exp"]?.numberValue else { throw malformed }
-        let nbf = claims["nbf"]?.numberValue ?? claims["iat"]?.numberValue ?? 0
-        guard effectiveNow <= exp + Self.clockSkew, effectiveNow + Self.clockSkew >= nbf else {
-            let current = Int64(effectiveNow)
+        // A time no date can hold (beyond year 9999, as .NET's DateTime) is not a NumericDate.
+        func numericDate(_ value: Double?) -> Double? { value.flatMap { $0.isFinite && abs($0) < 253_402_300_800 ? $0 : nil } }
+        guard let exp = numericDate(claims["exp"]?.numberValue) else { throw malformed }
+        guard let nbfValue = numericDate(claims["nbf"]?.numberValue ?? claims["iat"]?.numberValue ?? 0) else { throw malformed }
+        guard effectiveNow <= exp + Self.clockSkew, effectiveNow + Self.clockSkew >= nbfValue else {
             throw OAuthError(401, "invalid_client", 700024,
-                "Client assertion is not within its valid time range. Current time: \(isoDate(now)), assertion valid from \(isoDate(Date(timeIntervalSince1970: nbf))), expiry time of assertion \(isoDate(Date(timeIntervalSince1970: exp))). Review the documentation at https://docs.microsoft.com/en-us/azure/active-directory/develop/active-directory-certificate-credentials . (server time \(current))")
+                "Client assertion is not within its valid time range. Current time: \(isoDate(now)), assertion valid from \(isoDate(nbfValue)), expiry time of assertion \(isoDate(exp)). Review the documentation at https://docs.microsoft.com/en-us/azure/active-directory/develop/active-directory-certificate-credentials .")
         }
 
         // The certificate: by thumbprint among the application's key credentials.
@@ -152,39 +275,38 @@ struct TokenEndpoint: Sendable {
                 throw OAuthError(400, "invalid_client", 50013, "Assertion is invalid: its jti was already used (replay). Real Entra accepts reuse within the lifetime; this emulator refuses it because --reject-replay is set.")
             }
         }
+    }
 
-        // An access token signed by the emulator's key.
-        let iat = Int64(effectiveNow)
-        let authority = authorities.first ?? ""
-        var token = JSONObject()
-        token["aud"] = .string(resource)
-        token["iss"] = .string("\(authority)/\(tenant.id)/v2.0")
-        token["iat"] = .int(iat)
-        token["nbf"] = .int(iat)
-        token["exp"] = .int(iat + Self.accessTokenLifetime)
-        token["tid"] = .string(tenant.id)
-        token["appid"] = .string(app.appId)
-        token["azp"] = .string(app.appId)
-        token["appidacr"] = "2"
-        token["azpacr"] = "2"
-        token["oid"] = .string(app.servicePrincipal.id)
-        token["sub"] = .string(app.servicePrincipal.id)
-        token["idtyp"] = "app"
-        token["roles"] = .array(app.roles.map { .string($0) })
-        token["ver"] = "2.0"
-        token["uti"] = .string(Base64URL.encode(Array(UUID().uuidString.utf8.prefix(16))))
-        let accessToken: String
-        do { accessToken = try key.sign(claims: token) } catch { throw OAuthError(500, "server_error", 90000, "\(error)") }
-        return JSONObject([
-            "token_type": "Bearer", "expires_in": .int(Self.accessTokenLifetime), "ext_expires_in": .int(Self.accessTokenLifetime),
-            "access_token": .string(accessToken),
-        ])
+    /// A header thumbprint in base64url, with or without `=` padding, of exactly `length` bytes;
+    /// nil when absent or not one.
+    static func thumbprint(_ value: JSONValue?, length: Int) -> [UInt8]? {
+        guard var text = value?.stringValue else { return nil }
+        var padding = 0
+        while text.hasSuffix("="), padding < 2 {
+            text.removeLast()
+            padding += 1
+        }
+        guard let bytes = Base64URL.decode(text), bytes.count == length else { return nil }
+        return bytes
+    }
+
+    /// An `x5c` entry: standard base64 DER, line breaks and spaces ignored (MSAL sends PEM bodies).
+    static func certificateDER(_ value: JSONValue?) -> [UInt8]? {
+        guard let text = value?.stringValue else { return nil }
+        let compact = text.filter { !$0.isWhitespace }
+        return Data(base64Encoded: compact).map { [UInt8]($0) }
     }
 }
 
 func isoDate(_ date: Date) -> String {
     let formatter = ISO8601DateFormatter()
     return formatter.string(from: date)
+}
+
+/// Seconds since 1970 as an ISO 8601 date; a value no date can hold is printed as the number.
+func isoDate(_ seconds: Double) -> String {
+    guard seconds.isFinite, abs(seconds) < 253_402_300_800 else { return "\(seconds)" }
+    return isoDate(Date(timeIntervalSince1970: seconds))
 }
 
 func hexString(_ bytes: [UInt8]) -> String { Hex.encode(bytes, uppercase: true) }

@@ -11,7 +11,7 @@ struct EntraEmulatorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "entra-emulator",
         abstract: "An offline stand-in for the Entra ID token endpoint and Graph's key-credential API.",
-        subcommands: [Serve.self, App.self])
+        subcommands: [Serve.self, App.self, Grant.self])
 }
 
 struct StateOption: ParsableArguments {
@@ -101,6 +101,15 @@ struct App: AsyncParsableCommand {
         @Option(name: .long, help: "Tenant id or domain (default: the first tenant; created if new).")
         var tenant: String?
 
+        @Option(name: .long, help: ArgumentHelp("An App ID URI clients name this app by as a resource, e.g. api://orders (repeatable).", valueName: "uri"))
+        var identifierUri: [String] = []
+
+        @Option(name: .long, help: ArgumentHelp("An application permission this app defines as a resource, e.g. Orders.Read (repeatable).", valueName: "value"))
+        var appRole: [String] = []
+
+        @Option(name: .long, help: ArgumentHelp("The access-token version this app gets as a resource: 1 (Entra's default) or 2.", valueName: "1|2"))
+        var accessTokenVersion: Int?
+
         func run() async throws {
             let store = try StateStore(directory: stateOption.state)
             var der: [UInt8]?
@@ -108,7 +117,9 @@ struct App: AsyncParsableCommand {
                 guard let data = FileManager.default.contents(atPath: cert) else { throw ValidationError("cannot read \(cert)") }
                 der = try EmulatorCertificates.der(fromPEMOrDER: [UInt8](data), source: cert)
             }
-            let created = try store.createApplication(name: name, certificate: der, roles: role, owners: owner, tenant: tenant)
+            let created = try store.createApplication(
+                name: name, certificate: der, roles: role, owners: owner, tenant: tenant,
+                identifierURIs: identifierUri, appRoles: appRole, accessTokenVersion: accessTokenVersion)
             try printJSON(created)
         }
     }
@@ -136,6 +147,30 @@ struct App: AsyncParsableCommand {
             struct Shown: Encodable { var tenantId: String; var application: AppRegistration }
             try printJSON(Shown(tenantId: tenant.id, application: app))
         }
+    }
+}
+
+struct Grant: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Grant a client application an application permission (app role) on a resource; prints {client, resource, roles}.",
+        discussion: "The resource is Graph (https://graph.microsoft.com, any role name) or an application of the client's tenant, by appId or App ID URI, whose app roles include each role.")
+
+    @OptionGroup var stateOption: StateOption
+
+    @Option(name: .long, help: ArgumentHelp("The client application's appId.", valueName: "appId"))
+    var client: String
+
+    @Option(name: .long, help: ArgumentHelp("The resource: an appId, an App ID URI, or https://graph.microsoft.com.", valueName: "appId|uri"))
+    var resource: String
+
+    @Option(name: .long, help: ArgumentHelp("The app role to grant (repeatable).", valueName: "role"))
+    var role: [String] = []
+
+    func run() async throws {
+        let store = try StateStore(directory: stateOption.state)
+        let resourceAppID = try store.grant(client: client, resource: resource, roles: role)
+        struct Granted: Encodable { var client: String; var resource: String; var roles: [String] }
+        try printJSON(Granted(client: client.lowercased(), resource: resourceAppID, roles: role))
     }
 }
 

@@ -128,7 +128,7 @@ struct TokenEndpointTests {
             ("unknown client", f.tokenURL, f.tokenForm(good, clientID: UUID().uuidString.lowercased()), 400, 700016),
             ("no assertion", f.tokenURL, f.tokenForm(good).filter { $0.key != "client_assertion" }, 401, 7000218),
             ("assertion type", f.tokenURL, f.tokenForm(good).merging(["client_assertion_type": "jwt"]) { $1 }, 400, 7000218),
-            ("scope not .default", f.tokenURL, f.tokenForm(good, scope: "https://graph.microsoft.com/User.Read"), 400, 70011),
+            ("scope not .default", f.tokenURL, f.tokenForm(good, scope: "https://graph.microsoft.com/User.Read"), 400, 1002012),
             ("two scopes", f.tokenURL, f.tokenForm(good, scope: "https://graph.microsoft.com/.default openid"), 400, 70011),
             ("not a JWT", f.tokenURL, f.tokenForm("not-a-jwt"), 401, 50027),
             ("padding", f.tokenURL, f.tokenForm(good.replacingOccurrences(of: ".", with: "=.")), 401, 50027),

@@ -6,7 +6,7 @@ import Testing
 @Suite("Entra and Graph refusals become errors that say what to do")
 struct RefusalHintTests {
     /// Every AADSTS code the emulator (and so Entra, for these cases) answers with.
-    static let emulatorCodes = [90002, 70003, 900144, 700016, 7000218, 70011, 50027, 5002730, 700023, 700021, 50048, 700024, 700027, 1000502, 50013, 90033]
+    static let emulatorCodes = [90002, 70003, 900144, 700016, 7000218, 70011, 50027, 5002730, 700023, 700021, 50048, 700024, 700027, 1000502, 50013, 90033, 500011, 1002012, 7000215, 900561]
 
     @Test(arguments: emulatorCodes)
     func eachAADSTSCodeHasItsOwnHint(code: Int) throws {
