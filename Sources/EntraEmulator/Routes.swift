@@ -37,8 +37,7 @@ public struct EmulatorRoutes: Sendable {
         let token = TokenEndpoint(store: store, key: key, faults: faults)
         let graph = GraphAPI(store: store, key: key)
 
-        for (template, version) in [("/{tenant}/oauth2/v2.0/token", TokenEndpointVersion.v2), ("/{tenant}/oauth2/token", .v1)] {
-          for path in Self.tenantPaths(template) {
+        for (path, version) in Self.tenantPaths([("/{tenant}/oauth2/v2.0/token", .v2), ("/{tenant}/oauth2/token", .v1)]) {
             router.post(RouterPath(stringLiteral: path)) { request, context -> Response in
                 if let injected = try await inject("token") { return injected }
                 var request = request
@@ -63,34 +62,28 @@ public struct EmulatorRoutes: Sendable {
                     return Self.json(error.body(authority: authorities(request).first ?? "", now: faults.now), status: error.status)
                 }
             }
-          }
         }
 
         // OpenID discovery, v2 and v1, for a tenant id or domain, `common` and `organizations`.
-        for version in [TokenEndpointVersion.v2, .v1] {
-            let template = version == .v2 ? "/{tenant}/v2.0/.well-known/openid-configuration" : "/{tenant}/.well-known/openid-configuration"
-            for path in Self.tenantPaths(template) {
+        for (path, version) in Self.tenantPaths([("/{tenant}/v2.0/.well-known/openid-configuration", .v2), ("/{tenant}/.well-known/openid-configuration", .v1)]) {
             router.get(RouterPath(stringLiteral: path)) { request, context -> Response in
                 let base = authorities(request).first ?? ""
                 let tenantPath = context.parameters.get("tenant") ?? "common"
                 guard let tenantID = try Self.discoveryTenant(tenantPath, state: store.read()) else {
-                    return Self.json(OAuthError(400, "invalid_tenant", 90002, "Tenant '\(tenantPath)' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant.").body(authority: base, now: faults.now), status: 400)
+                    return Self.json(OAuthError.tenantNotFound(tenantPath, error: "invalid_tenant").body(authority: base, now: faults.now), status: 400)
                 }
                 return Self.json(Self.openIDConfiguration(version, base: base, tenantPath: tenantPath, tenantID: tenantID))
             }
-            }
         }
-        for (template, version) in [("/{tenant}/discovery/v2.0/keys", TokenEndpointVersion.v2), ("/{tenant}/discovery/keys", .v1)] {
-            for path in Self.tenantPaths(template) {
+        for (path, version) in Self.tenantPaths([("/{tenant}/discovery/v2.0/keys", .v2), ("/{tenant}/discovery/keys", .v1)]) {
             router.get(RouterPath(stringLiteral: path)) { request, context -> Response in
                 let base = authorities(request).first ?? ""
                 let tenantPath = context.parameters.get("tenant") ?? "common"
                 guard let tenantID = try Self.discoveryTenant(tenantPath, state: store.read()) else {
-                    return Self.json(OAuthError(400, "invalid_tenant", 90002, "Tenant '\(tenantPath)' not found.").body(authority: base, now: faults.now), status: 400)
+                    return Self.json(OAuthError.tenantNotFound(tenantPath, error: "invalid_tenant").body(authority: base, now: faults.now), status: 400)
                 }
                 let issuer = version == .v2 ? "\(base)/\(tenantID)/v2.0" : nil
                 return Self.json(JSONObject(["keys": .array([.object(try key.jwk(issuer: issuer))])]))
-            }
             }
         }
 
@@ -169,10 +162,12 @@ public struct EmulatorRoutes: Sendable {
         return router
     }
 
-    /// A `{tenant}` route and its `common` twin (the constant `common` of
+    /// Each `{tenant}` route and its `common` twin (the constant `common` of
     /// `/common/discovery/instance` takes precedence over the parameter in the router).
-    static func tenantPaths(_ template: String) -> [String] {
-        [template, template.replacingOccurrences(of: "{tenant}", with: "common")]
+    static func tenantPaths(_ templates: [(String, TokenEndpointVersion)]) -> [(String, TokenEndpointVersion)] {
+        templates.flatMap { template, version in
+            [(template, version), (template.replacingOccurrences(of: "{tenant}", with: "common"), version)]
+        }
     }
 
     /// The tenant id a discovery path names: a tenant by id or domain, or the literal

@@ -15,6 +15,12 @@ public struct OAuthError: Error, Sendable, Equatable {
         self.message = message
     }
 
+    /// AADSTS90002, from the token endpoint (`invalid_request`) or discovery (`invalid_tenant`).
+    static func tenantNotFound(_ tenant: String, error: String = "invalid_request") -> OAuthError {
+        OAuthError(400, error, 90002,
+            "Tenant '\(tenant)' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant.")
+    }
+
     /// Entra's error body.
     func body(authority: String, now: Date) -> JSONObject {
         let trace = UUID().uuidString.lowercased(), correlation = UUID().uuidString.lowercased()
@@ -70,10 +76,7 @@ struct TokenEndpoint: Sendable {
     ) throws(OAuthError) -> JSONObject {
         let state: EmulatorState
         do { state = try store.read() } catch { throw OAuthError(500, "server_error", 90000, "\(error)") }
-        guard let tenant = state.tenant(tenantPath) else {
-            throw OAuthError(400, "invalid_request", 90002,
-                "Tenant '\(tenantPath)' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant.")
-        }
+        guard let tenant = state.tenant(tenantPath) else { throw OAuthError.tenantNotFound(tenantPath) }
         guard let grantType = form["grant_type"], !grantType.isEmpty else { throw Self.missing("grant_type") }
         guard grantType == "client_credentials" else {
             throw OAuthError(400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type '\(grantType)'.")
