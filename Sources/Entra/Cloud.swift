@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The Microsoft clouds: each has its own login (authority) host and Graph host.
 public enum EntraCloud: String, Sendable, Hashable, CaseIterable {
@@ -107,8 +110,13 @@ public enum EntraValue {
         return text.trimmingCharacters(in: .whitespaces)
     }
 
+    /// `localhost`, `::1`, or an IPv4 address literal in 127.0.0.0/8 — a name that merely starts
+    /// with `127.` (`127.0.0.1.nip.io`) resolves wherever its owner says, so it is not loopback.
     static func isLoopback(_ host: String) -> Bool {
         let h = host.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        return h == "localhost" || h == "::1" || h.hasPrefix("127.")
+        if h == "localhost" || h == "::1" { return true }
+        var address = in_addr()
+        guard inet_pton(AF_INET, h, &address) == 1 else { return false }
+        return UInt32(bigEndian: address.s_addr) >> 24 == 127
     }
 }

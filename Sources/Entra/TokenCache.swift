@@ -55,7 +55,10 @@ public struct TokenCache: Sendable {
     /// A cached token still valid for more than `refreshMargin`.
     public func lookup(_ key: Key, now: Date = Date()) throws -> AccessToken? {
         try locked {
-            guard let entry = try load()[key.digest], entry.expiresOn - Self.refreshMargin > now.timeIntervalSince1970 else { return nil }
+            // An entry no token endpoint could have given (edited or damaged file) is no entry.
+            guard let entry = try load()[key.digest], entry.expiresOn.isFinite,
+                  entry.expiresOn - Self.refreshMargin > now.timeIntervalSince1970,
+                  entry.expiresOn <= now.timeIntervalSince1970 + AccessToken.maximumLifetime else { return nil }
             return AccessToken(
                 accessToken: entry.accessToken, tokenType: entry.tokenType,
                 expiresOn: Date(timeIntervalSince1970: entry.expiresOn), fromCache: true)

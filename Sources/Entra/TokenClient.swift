@@ -10,6 +10,10 @@ public struct AccessToken: Sendable, Codable, Equatable {
     /// Where it came from: the cache or the token endpoint.
     public var fromCache: Bool
 
+    /// The longest lifetime p11jwt believes of an access token (Entra's are at most a day): a
+    /// server's or a cache file's claim beyond it is not a token to keep.
+    public static let maximumLifetime: TimeInterval = 365 * 86400
+
     public init(accessToken: String, tokenType: String = "Bearer", expiresOn: Date, fromCache: Bool = false) {
         self.accessToken = accessToken
         self.tokenType = tokenType
@@ -67,10 +71,23 @@ public struct TokenClient: Sendable {
         guard answer.status == 200 else {
             throw Self.refusal(status: answer.status, body: object, tenant: tenant, clientID: clientID, scope: scope)
         }
+        return try Self.accessToken(from: object, now: now)
+    }
+
+    /// A 200 answer's token, its type and its expiry, checked: untrusted input from a server.
+    static func accessToken(from object: JSONObject?, now: Date) throws -> AccessToken {
         guard let object, let token = object["access_token"]?.stringValue, !token.isEmpty else {
             throw EntraError(.protocolViolation, "the token endpoint answered 200 without an access_token")
         }
-        let expiresIn = object["expires_in"]?.numberValue ?? object["expires_in"]?.stringValue.flatMap(Double.init) ?? 3599
+        // v2 answers a number, v1 a string; anything but a sane count of seconds is refused here,
+        // before it can reach the cache or a date conversion.
+        let rawExpiresIn = object["expires_in"]
+        let expiresIn = rawExpiresIn == nil ? 3599 : rawExpiresIn?.numberValue ?? rawExpiresIn?.stringValue.flatMap { Double($0) }
+        guard let expiresIn, expiresIn.isFinite, expiresIn >= 1, expiresIn <= AccessToken.maximumLifetime else {
+            throw EntraError(.protocolViolation,
+                "the token endpoint answered expires_in \(rawExpiresIn?.serialized.prefix(40) ?? "") — not a number of seconds between 1 and \(Int(AccessToken.maximumLifetime))",
+                hint: "check that the authority host is Entra's (or the emulator's); nothing was cached")
+        }
         return AccessToken(
             accessToken: token, tokenType: object["token_type"]?.stringValue ?? "Bearer",
             expiresOn: now.addingTimeInterval(expiresIn))

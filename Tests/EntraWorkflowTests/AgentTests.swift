@@ -11,6 +11,8 @@ final class RunningAgent: @unchecked Sendable {
     var process: Process { child.process }
     let environment: [String: String]
     let logPath: String
+    /// What `--print-env` wrote, as a shell reads it.
+    let envFile: String
     let fixture: WorkflowFixture
 
     var socket: String { environment["P11JWT_AGENT_SOCK"]! }
@@ -20,6 +22,7 @@ final class RunningAgent: @unchecked Sendable {
     init(_ f: WorkflowFixture, _ extra: [String] = []) throws {
         fixture = f
         let out = f.dir.file("agent-\(UUID().uuidString.prefix(6)).env")
+        envFile = out
         logPath = out + ".log"
         _ = FileManager.default.createFile(atPath: out, contents: nil)
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
@@ -316,6 +319,19 @@ struct AgentTests {
             let token = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             #expect(try independentlyParse(token).claims["appid"] as? String == f.appId, "\(kind)")
         }
+    }
+
+    /// `eval "$(p11jwt agent --print-env)"` must assign, never run, whatever a path contains.
+    @Test func printEnvIsSafeToEvalWithQuotesInThePath() throws {
+        let f = try WorkflowFixture()
+        let marker = f.dir.file("pwned")
+        let socket = f.dir.file("it's $(touch \(marker))/a.sock")
+        let agent = try RunningAgent(f, ["--socket", socket])
+        defer { agent.stop() }
+        let r = try run("/bin/sh", ["-c", ". \"$1\" && printf %s \"$P11JWT_AGENT_SOCK\"", "sh", agent.envFile])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == socket)
+        #expect(!FileManager.default.fileExists(atPath: marker))
     }
 
     @Test func theAssertionFileIsRenewedBeforeACachedCopyCouldExpire() throws {

@@ -58,8 +58,9 @@ struct DecodeCommand: ParsableCommand {
         var report = Report(
             header: jws.header,
             claims: claims.map { .object($0) } ?? .string(String(decoding: jws.payload, as: UTF8.self)))
-        if let exp = claims?["exp"]?.int64Value { report.expiresIn = exp - now }
-        if let nbf = claims?["nbf"]?.int64Value, nbf > now { report.notYetValidFor = nbf - now }
+        // Claims are the token's word: times far from now must not overflow (exp = -2^63).
+        if let exp = claims?["exp"]?.int64Value, case let (d, false) = exp.subtractingReportingOverflow(now) { report.expiresIn = d }
+        if let nbf = claims?["nbf"]?.int64Value, nbf > now, case let (d, false) = nbf.subtractingReportingOverflow(now) { report.notYetValidFor = d }
 
         var verifyWith: JWSCertificate?
         if let cert {
@@ -97,9 +98,9 @@ struct DecodeCommand: ParsableCommand {
             print("claims:")
             try printJSON(report.claims)
             if let expiresIn = report.expiresIn {
-                print(expiresIn >= 0 ? "expires in \(duration(expiresIn))" : "expired \(duration(-expiresIn)) ago")
+                print(expiresIn >= 0 ? "expires in \(duration(expiresIn.magnitude))" : "expired \(duration(expiresIn.magnitude)) ago")
             }
-            if let wait = report.notYetValidFor { print("not valid for another \(duration(wait))") }
+            if let wait = report.notYetValidFor { print("not valid for another \(duration(wait.magnitude))") }
             if let c = report.certificate {
                 print("certificate: \(c.subject) (SHA-1 \(c.sha1))\(c.uri.map { "\n  \($0)" } ?? "")")
             }
@@ -108,7 +109,7 @@ struct DecodeCommand: ParsableCommand {
         if !valid { throw ExitCode.failure }
     }
 
-    private func duration(_ seconds: Int64) -> String {
+    private func duration(_ seconds: UInt64) -> String {
         let (h, m, s) = (seconds / 3600, seconds % 3600 / 60, seconds % 60)
         if h > 0 { return "\(h)h \(m)m \(s)s" }
         if m > 0 { return "\(m)m \(s)s" }
