@@ -79,6 +79,8 @@ struct OutputOptions: ParsableArguments {
 func printJSON<T: Encodable>(_ value: T) throws {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    // Dates as ISO 8601 in every command's JSON (Foundation's default is seconds since 2001).
+    encoder.dateEncodingStrategy = .iso8601
     let data = try encoder.encode(value)
     print(String(decoding: data, as: UTF8.self))
 }

@@ -102,6 +102,12 @@ struct PFXImportTests {
         #expect(key["sensitive"] as? Bool == true)
         #expect(key["extractable"] as? Bool == false)
         #expect(key["pairing"] as? String == "matches")
+        // Certificate dates in JSON are ISO 8601, the same instant openssl reads.
+        let certificate = try #require((report["certificates"] as? [[String: Any]])?.first, "\(report)")
+        let notAfter = try #require(ISO8601DateFormatter().date(from: certificate["notAfter"] as? String ?? ""), "\(certificate)")
+        let endDate = try run("openssl", ["x509", "-in", dir.file("c.pem"), "-noout", "-enddate", "-dateopt", "iso_8601"]).stdout
+        let opensslEnd = endDate.split(separator: "=").last.map { $0.trimmingCharacters(in: .whitespacesAndNewlines).replacingOccurrences(of: " ", with: "T") } ?? ""
+        #expect(ISO8601DateFormatter().date(from: opensslEnd) == notAfter, "\(endDate) vs \(certificate["notAfter"] ?? "")")
         // It signs; openssl verifies with the PFX's certificate.
         let jwt = try p11jwt(["jwt", "--key", "pkcs11:token=pfx;object=migrated", "--claims", #"{"sub":"migrated"}"#, "--pin-file", hsm.pinFile], hsm: hsm)
         #expect(jwt.status == 0, "\(jwt.stderr)")
