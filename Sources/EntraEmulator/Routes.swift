@@ -67,23 +67,16 @@ public struct EmulatorRoutes: Sendable {
         // OpenID discovery, v2 and v1, for a tenant id or domain, `common` and `organizations`.
         for (path, version) in Self.tenantPaths([("/{tenant}/v2.0/.well-known/openid-configuration", .v2), ("/{tenant}/.well-known/openid-configuration", .v1)]) {
             router.get(RouterPath(stringLiteral: path)) { request, context -> Response in
-                let base = authorities(request).first ?? ""
-                let tenantPath = context.parameters.get("tenant") ?? "common"
-                guard let tenantID = try Self.discoveryTenant(tenantPath, state: store.read()) else {
-                    return Self.json(OAuthError.tenantNotFound(tenantPath, error: "invalid_tenant").body(authority: base, now: faults.now), status: 400)
+                try discovery(request, context) { base, tenantPath, tenantID in
+                    Self.openIDConfiguration(version, base: base, tenantPath: tenantPath, tenantID: tenantID)
                 }
-                return Self.json(Self.openIDConfiguration(version, base: base, tenantPath: tenantPath, tenantID: tenantID))
             }
         }
         for (path, version) in Self.tenantPaths([("/{tenant}/discovery/v2.0/keys", .v2), ("/{tenant}/discovery/keys", .v1)]) {
             router.get(RouterPath(stringLiteral: path)) { request, context -> Response in
-                let base = authorities(request).first ?? ""
-                let tenantPath = context.parameters.get("tenant") ?? "common"
-                guard let tenantID = try Self.discoveryTenant(tenantPath, state: store.read()) else {
-                    return Self.json(OAuthError.tenantNotFound(tenantPath, error: "invalid_tenant").body(authority: base, now: faults.now), status: 400)
+                try discovery(request, context) { base, _, tenantID in
+                    JSONObject(["keys": .array([.object(try key.jwk(issuer: version == .v2 ? "\(base)/\(tenantID)/v2.0" : nil))])])
                 }
-                let issuer = version == .v2 ? "\(base)/\(tenantID)/v2.0" : nil
-                return Self.json(JSONObject(["keys": .array([.object(try key.jwk(issuer: issuer))])]))
             }
         }
 
@@ -202,6 +195,19 @@ public struct EmulatorRoutes: Sendable {
     /// The media type of a Content-Type value, lowercased, without parameters.
     static func mediaType(_ value: String) -> String {
         String(value.split(separator: ";", maxSplits: 1).first ?? "").trimmingCharacters(in: .whitespaces).lowercased()
+    }
+
+    /// A discovery answer for the tenant the path names, or Entra's 90002.
+    private func discovery(
+        _ request: Request, _ context: EmulatorRequestContext,
+        _ answer: (_ base: String, _ tenantPath: String, _ tenantID: String) throws -> JSONObject
+    ) throws -> Response {
+        let base = authorities(request).first ?? ""
+        let tenantPath = context.parameters.get("tenant") ?? "common"
+        guard let tenantID = try Self.discoveryTenant(tenantPath, state: store.read()) else {
+            return Self.json(OAuthError.tenantNotFound(tenantPath, error: "invalid_tenant").body(authority: base, now: faults.now), status: 400)
+        }
+        return Self.json(try answer(base, tenantPath, tenantID))
     }
 
     /// An injected latency, and an injected failure when one is pending for `route`.
