@@ -74,10 +74,6 @@ struct GraphCaller {
 struct GraphAPI: Sendable {
     static let proofAudience = "00000002-0000-0000-c000-000000000000"
     static let clockSkew: TimeInterval = 300
-    static let graphAudiences: Set<String> = [
-        "https://graph.microsoft.com", "https://graph.microsoft.com/", "00000003-0000-0000-c000-000000000000",
-        "https://graph.microsoft.us", "https://dod-graph.microsoft.us", "https://microsoftgraph.chinacloudapi.cn",
-    ]
 
     let store: StateStore
     let key: EmulatorSigningKey
@@ -92,7 +88,7 @@ struct GraphAPI: Sendable {
         guard let jws = try? JWS(compact: token), key.verifies(jws), let claims = jws.claims else {
             throw GraphError(401, "InvalidAuthenticationToken", "Access token validation failure.", reason: "not a token signed by this emulator")
         }
-        guard let aud = claims["aud"]?.stringValue, Self.graphAudiences.contains(aud) else {
+        guard let aud = claims["aud"]?.stringValue, BuiltInResource.graph.isNamed(by: aud) else {
             throw invalid("the token's aud is '\(claims["aud"]?.stringValue ?? "")', not Microsoft Graph")
         }
         guard let exp = claims["exp"]?.numberValue, exp.isFinite, exp > now.timeIntervalSince1970 else {
@@ -149,14 +145,9 @@ struct GraphAPI: Sendable {
         let (t, a) = try locate(target, in: state, tenantId: caller.tenantId)
         let app = state.tenants[t].applications[a]
         try authorize(caller, app: app, tenantId: state.tenants[t].id, selfServiceAllowed: false)
-        let collection = target.isServicePrincipal ? "servicePrincipals" : "applications"
         let withKey = query.select?.contains("keyCredentials") ?? false
-        var object = JSONObject()
-        let context = query.select.map { "\(query.base)/v1.0/$metadata#\(collection)(\($0.joined(separator: ",")))/$entity" }
-            ?? "\(query.base)/v1.0/$metadata#\(collection)/$entity"
-        object["@odata.context"] = .string(context)
-        for (name, value) in Self.properties(app, servicePrincipal: target.isServicePrincipal, withKey: withKey) {
-            if let select = query.select, !select.contains(name) { continue }
+        var object = JSONObject(["@odata.context": .string(query.context(servicePrincipals: target.isServicePrincipal, entity: true))])
+        for (name, value) in query.selected(Self.properties(app, servicePrincipal: target.isServicePrincipal, withKey: withKey)) {
             object[name] = value
         }
         return object
@@ -176,17 +167,9 @@ struct GraphAPI: Sendable {
         var values: [JSONValue] = []
         for app in tenant.applications where query.filterAppID == nil || app.appId == query.filterAppID {
             guard (try? authorize(caller, app: app, tenantId: tenant.id, selfServiceAllowed: false)) != nil else { continue }
-            var object = JSONObject()
-            for (name, value) in Self.properties(app, servicePrincipal: servicePrincipals, withKey: false) {
-                if let select = query.select, !select.contains(name) { continue }
-                object[name] = value
-            }
-            values.append(.object(object))
+            values.append(.object(query.selected(Self.properties(app, servicePrincipal: servicePrincipals, withKey: false))))
         }
-        let collection = servicePrincipals ? "servicePrincipals" : "applications"
-        let context = query.select.map { "\(query.base)/v1.0/$metadata#\(collection)(\($0.joined(separator: ",")))" }
-            ?? "\(query.base)/v1.0/$metadata#\(collection)"
-        return JSONObject(["@odata.context": .string(context), "value": .array(values)])
+        return JSONObject(["@odata.context": .string(query.context(servicePrincipals: servicePrincipals, entity: false)), "value": .array(values)])
     }
 
     /// The properties of an application or its service principal, in Graph's names.

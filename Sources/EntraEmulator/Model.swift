@@ -106,6 +106,15 @@ public struct BuiltInResource: Sendable {
             "https://microsoftgraph.chinacloudapi.cn", "00000003-0000-0000-c000-000000000000",
         ],
         accessTokenVersion: 1)
+
+    /// Whether `name` is one of its identifiers (no case, no trailing `/`), as Entra matches them.
+    public func isNamed(by name: String) -> Bool {
+        identifiers.contains { Self.normalized($0) == Self.normalized(name) }
+    }
+
+    static func normalized(_ identifier: String) -> String {
+        (identifier.hasSuffix("/") ? String(identifier.dropLast()) : identifier).lowercased()
+    }
 }
 
 public struct ServicePrincipal: Codable, Sendable, Equatable {

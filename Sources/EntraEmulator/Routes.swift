@@ -360,6 +360,20 @@ struct GraphQuery {
     var hasUnsupportedFilter = false
     var base: String
 
+    /// `@odata.context`: the collection (and the selected properties), `/$entity` for one object.
+    func context(servicePrincipals: Bool, entity: Bool) -> String {
+        let collection = servicePrincipals ? "servicePrincipals" : "applications"
+        return "\(base)/v1.0/$metadata#\(collection)\(select.map { "(\($0.joined(separator: ",")))" } ?? "")\(entity ? "/$entity" : "")"
+    }
+
+    /// The properties `$select` names (all without it), in their order.
+    func selected(_ properties: JSONObject) -> JSONObject {
+        guard let select else { return properties }
+        var object = JSONObject()
+        for (name, value) in properties where select.contains(name) { object[name] = value }
+        return object
+    }
+
     init(_ parameters: Parameters, base: String) {
         self.base = base
         if let select = parameters["$select"] {

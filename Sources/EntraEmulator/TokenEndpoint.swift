@@ -184,14 +184,13 @@ struct TokenEndpoint: Sendable {
     /// Graph by any of its names, else an application of the tenant by appId or App ID URI
     /// (compared without case or a trailing `/`, as Entra matches identifier URIs).
     static func resolve(_ requested: String, in tenant: Tenant) -> ResolvedResource? {
-        func normal(_ s: String) -> String { (s.hasSuffix("/") ? String(s.dropLast()) : s).lowercased() }
-        let name = normal(requested)
         let graph = BuiltInResource.graph
-        if graph.identifiers.contains(where: { normal($0) == name }) {
+        if graph.isNamed(by: requested) {
             return ResolvedResource(appId: graph.appId, requestedAs: requested, accessTokenVersion: graph.accessTokenVersion)
         }
+        let name = BuiltInResource.normalized(requested)
         guard let api = tenant.applications.first(where: { app in
-            app.appId == name || (app.identifierUris ?? []).contains { normal($0) == name }
+            app.appId == name || (app.identifierUris ?? []).contains { BuiltInResource.normalized($0) == name }
         }) else { return nil }
         return ResolvedResource(appId: api.appId, requestedAs: requested, accessTokenVersion: api.accessTokenVersion, application: api)
     }
