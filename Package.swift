@@ -124,6 +124,8 @@ let package = Package(
         ),
         // Blocking SIGTERM/SIGINT before threads start, so ServiceGroup sees them on Linux.
         .target(name: "ShutdownSignals"),
+        // Not dumpable (no core file with a held PIN), secrets scrubbed from the environment block.
+        .target(name: "CProcessHardening"),
         // Crash-safe files: atomic replacement and cross-process locks (state, cache, journal).
         .target(name: "DurableFiles"),
         // An offline stand-in for the Entra token endpoint and Graph's key-credential API that
@@ -162,6 +164,7 @@ let package = Package(
             dependencies: [
                 "Agent",
                 "ShutdownSignals",
+                "CProcessHardening",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 "Rotation",
                 "JOSE",

@@ -122,9 +122,11 @@ struct JSONParser {
         index += 1
         var scalars = String.UnicodeScalarView()
         var run: [UInt8] = []
-        func flush() {
+        // Invalid UTF-8 is refused, not replaced by U+FFFD: a claim must say what was written.
+        func flush() throws {
             if !run.isEmpty {
-                scalars.append(contentsOf: String(decoding: run, as: UTF8.self).unicodeScalars)
+                guard let text = String(validating: run, as: UTF8.self) else { throw error("invalid UTF-8 in a string") }
+                scalars.append(contentsOf: text.unicodeScalars)
                 run.removeAll()
             }
         }
@@ -134,10 +136,10 @@ struct JSONParser {
             index += 1
             switch byte {
             case UInt8(ascii: "\""):
-                flush()
+                try flush()
                 return String(scalars)
             case UInt8(ascii: "\\"):
-                flush()
+                try flush()
                 guard index < bytes.count else { throw error("unterminated escape") }
                 let escape = bytes[index]
                 index += 1
@@ -198,8 +200,17 @@ struct JSONParser {
             guard digits() > 0 else { throw error("digits expected in the exponent") }
         }
         let text = String(decoding: bytes[start..<index], as: UTF8.self)
-        if isInteger, let value = Int64(text) { return .int(value) }
-        guard let value = Double(text) else { throw error("bad number") }
+        if isInteger {
+            if let value = Int64(text) { return .int(value) }
+            // Beyond Int64 it is kept only as a Double that holds it exactly (2^63 does); one that
+            // a Double would round (a 30-digit id) is refused, not changed silently.
+            let digits = text.hasPrefix("-") ? text.dropFirst() : Substring(text)
+            guard let value = Double(text), let magnitude = UInt64(exactly: value.magnitude), String(magnitude) == digits else {
+                throw error("integer \(text.prefix(24)) cannot be kept exactly (more than 64 bits)")
+            }
+            return .double(value)
+        }
+        guard let value = Double(text), value.isFinite else { throw error("number \(text.prefix(24)) is out of range") }
         return .double(value)
     }
 }

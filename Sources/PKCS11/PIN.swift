@@ -104,18 +104,62 @@ public struct PINProvider: Sendable {
         "give the PIN with --pin-file FILE, the \(environmentVariable) environment variable, or pin-source=file:PATH in the URI (or run on a terminal to be prompted)"
     }
 
-    /// Reads a PIN file: its contents less one trailing newline.
+    /// The most a PIN file may hold: one line of a PIN (PKCS#11 tokens take at most a few dozen
+    /// bytes) and its newline.
+    static let maximumFileSize = 1024
+
+    /// Reads a PIN file: its first line, without `\r\n`. Refused before anything reaches the
+    /// token (a refusal costs no PIN try): anything but a regular file (a directory, a FIFO that
+    /// could block for ever, `/dev/zero`), a file that group or others may read or write, one
+    /// larger than ``maximumFileSize``, and one whose first line is empty.
     static func read(path: String, origin: PINOrigin) throws -> SecretBytes {
         let expanded = (path as NSString).expandingTildeInPath
-        guard let handle = FileHandle(forReadingAtPath: expanded) else {
-            throw PKCS11Error(.pinSourceUnreadable, "cannot read the PIN from \(origin): no readable file at \(expanded)")
+        // O_NONBLOCK: opening a FIFO with no writer must not hang; it is refused below.
+        let fd = open(expanded, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else {
+            let reason = String(cString: strerror(errno))
+            throw PKCS11Error(.pinSourceUnreadable, "cannot read the PIN from \(origin): \(reason)",
+                              hint: "give a file that holds the PIN on its first line, readable by you only (chmod 600)")
         }
-        defer { try? handle.close() }
-        var bytes = [UInt8]((try? handle.readToEnd()) ?? Data())
-        defer { for i in bytes.indices { bytes[i] = 0 } }
-        if bytes.last == 0x0a { bytes.removeLast() }
-        if bytes.last == 0x0d { bytes.removeLast() }
-        return SecretBytes(bytes)
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            throw PKCS11Error(.pinSourceUnreadable, "cannot read the PIN from \(origin): \(String(cString: strerror(errno)))")
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            let kind = info.st_mode & S_IFMT == S_IFDIR ? "a directory" : info.st_mode & S_IFMT == S_IFIFO ? "a FIFO" : "not a regular file"
+            throw PKCS11Error(.pinSourceUnreadable, "the PIN source \(origin) is \(kind)",
+                              hint: "give a regular file that holds the PIN on its first line; nothing was sent to the token")
+        }
+        guard info.st_mode & 0o077 == 0 else {
+            throw PKCS11Error(.pinSourceUnreadable,
+                "the PIN file \(expanded) may be read or written by others (mode \(String(info.st_mode & 0o777, radix: 8)))",
+                hint: "chmod 600 \(expanded); nothing was sent to the token")
+        }
+        guard info.st_size <= maximumFileSize else {
+            throw PKCS11Error(.pinSourceUnreadable,
+                "the PIN file \(expanded) is \(info.st_size) bytes; a PIN file holds one line",
+                hint: "check the path (is it the PIN file?); nothing was sent to the token")
+        }
+        var buffer = [UInt8](repeating: 0, count: maximumFileSize + 1)
+        defer { for i in buffer.indices { buffer[i] = 0 } }
+        var length = 0
+        while length < buffer.count {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + length, $0.count - length) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { break }
+            length += n
+        }
+        guard length <= maximumFileSize else {
+            throw PKCS11Error(.pinSourceUnreadable, "the PIN file \(expanded) grew past \(maximumFileSize) bytes while it was read")
+        }
+        var end = buffer[0..<length].firstIndex(of: 0x0a) ?? length
+        if end > 0 && buffer[end - 1] == 0x0d { end -= 1 }
+        guard end > 0 else {
+            throw PKCS11Error(.pinSourceUnreadable, "the PIN file \(expanded) is empty (its first line has no PIN)",
+                              hint: "write the PIN on the file's first line; nothing was sent to the token")
+        }
+        return SecretBytes(buffer[0..<end])
     }
 
     /// Reads a line from the terminal with echo off.

@@ -152,6 +152,12 @@ public final class Token: Sendable {
             }
             return
         }
+        // A locked PIN: no C_Login at all (the token would only answer CKR_PIN_LOCKED, and some
+        // count even that).
+        if current.pinState.locked {
+            throw PKCS11Error(.pinLocked, "the user PIN of token '\(current.label)' is locked; no login was attempted",
+                              hint: "unlock it with the SO PIN (e.g. 'pkcs11-tool --init-pin --login --login-type so' or the vendor's tool)")
+        }
         let found = try pins.pin(uri: uri, tokenLabel: current.label)
         let contextPIN: ContextPIN
         if let (pin, origin) = found {

@@ -20,13 +20,13 @@ public final class PKCS11URI: @unchecked Sendable, CustomStringConvertible {
             p11_kit_uri_free(uri)
             let reason = p11_kit_uri_message(result).map { String(cString: $0) } ?? "error \(result)"
             throw PKCS11Error(
-                .invalidURI, "not a valid PKCS#11 URI: '\(trimmed)': \(reason)",
+                .invalidURI, "not a valid PKCS#11 URI: '\(Self.redact(trimmed))': \(reason)",
                 hint: "a URI looks like pkcs11:token=MyToken;object=my-key;type=private — copy one from 'p11jwt tokens' or 'p11jwt objects'")
         }
         if p11_kit_uri_any_unrecognized(uri) != 0 {
             p11_kit_uri_free(uri)
             throw PKCS11Error(
-                .invalidURI, "PKCS#11 URI '\(trimmed)' has an attribute or value p11-kit does not recognise",
+                .invalidURI, "PKCS#11 URI '\(Self.redact(trimmed))' has an attribute or value p11-kit does not recognise",
                 hint: "check the spelling: object types are type=private|public|cert|secret-key|data; a URI looks like pkcs11:token=MyToken;object=my-key;type=private")
         }
         self.uri = uri
@@ -38,10 +38,14 @@ public final class PKCS11URI: @unchecked Sendable, CustomStringConvertible {
     public var description: String { redacted }
 
     /// The URI with any `pin-value` replaced, safe to log or print.
-    public var redacted: String {
-        guard pinValue != nil else { return string }
-        return string.replacingOccurrences(
-            of: #"pin-value=[^&;]*"#, with: "pin-value=REDACTED", options: .regularExpression)
+    public var redacted: String { Self.redact(string) }
+
+    /// `text` with every `pin-value=…` replaced (any case), whether or not it parses: safe to
+    /// put in a message about a URI that did not.
+    public static func redact(_ text: String) -> String {
+        guard text.range(of: "pin-value", options: .caseInsensitive) != nil else { return text }
+        return text.replacingOccurrences(
+            of: #"(?i)pin-value=[^&;]*"#, with: "pin-value=REDACTED", options: .regularExpression)
     }
 
     private func optionalString(_ pointer: UnsafePointer<CChar>?) -> String? {

@@ -85,6 +85,15 @@ func printJSON<T: Encodable>(_ value: T) throws {
     print(String(decoding: data, as: UTF8.self))
 }
 
+/// Refuses a URI whose `pin-value` came on the command line: every user on the machine can read
+/// a process's arguments (`ps`) for as long as it runs. From a file or the environment it is the
+/// caller's choice.
+func refusePINInArguments(_ uri: PKCS11URI, _ text: String) throws {
+    guard uri.pinValue != nil, CommandLine.arguments.dropFirst().contains(where: { $0.contains(text) }) else { return }
+    throw CLIError.usage(
+        "a pin-value in a URI on the command line is visible to every user (ps): \(uri.redacted); use pin-source=file:PATH in the URI, --pin-file FILE or $P11JWT_PIN instead")
+}
+
 /// A module, a token and (optionally) a login, released together.
 struct TokenContext {
     let logger: Logger
@@ -99,6 +108,7 @@ struct TokenContext {
     ) throws -> TokenContext {
         let logger = try moduleOptions.makeLogger()
         let uri = try PKCS11URI(uriText)
+        try refusePINInArguments(uri, uriText)
         let module = try Module.load(moduleOptions.spec(for: uri), logger: logger)
         let token = try Token.open(uri, module: module, logger: logger)
         if login, let pins {

@@ -19,7 +19,7 @@ final class RunningAgent: @unchecked Sendable {
     var client: AgentClient { AgentClient(socketPath: socket) }
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
-    init(_ f: WorkflowFixture, _ extra: [String] = []) throws {
+    init(_ f: WorkflowFixture, _ extra: [String] = [], environment extraEnvironment: [String: String] = [:]) throws {
         fixture = f
         let out = f.dir.file("agent-\(UUID().uuidString.prefix(6)).env")
         envFile = out
@@ -31,7 +31,7 @@ final class RunningAgent: @unchecked Sendable {
         let process = child.process
         process.executableURL = URL(fileURLWithPath: try p11jwtBinary)
         process.arguments = ["agent", "--key", f.keyURI, "--print-env"] + f.entraFlags + extra
-        var env = f.hsm.environment.merging(f.environment) { $1 }
+        var env = f.hsm.environment.merging(f.environment) { $1 }.merging(extraEnvironment) { $1 }
         env["XDG_RUNTIME_DIR"] = runtime
         process.environment = env
         process.standardOutput = FileHandle(forWritingAtPath: out)
@@ -319,6 +319,17 @@ struct AgentTests {
             let token = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             #expect(try independentlyParse(token).claims["appid"] as? String == f.appId, "\(kind)")
         }
+    }
+
+    /// The PIN read from $P11JWT_PIN does not stay in the agent's environment block.
+    @Test func thePINIsScrubbedFromTheAgentsEnvironment() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f, environment: ["P11JWT_PIN": testPIN, "P11JWT_MARKER": "still-here"])
+        defer { agent.stop() }
+        let environ = try #require(FileManager.default.contents(atPath: "/proc/\(agent.process.processIdentifier)/environ"))
+        let text = String(decoding: environ, as: UTF8.self)
+        #expect(text.contains("P11JWT_MARKER=still-here"), "the environment was read")
+        #expect(!text.contains("P11JWT_PIN=\(testPIN)"))
     }
 
     /// `eval "$(p11jwt agent --print-env)"` must assign, never run, whatever a path contains.

@@ -88,6 +88,24 @@ struct JSONValueTests {
         #expect(throws: JOSEError.self) { try JSONValue(parsing: text) }
     }
 
+    /// What a signer must not change silently: infinities, integers beyond 64 bits, invalid UTF-8.
+    @Test(arguments: [
+        Array(#"{"exp":1e999}"#.utf8), Array(#"{"exp":-1e400}"#.utf8), Array(#"{"n":123456789012345678901234567890}"#.utf8),
+        Array(#"{"n":-9223372036854775809}"#.utf8), Array(#"{"s":""#.utf8) + [0xff, 0xfe] + Array(#""}"#.utf8),
+        Array(#"{"s":""#.utf8) + [0xc3] + Array(#""}"#.utf8), Array(#"{"s":""#.utf8) + [0xed, 0xa0, 0x80] + Array(#""}"#.utf8),
+    ])
+    func refusesValuesItCouldOnlyKeepByChangingThem(_ bytes: [UInt8]) {
+        let error = #expect(throws: JOSEError.self) { try JSONObject(parsing: bytes, what: "the claims") }
+        #expect(error?.code == .malformed)
+    }
+
+    @Test func keepsTheExtremesThatFit() throws {
+        let object = try JSONObject(parsing: Array(#"{"a":9223372036854775807,"b":-9223372036854775808,"c":1.7976931348623157e308,"d":"é😀"}"#.utf8), what: "test")
+        #expect(object["a"] == .int(.max) && object["b"] == .int(.min))
+        #expect(object["c"]?.numberValue == .greatestFiniteMagnitude)
+        #expect(object["d"]?.stringValue == "é😀")
+    }
+
     @Test(arguments: ["{bad", "[1,2]", "\"text\"", ""])
     func refusesWhatIsNotAnObject(_ text: String) {
         let error = #expect(throws: JOSEError.self) { try JSONObject(parsing: Data(text.utf8), what: "the claims") }

@@ -123,6 +123,20 @@ struct CLITests {
         #expect(tokens.stdout.contains("CKF_USER_PIN_COUNT_LOW"))
     }
 
+    /// A PIN in a command-line URI is visible to every user: refused, and never echoed.
+    @Test func aPinValueOnTheCommandLineIsRefusedAndNeverPrinted() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-pinvalue"])
+        let secret = "s3cret-98761"
+        let inArgv = try p11jwt(["objects", "--token", "pkcs11:token=cli-pinvalue?pin-value=\(secret)"], hsm: hsm)
+        #expect(inArgv.status == 2, "\(inArgv.stderr)")
+        #expect(inArgv.stderr.contains("visible to every user") && inArgv.stderr.contains("pin-source=file:"))
+        #expect(!inArgv.stderr.contains(secret) && !inArgv.stdout.contains(secret))
+        // A URI that does not parse is quoted redacted.
+        let invalid = try p11jwt(["objects", "--token", "pkcs11:token=cli-pinvalue;bogus=1?PIN-VALUE=\(secret)"], hsm: hsm)
+        #expect(invalid.status != 0)
+        #expect(invalid.stderr.contains("REDACTED") && !invalid.stderr.contains(secret), "\(invalid.stderr)")
+    }
+
     @Test func noPINOnANonTerminalFailsWithHowToGiveOne() throws {
         let hsm = try SoftHSMDirectory(labels: ["cli-nopin"])
         let result = try p11jwt(["keygen", "--token", "pkcs11:token=cli-nopin", "--label", "x"], hsm: hsm)

@@ -76,6 +76,42 @@ struct LoginTests {
         #expect(missing.code == .pinSourceUnreadable)
     }
 
+    /// A PIN source that is not a small private file holding a PIN is refused before anything
+    /// reaches the token: no PIN try is burnt, nothing hangs, nothing grows without bound.
+    @Test func hostilePINSourcesAreRefusedBeforeTheToken() throws {
+        let dir = TemporaryDirectory()
+        let fifo = dir.file("fifo")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let big = try dir.write("big", String(repeating: "1", count: 200_000))
+        let cases: [(String, String)] = [
+            (try dir.write("empty", ""), "empty"),
+            (try dir.write("newline-only", "\n"), "empty"),
+            (dir.path, "a directory"),
+            (fifo, "a FIFO"),
+            ("/dev/zero", "not a regular file"),
+            (try dir.write("world-readable", "\(testPIN)\n", mode: 0o644), "chmod 600"),
+            (try dir.write("group-writable", "\(testPIN)\n", mode: 0o620), "chmod 600"),
+            (big, "one line"),
+            (dir.file("absent"), "No such file"),
+        ]
+        for (path, needle) in cases {
+            let started = Date()
+            let error = #expect(throws: PKCS11Error.self, "\(path)") {
+                try PINProvider(pinFile: path, environment: [:], allowPrompt: false).pin(uri: nil, tokenLabel: "x")
+            }
+            #expect(error?.code == .pinSourceUnreadable, "\(path)")
+            #expect("\(error?.message ?? "") \(error?.hint ?? "")".contains(needle), "\(path): \(String(describing: error))")
+            #expect(Date().timeIntervalSince(started) < 2, "\(path) took too long")
+        }
+        // pin-source in a URI goes through the same checks (e.g. /etc/shadow-like files).
+        let uri = try PKCS11URI("pkcs11:token=x?pin-source=file:\(dir.file("world-readable"))")
+        #expect(throws: PKCS11Error.self) { try noPrompt.pin(uri: uri, tokenLabel: "x") }
+        // The first line is the PIN; what follows is not part of it.
+        let twoLines = try dir.write("two-lines", "\(testPIN)\nsecond line\n")
+        let (pin, _) = try #require(try PINProvider(pinFile: twoLines, environment: [:], allowPrompt: false).pin(uri: nil, tokenLabel: "x"))
+        #expect(pin.withUnsafeBytes { Array($0) } == Array(testPIN.utf8))
+    }
+
     @Test func loggingInTwiceIsHarmless() throws {
         try sharedHSM {
             let first = try SharedSoftHSM.loggedIn("login")

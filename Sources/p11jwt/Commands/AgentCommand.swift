@@ -1,5 +1,6 @@
 import Agent
 import ArgumentParser
+import CProcessHardening
 import Entra
 import Foundation
 import Logging
@@ -54,6 +55,11 @@ struct AgentCommand: AsyncParsableCommand {
 
     func run() async throws {
         ShutdownSignals.blockInAllThreads()
+        // The agent holds the PIN for its whole life: no core file may carry it, and no other
+        // process of this user may read its memory or environment through /proc.
+        if p11jwt_set_not_dumpable() != 0 {
+            throw CLIError(message: "cannot make the agent non-dumpable (prctl PR_SET_DUMPABLE): \(String(cString: strerror(errno)))")
+        }
         // A daemon logs each request (operation, key, latency) at info unless told otherwise.
         let logger = try signing.moduleOptions.makeLogger(defaultLevel: "info")
         let file = try entra.configFile()
@@ -71,6 +77,8 @@ struct AgentCommand: AsyncParsableCommand {
         let keyURI = try signing.keyURI(fallback: file["key"])
         // The PIN is asked for here, once.
         let context = try TokenContext.open(keyURI, moduleOptions: signing.moduleOptions, pins: signing.pinOptions, login: true)
+        // Read once: the PIN no longer sits in the environment block (/proc/PID/environ).
+        _ = p11jwt_scrub_environment(signing.pinOptions.provider.environmentVariable)
         let agent: Agent
         do {
             agent = try Agent(
