@@ -16,6 +16,8 @@ let package = Package(
         .executable(name: "entra-emulator", targets: ["entra-emulator"]),
         .executable(name: "bench-ceiling", targets: ["bench-ceiling"]),
         .executable(name: "p11jwt-bench", targets: ["p11jwt-bench"]),
+        // A PKCS#11 module wrapping a real one with injected faults, for the tests (Sources/PKCS11Faults).
+        .library(name: "p11jwt-faults", type: .dynamic, targets: ["PKCS11Faults"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
@@ -112,6 +114,8 @@ let package = Package(
         ),
         // scripts/bench: the reference ceiling in C (no Swift in its hot loop), and the Swift side.
         .executableTarget(name: "bench-ceiling", dependencies: ["CP11Kit"], linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
+        // The fault-injecting wrapper module (C): tests load .build/…/libp11jwt-faults.so with --module.
+        .target(name: "PKCS11Faults", dependencies: ["CP11Kit"], linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("pthread")]),
         .executableTarget(
             name: "p11jwt-bench",
             dependencies: [

@@ -236,20 +236,34 @@ public final class Module: @unchecked Sendable {
     /// Raw access to the C function list, for code that needs a call this layer lacks.
     public var functionList: UnsafePointer<CK_FUNCTION_LIST> { functions }
 
+    /// More slots than any module has: a count beyond it is a module's error.
+    static let maximumSlots = 4096
+
     /// Slots, optionally only those with a token present.
     public func slots(tokenPresent: Bool = true) throws -> [Slot] {
         var count: CK_ULONG = 0
         let present: CK_BBOOL = tokenPresent ? CK_BBOOL(CK_TRUE) : CK_BBOOL(CK_FALSE)
         var rv = ReturnValue(functions.pointee.C_GetSlotList(present, nil, &count))
         guard rv.isOK else { throw PKCS11Error.call("C_GetSlotList", rv) }
-        var ids = [CK_SLOT_ID](repeating: 0, count: Int(count))
+        var ids = [CK_SLOT_ID](repeating: 0, count: try PKCS11Error.checkedCount(count, limit: Self.maximumSlots, "C_GetSlotList", "a slot count of"))
         rv = ReturnValue(functions.pointee.C_GetSlotList(present, &ids, &count))
         guard rv.isOK else { throw PKCS11Error.call("C_GetSlotList", rv) }
-        return try ids.prefix(Int(count)).map { try Slot(module: self, id: $0) }
+        return try ids.prefix(try PKCS11Error.checkedCount(count, limit: ids.count, "C_GetSlotList", "a slot count of")).map { try Slot(module: self, id: $0) }
     }
 }
 
 /// A fixed-width, blank-padded PKCS#11 string field as a Swift string.
+/// A fixed-size PKCS#11 text field's trailing NULs made blanks (the padding the standard asks for).
+func blankPadded<T>(_ field: inout T) {
+    withUnsafeMutableBytes(of: &field) { raw in
+        var end = raw.count
+        while end > 0 && (raw[end - 1] == 0 || raw[end - 1] == 0x20) {
+            raw[end - 1] = 0x20
+            end -= 1
+        }
+    }
+}
+
 func paddedString<T>(_ field: T) -> String {
     withUnsafeBytes(of: field) { raw in
         var bytes = Array(raw)

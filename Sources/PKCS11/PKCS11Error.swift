@@ -12,7 +12,7 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
             case tokenNotFound, tokenAmbiguous, objectNotFound, objectAmbiguous
             case pinUnavailable, pinIncorrect, pinLocked, pinExpired, pinSourceUnreadable
             case mechanismUnsupported, keyUnsuitable, invalidDigest, certificateMismatch
-            case invalidArgument, invalidObject
+            case invalidArgument, invalidObject, moduleAnswerInvalid
         }
         let base: Base
         public var description: String { base.rawValue }
@@ -55,6 +55,9 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
         public static let invalidArgument = Code(base: .invalidArgument)
         /// An object on the token has attributes that make no sense (bad DER, unknown curve).
         public static let invalidObject = Code(base: .invalidObject)
+        /// A module answered `CKR_OK` with a value no caller could use (a count or length beyond
+        /// any sane bound, more results than room was given for).
+        public static let moduleAnswerInvalid = Code(base: .moduleAnswerInvalid)
     }
 
     public var code: Code
@@ -103,6 +106,26 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
 }
 
 extension PKCS11Error {
+    /// Whether the session it happened on may be left with an operation active (a module's
+    /// nonsense answer, `CKR_OPERATION_ACTIVE`): such a session is closed, not reused.
+    var leavesSessionUnusable: Bool {
+        code == .moduleAnswerInvalid || returnValue == ReturnValue(CK_RV(CKR_OPERATION_ACTIVE))
+    }
+
+    /// A count or length a module returned, as an `Int` no larger than `limit`: every value a
+    /// module returns is untrusted input, and `Int(_:)` of a large `CK_ULONG` would trap.
+    static func checkedCount(
+        _ value: CK_ULONG, limit: Int, _ function: String, _ what: String, file: String = #fileID, line: Int = #line
+    ) throws -> Int {
+        guard value <= CK_ULONG(limit) else {
+            throw PKCS11Error(
+                .moduleAnswerInvalid, "the module's \(function) reported \(what) \(value), more than the \(limit) p11jwt accepts",
+                function: function, hint: "the PKCS#11 module misbehaves: report it to its vendor, or try another version of it",
+                file: file, line: line)
+        }
+        return Int(value)
+    }
+
     /// The error for a PKCS#11 call that did not return `CKR_OK`.
     static func call(
         _ function: String, _ rv: ReturnValue, _ message: String? = nil, hint: String? = nil,

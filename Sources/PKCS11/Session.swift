@@ -58,6 +58,11 @@ public final class Session: @unchecked Sendable {
         return info.state
     }
 
+    /// The longest attribute value read (a certificate chain is a few KiB).
+    static let maximumAttributeLength = 1 << 20
+    /// The longest signature (RSA-16384 is 2 KiB).
+    static let maximumSignatureLength = 1 << 16
+
     /// `C_FindObjectsInit` / `C_FindObjects` / `C_FindObjectsFinal`.
     public func findObjects(_ template: [Attribute]) throws -> [CK_OBJECT_HANDLE] {
         var rv = withTemplate(template) { ReturnValue(f.C_FindObjectsInit(handle, $0, $1)) }
@@ -70,7 +75,7 @@ public final class Session: @unchecked Sendable {
             rv = ReturnValue(f.C_FindObjects(handle, &batch, CK_ULONG(batch.count), &count))
             guard rv.isOK else { throw PKCS11Error.call("C_FindObjects", rv) }
             if count == 0 { break }
-            found += batch.prefix(Int(count))
+            found += batch.prefix(try PKCS11Error.checkedCount(count, limit: batch.count, "C_FindObjects", "an object count of"))
         }
         return found
     }
@@ -87,7 +92,8 @@ public final class Session: @unchecked Sendable {
         var result: [CK_ATTRIBUTE_TYPE: [UInt8]] = [:]
         let wanted = query.filter { $0.ulValueLen != unavailable }
         guard !wanted.isEmpty else { return AttributeValues(values: result) }
-        let buffers = wanted.map { UnsafeMutableRawBufferPointer.allocate(byteCount: max(Int($0.ulValueLen), 1), alignment: 8) }
+        let lengths = try wanted.map { try PKCS11Error.checkedCount($0.ulValueLen, limit: Self.maximumAttributeLength, "C_GetAttributeValue", "an attribute length of") }
+        let buffers = lengths.map { UnsafeMutableRawBufferPointer.allocate(byteCount: max($0, 1), alignment: 8) }
         defer { buffers.forEach { $0.deallocate() } }
         var filled = zip(wanted, buffers).map { attr, buffer in
             CK_ATTRIBUTE(type: attr.type, pValue: buffer.baseAddress, ulValueLen: attr.ulValueLen)
@@ -97,7 +103,7 @@ public final class Session: @unchecked Sendable {
             throw PKCS11Error.call("C_GetAttributeValue", rv)
         }
         for (attr, buffer) in zip(filled, buffers) where attr.ulValueLen != unavailable {
-            result[attr.type] = Array(buffer.prefix(Int(attr.ulValueLen)))
+            result[attr.type] = Array(buffer.prefix(try PKCS11Error.checkedCount(attr.ulValueLen, limit: buffer.count, "C_GetAttributeValue", "an attribute length of")))
         }
         return AttributeValues(values: result)
     }
@@ -135,11 +141,11 @@ public final class Session: @unchecked Sendable {
         var length = CK_ULONG(output.count)
         rv = ReturnValue(f.C_Sign(handle, &input, CK_ULONG(input.count), &output, &length))
         if rv == .bufferTooSmall {
-            output = [UInt8](repeating: 0, count: Int(length))
+            output = [UInt8](repeating: 0, count: try PKCS11Error.checkedCount(length, limit: Self.maximumSignatureLength, "C_Sign", "a signature length of"))
             rv = ReturnValue(f.C_Sign(handle, &input, CK_ULONG(input.count), &output, &length))
         }
         guard rv.isOK else { throw PKCS11Error.call("C_Sign", rv, "\(mechanism) signature failed") }
-        return Array(output.prefix(Int(length)))
+        return Array(output.prefix(try PKCS11Error.checkedCount(length, limit: output.count, "C_Sign", "a signature length of")))
     }
 
     /// `C_GenerateKeyPair`; returns (public, private) handles.

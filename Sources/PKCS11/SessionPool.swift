@@ -34,8 +34,9 @@ final class SessionPool: @unchecked Sendable {
             let result = try body(session)
             release(session)
             return result
-        } catch let error as PKCS11Error where error.returnValue?.sessionIsDead == true {
-            logger.debug("evicting dead session", metadata: ["session": "\(session.handle)", "rv": "\(error.returnValue!)"])
+        } catch let error as PKCS11Error where error.returnValue?.sessionIsDead == true || error.leavesSessionUnusable {
+            // A dead session, or one a misbehaving module may have left mid-operation: not reused.
+            logger.debug("evicting session", metadata: ["session": "\(session.handle)", "error": "\(error.code)"])
             evict(session)
             throw error
         } catch {

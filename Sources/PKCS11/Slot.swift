@@ -18,7 +18,10 @@ public struct Slot: Sendable {
         self.description = paddedString(info.slotDescription)
         self.manufacturer = paddedString(info.manufacturerID)
         self.flags = info.flags
-        self.rawInfo = info
+        var normalized = info
+        blankPadded(&normalized.slotDescription)
+        blankPadded(&normalized.manufacturerID)
+        self.rawInfo = normalized
     }
 
     let rawInfo: CK_SLOT_INFO
@@ -39,10 +42,10 @@ public struct Slot: Sendable {
         var count: CK_ULONG = 0
         var rv = ReturnValue(f.C_GetMechanismList(id, nil, &count))
         guard rv.isOK else { throw PKCS11Error.call("C_GetMechanismList", rv) }
-        var types = [CK_MECHANISM_TYPE](repeating: 0, count: Int(count))
+        var types = [CK_MECHANISM_TYPE](repeating: 0, count: try PKCS11Error.checkedCount(count, limit: 65536, "C_GetMechanismList", "a mechanism count of"))
         rv = ReturnValue(f.C_GetMechanismList(id, &types, &count))
         guard rv.isOK else { throw PKCS11Error.call("C_GetMechanismList", rv) }
-        return try types.prefix(Int(count)).map { type in
+        return try types.prefix(try PKCS11Error.checkedCount(count, limit: types.count, "C_GetMechanismList", "a mechanism count of")).map { type in
             var info = CK_MECHANISM_INFO()
             let rv = ReturnValue(f.C_GetMechanismInfo(id, type, &info))
             guard rv.isOK else { throw PKCS11Error.call("C_GetMechanismInfo", rv) }
@@ -67,7 +70,14 @@ public struct TokenInfo: Sendable {
     public let raw: CK_TOKEN_INFO
 
     init(_ info: CK_TOKEN_INFO) {
-        raw = info
+        // Some modules (tpm2-pkcs11) pad with NUL where PKCS#11 says blanks: p11-kit would then
+        // match nothing and print %00 in every URI. The raw copy is blank-padded, as p11-kit expects.
+        var normalized = info
+        blankPadded(&normalized.label)
+        blankPadded(&normalized.manufacturerID)
+        blankPadded(&normalized.model)
+        blankPadded(&normalized.serialNumber)
+        raw = normalized
         label = paddedString(info.label)
         manufacturer = paddedString(info.manufacturerID)
         model = paddedString(info.model)

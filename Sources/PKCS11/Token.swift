@@ -98,7 +98,7 @@ public final class Token: Sendable {
         var capacity = options.maxPoolSessions
         let maxCount = info.maxSessionCount
         if maxCount != 0 && maxCount != CK_ULONG(bitPattern: -1) {
-            capacity = min(capacity, max(1, Int(maxCount) - 1))
+            capacity = min(capacity, max(1, Int(clamping: maxCount) - 1))
         }
         self.pool = SessionPool(module: slot.module, slotID: slot.id, capacity: capacity, logger: logger)
         logger.debug("opened token", metadata: ["token": "\(info.label)", "slot": "\(slot.id)", "pool": "\(capacity)"])

@@ -200,3 +200,13 @@ public func importOpenSSLKey(
         keyPEM: key, certificatePEM: pem, certificateDER: [UInt8](try Data(contentsOf: URL(fileURLWithPath: der))),
         uri: "pkcs11:token=\(token);object=\(label);type=private")
 }
+
+/// The fault-injecting PKCS#11 module built beside `p11jwt` (Sources/PKCS11Faults): it wraps
+/// SoftHSM and answers as `P11JWT_FAULTS` tells it.
+public var faultsModulePath: String {
+    get throws {
+        let path = URL(fileURLWithPath: try p11jwtBinary).deletingLastPathComponent().appendingPathComponent("libp11jwt-faults.so").path
+        try #require(FileManager.default.fileExists(atPath: path), "no fault-injecting module at \(path): run swift build first")
+        return path
+    }
+}
