@@ -12,9 +12,14 @@ public struct EmulatorRoutes: Sendable {
     public let faults: Faults
     let baseURL: BaseURL
 
+    /// The secret `POST /_emulator/faults` needs as its bearer (`admin-token`, 0600, in the state
+    /// directory): any local user can reach a loopback port, only the state's owner can read it.
+    let adminToken: String
+
     public init(store: StateStore, faults: Faults = Faults(), baseURL: String? = nil) throws {
         self.store = store
         self.key = try EmulatorSigningKey.loadOrCreate(in: store)
+        self.adminToken = try store.adminToken()
         self.faults = faults
         self.baseURL = BaseURL(baseURL)
     }
@@ -93,6 +98,11 @@ public struct EmulatorRoutes: Sendable {
         }
 
         router.post("/_emulator/faults") { request, _ -> Response in
+            let presented = request.headers[.authorization].map { String($0.drop(while: { $0 != " " }).dropFirst()) } ?? ""
+            guard request.headers[.authorization]?.lowercased().hasPrefix("bearer ") == true,
+                  Array(presented.utf8).constantTimeEquals(Array(adminToken.utf8)) else {
+                return Self.json(JSONObject(["error": "unauthorized", "message": "POST /_emulator/faults needs 'Authorization: Bearer' with the admin-token from the state directory"]), status: 401)
+            }
             var request = request
             let body = try await request.collectBody(upTo: 1 << 16)
             do {
@@ -324,6 +334,14 @@ final class BaseURL: @unchecked Sendable {
     var value: String? {
         get { lock.withLock { url } }
         set { lock.withLock { url = newValue } }
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Equal without an early exit, so the time taken says nothing about where they differ.
+    func constantTimeEquals(_ other: [UInt8]) -> Bool {
+        guard count == other.count else { return false }
+        return zip(self, other).reduce(0) { $0 | ($1.0 ^ $1.1) } == 0
     }
 }
 

@@ -46,6 +46,23 @@ public struct StateStore: Sendable {
         try DurableFile.writeAtomically(data, to: stateFile, mode: 0o600)
     }
 
+    /// The admin secret for `/_emulator/faults` (`admin-token`, 0600), made on first use.
+    public func adminToken() throws -> String {
+        let url = directory.appendingPathComponent("admin-token")
+        return try withLock {
+            if let data = FileManager.default.contents(atPath: url.path) {
+                let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                if !text.isEmpty { return text }
+            }
+            var bytes = [UInt8](repeating: 0, count: 32)
+            var generator = SystemRandomNumberGenerator()
+            for i in bytes.indices { bytes[i] = generator.next() }
+            let token = bytes.map { String(format: "%02x", $0) }.joined()
+            try DurableFile.writeAtomically(Data((token + "\n").utf8), to: url, mode: 0o600)
+            return token
+        }
+    }
+
     private func withLock<R>(_ body: () throws -> R) throws -> R {
         try DurableFile.withExclusiveLock(lockFile, body)
     }

@@ -73,8 +73,13 @@ struct LiveServerTests {
             let bearer = try #require(viaIP.json["access_token"] as? String)
 
             // addKey applied, then the connection dropped: the client gets no answer, the key is there.
-            let faults = try await Self.send(client, .POST, "\(emulator.url)/_emulator/faults",
-                                             body: #"{"failures":[{"route":"addKey","count":1,"dropAfterApply":true}]}"#)
+            // The fault route is the state owner's: without the admin token, 401 and nothing set.
+            let dropFault = #"{"failures":[{"route":"addKey","count":1,"dropAfterApply":true}]}"#
+            #expect(try await Self.send(client, .POST, "\(emulator.url)/_emulator/faults", body: dropFault).status == 401)
+            #expect(try await Self.send(client, .POST, "\(emulator.url)/_emulator/faults", body: dropFault, bearer: "guess").status == 401)
+            let adminMode = try FileManager.default.attributesOfItem(atPath: emulator.state + "/admin-token")[.posixPermissions] as? NSNumber
+            #expect(adminMode?.intValue == 0o600)
+            let faults = try await Self.send(client, .POST, "\(emulator.url)/_emulator/faults", body: dropFault, bearer: emulator.adminToken)
             #expect(faults.status == 204)
             let proof = try FixtureAssertion.proof(objectID, signer: signer)
             let body = #"{"keyCredential":{"type":"AsymmetricX509Cert","usage":"Verify","key":"\#(next.certificate!.x5cValue)"},"passwordCredential":null,"proof":"\#(proof)"}"#

@@ -77,7 +77,8 @@ final class WorkflowFixture: @unchecked Sendable {
 
     /// Sets the emulator's faults at run time.
     func setFaults(_ json: String) throws {
-        let r = try run("curl", ["-sS", "--fail", "--cacert", emulator.caFile, "-H", "content-type: application/json", "-d", json, "\(emulator.url)/_emulator/faults"])
+        let r = try run("curl", ["-sS", "--fail", "--cacert", emulator.caFile, "-H", "content-type: application/json",
+                                "-H", "Authorization: Bearer \(emulator.adminToken)", "-d", json, "\(emulator.url)/_emulator/faults"])
         try #require(r.status == 0, "setting faults: \(r.stderr)")
     }
 }

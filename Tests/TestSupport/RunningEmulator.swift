@@ -40,6 +40,10 @@ public final class RunningEmulator: @unchecked Sendable {
     private let logPath: String
 
     public var caFile: String { state + "/ca.pem" }
+    /// The bearer `POST /_emulator/faults` needs.
+    public var adminToken: String {
+        ((try? String(contentsOfFile: state + "/admin-token", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
     /// The emulator's stderr (its log) so far.
     public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
