@@ -111,7 +111,8 @@ public final class Agent: Sendable {
             server: .http1(configuration: .init(additionalChannelHandlers: [peerCheck.make()])),
             configuration: .init(address: .unixDomainSocket(path: configuration.socketPath), serverName: "p11jwt-agent"),
             onServerRunning: { [self] _ in
-                chmod(configuration.socketPath, 0o600)
+                // Other uids named by --allow-uid must be able to connect; SO_PEERCRED decides who is served.
+                chmod(configuration.socketPath, sharesSocket ? 0o666 : 0o600)
                 ownsSocket.withLock { $0 = true }
                 logger.info("agent listening", metadata: ["socket": "\(configuration.socketPath)"])
                 await ready.signal()
@@ -159,19 +160,38 @@ public final class Agent: Sendable {
         return env
     }
 
+    /// Whether other uids are allowed (`--allow-uid`): then the socket is 0666 and its directory
+    /// 0711, so they can reach it, and SO_PEERCRED alone decides who is served.
+    var sharesSocket: Bool { !configuration.allowedUIDs.subtracting([getuid()]).isEmpty }
+
     /// Refuses a socket path an agent is listening on; removes a stale socket; makes the
-    /// directory 0700.
+    /// directory 0700 (0711 when other uids are allowed).
     func prepareSocketPath() throws {
         let path = configuration.socketPath
         let directory = (path as NSString).deletingLastPathComponent
+        let mode: mode_t = sharesSocket ? 0o711 : 0o700
         if !FileManager.default.fileExists(atPath: directory) {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         }
         var info = stat()
-        guard stat(directory, &info) == 0, info.st_uid == getuid(), info.st_mode & 0o077 == 0 else {
+        // Group or others may search a shared directory, never list or write it.
+        guard stat(directory, &info) == 0, info.st_uid == getuid(), info.st_mode & (sharesSocket ? 0o066 : 0o077) == 0 else {
             throw AgentAPI.ErrorBody(
                 error: "unsafeSocketDirectory", message: "the socket directory \(directory) must be yours and 0700",
                 hint: "chmod 700 \(directory), or give --socket in a private directory (default: $XDG_RUNTIME_DIR/p11jwt)")
+        }
+        if info.st_mode & 0o777 != mode { chmod(directory, mode) }
+        if sharesSocket {
+            // The allowed uids must be able to walk to the socket: say so now, not by their EACCES.
+            var ancestor = (directory as NSString).deletingLastPathComponent
+            while !ancestor.isEmpty && ancestor != "/" {
+                var a = stat()
+                if stat(ancestor, &a) == 0, a.st_mode & 0o001 == 0 {
+                    logger.warning("other uids cannot reach the socket: \(ancestor) is not searchable by others (mode \(String(a.st_mode & 0o777, radix: 8))); give --socket under a directory they can traverse")
+                    break
+                }
+                ancestor = (ancestor as NSString).deletingLastPathComponent
+            }
         }
         guard FileManager.default.fileExists(atPath: path) else { return }
         if AgentClient.isListening(path) {

@@ -251,12 +251,14 @@ struct AgentTests {
         let asOwner = try run("curl", ["-sS", "--unix-socket", agent.socket, "http://agent/v1/health"])
         #expect(asOwner.stdout.contains("\"status\":\"ok\""))
         agent.stop()
-        // With --allow-uid the other user is served. (The agent insists on a 0700 directory.)
+        // With --allow-uid the other user is served: the agent makes its socket reachable (0666 in a
+        // 0711 directory) and SO_PEERCRED decides. (Only the ancestors are the caller's to open.)
         chmod(socketDirectory, 0o700)
         let allowing = try RunningAgent(f, ["--allow-uid", "65534"])
         defer { allowing.stop() }
-        chmod(socketDirectory, 0o755)
-        chmod(allowing.socket, 0o666)
+        var socketInfo = stat(), directoryInfo = stat()
+        #expect(stat(allowing.socket, &socketInfo) == 0 && socketInfo.st_mode & 0o777 == 0o666)
+        #expect(stat(socketDirectory, &directoryInfo) == 0 && directoryInfo.st_mode & 0o777 == 0o711)
         let allowed = try run("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sS", "--unix-socket", allowing.socket, "http://agent/v1/health"])
         #expect(allowed.stdout.contains("\"status\":\"ok\""), "\(allowed.stderr)")
     }

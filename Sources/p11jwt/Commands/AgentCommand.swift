@@ -13,8 +13,8 @@ struct AgentCommand: AsyncParsableCommand {
         commandName: "agent",
         abstract: "Log in once and serve signatures, assertions and tokens to other processes over a Unix socket.",
         discussion: """
-            Runs in the foreground until SIGTERM / SIGINT. The socket is 0600 in a 0700 directory, and a
-            connection from another uid is closed unless --allow-uid names it. With P11JWT_AGENT_SOCK set,
+            Runs in the foreground until SIGTERM / SIGINT. The socket is 0600 in a 0700 directory (0666 in a
+            0711 one with --allow-uid), and a connection from another uid is closed unless --allow-uid names it. With P11JWT_AGENT_SOCK set,
             every p11jwt command that signs goes through the agent (--no-agent bypasses it).
             --managed-identity serves the App Service managed-identity protocol on 127.0.0.1 and
             --assertion-file keeps a fresh client assertion in a file, so unmodified Azure SDKs
