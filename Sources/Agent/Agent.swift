@@ -108,8 +108,10 @@ public final class Agent: Sendable {
         let peerCheck = PeerCredentialsHandler.Factory(allowed: allowedUIDs, logger: logger)
         let socketApp = Application(
             router: AgentRoutes(agent: self).router(),
-            server: .http1(configuration: .init(additionalChannelHandlers: [peerCheck.make()])),
-            configuration: .init(address: .unixDomainSocket(path: configuration.socketPath), serverName: "p11jwt-agent"),
+            server: .http1(configuration: .init(additionalChannelHandlers: [peerCheck.make()], idleTimeout: Self.idleTimeout)),
+            configuration: .init(
+                address: .unixDomainSocket(path: configuration.socketPath), serverName: "p11jwt-agent",
+                availableConnectionsDelegate: MaximumAvailableConnections(Self.maximumConnections, logger: logger)),
             onServerRunning: { [self] _ in
                 // Other uids named by --allow-uid must be able to connect; SO_PEERCRED decides who is served.
                 chmod(configuration.socketPath, sharesSocket ? 0o666 : 0o600)
@@ -159,6 +161,12 @@ public final class Agent: Sendable {
         }
         return env
     }
+
+    /// A connection that sends nothing for this long (no request, or no next request) is closed.
+    static let idleTimeout: TimeAmount = .seconds(15)
+    /// Connections open at once, per listener; beyond it the listener stops accepting until one
+    /// closes (backpressure, not an accept loop spinning on EMFILE).
+    static let maximumConnections = 128
 
     /// Whether other uids are allowed (`--allow-uid`): then the socket is 0666 and its directory
     /// 0711, so they can reach it, and SO_PEERCRED alone decides who is served.

@@ -1,6 +1,7 @@
 import Entra
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -26,9 +27,14 @@ struct ManagedIdentityEndpoint: Sendable {
         router.get(.init(stringLiteral: Self.path)) { request, _ -> Response in
             try await answer(request)
         }
+        // Any local uid can reach a loopback port: idle connections are closed and their number
+        // is capped, so none can pin the agent's descriptors or its accept loop.
         return Application(
             router: router,
-            configuration: .init(address: .hostname("127.0.0.1", port: port), serverName: "p11jwt-agent-identity"),
+            server: .http1(configuration: .init(idleTimeout: Agent.idleTimeout)),
+            configuration: .init(
+                address: .hostname("127.0.0.1", port: port), serverName: "p11jwt-agent-identity",
+                availableConnectionsDelegate: MaximumAvailableConnections(Agent.maximumConnections, logger: logger)),
             onServerRunning: { channel in
                 let url = "http://127.0.0.1:\(channel.localAddress?.port ?? port)\(Self.path)"
                 logger.info("managed-identity endpoint listening", metadata: ["url": "\(url)"])

@@ -323,6 +323,59 @@ struct AgentTests {
         }
     }
 
+    /// Any local uid can open connections to the loopback managed-identity port and send nothing:
+    /// the agent's socket API keeps answering, the accept loop does not spin, and idle connections
+    /// are closed so the port serves again.
+    @Test func idleConnectionsCannotExhaustTheAgent() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f, ["--managed-identity"])
+        defer { agent.stop() }
+        let endpointText = try #require(agent.environment["IDENTITY_ENDPOINT"])
+        let endpoint = try #require(URL(string: endpointText))
+        let port = try #require(endpoint.port)
+        var sockets: [Int32] = []
+        defer { sockets.forEach { close($0) } }
+        for _ in 0..<300 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if connected == 0 { sockets.append(fd) } else { close(fd) }
+        }
+        // The owner's socket API answers at once.
+        let started = Date()
+        #expect(try agent.client.health().status == "ok")
+        #expect(Date().timeIntervalSince(started) < 2)
+        // No busy accept loop: the agent uses little CPU while the connections sit idle.
+        func cpuTicks() throws -> Int {
+            let stat = try String(contentsOfFile: "/proc/\(agent.process.processIdentifier)/stat", encoding: .utf8)
+            let fields = stat.split(separator: ")").last!.split(separator: " ")
+            return Int(fields[11])! + Int(fields[12])!
+        }
+        let before = try cpuTicks()
+        Thread.sleep(forTimeInterval: 2)
+        #expect(try cpuTicks() - before < 100, "the agent spent more than half of 2 s on the CPU")
+        // Idle connections are closed by the agent (EOF on read) within its idle timeout.
+        var buffer = [UInt8](repeating: 0, count: 16)
+        var timeout = timeval(tv_sec: 25, tv_usec: 0)
+        setsockopt(sockets[0], SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        #expect(recv(sockets[0], &buffer, buffer.count, 0) == 0, "the idle connection was not closed")
+        // Then the endpoint serves a real request again.
+        let secret = try #require(agent.environment["IDENTITY_HEADER"])
+        var answered = false
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline && !answered {
+            let r = try run("curl", ["-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "-H", "X-IDENTITY-HEADER: \(secret)",
+                                     "\(endpoint.absoluteString)?resource=https://graph.microsoft.com&api-version=2019-08-01"])
+            answered = r.stdout == "200"
+        }
+        #expect(answered)
+    }
+
     /// The PIN read from $P11JWT_PIN does not stay in the agent's environment block.
     @Test func thePINIsScrubbedFromTheAgentsEnvironment() throws {
         let f = try WorkflowFixture()
