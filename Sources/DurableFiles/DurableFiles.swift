@@ -53,6 +53,20 @@ public enum DurableFile {
         return try body()
     }
 
+    /// An exclusive `flock` on `lockFile` (created 0600), taken without waiting: nil when another
+    /// process holds it. Released by ``HeldLock/release()`` or when the process ends (even by SIGKILL).
+    public static func tryExclusiveLock(_ lockFile: URL) throws -> HeldLock? {
+        let fd = open(lockFile.path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw DurableFileError("cannot open", lockFile.path) }
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            if errno == EINTR { continue }
+            close(fd)
+            if errno == EWOULDBLOCK { return nil }
+            throw DurableFileError("cannot lock", lockFile.path)
+        }
+        return HeldLock(fd: fd)
+    }
+
     /// Creates `directory` (and parents) and makes it `mode` (0700 for directories of secrets).
     public static func makeDirectory(_ directory: URL, mode: mode_t = 0o700) throws {
         do {
@@ -93,4 +107,19 @@ public enum StateJSON {
         d.dateDecodingStrategy = .iso8601
         return d
     }
+}
+
+/// A held `flock`; ``release()`` unlocks and closes it.
+public final class HeldLock: @unchecked Sendable {
+    private var fd: Int32
+    init(fd: Int32) { self.fd = fd }
+
+    public func release() {
+        guard fd >= 0 else { return }
+        flock(fd, LOCK_UN)
+        close(fd)
+        fd = -1
+    }
+
+    deinit { release() }
 }

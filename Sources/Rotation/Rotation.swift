@@ -110,6 +110,10 @@ public struct Rotation: Sendable {
     /// Runs or resumes the rotation. `currentSigner` is asked for only when no rotation is in
     /// progress (a resumed run finds both keys by the ids in the journal).
     public func run(options: Options, currentSigner: () throws -> TokenSigner) async throws -> Report {
+        // One rotation per app at a time: a second run would plan its own key, and whichever lost
+        // would keep resuming a journal whose credential the winner removed.
+        let lock = try journals.lock(objectID: objectID)
+        defer { lock.release() }
         var report = Report(outcome: "rotated", resumed: false, objectID: objectID)
         var journal: RotationJournal
         if let existing = try journals.load(objectID: objectID) {

@@ -72,6 +72,22 @@ public struct RotationJournalStore: Sendable {
 
     func file(_ objectID: String) -> URL { directory.appendingPathComponent("rotate-\(objectID.lowercased()).json") }
 
+    /// Holds `rotate-<objectID>.lock` beside the journal for the length of one run; an error
+    /// when another process rotates the same object now.
+    public func lock(objectID: String) throws -> HeldLock {
+        let url = directory.appendingPathComponent("rotate-\(objectID.lowercased()).lock")
+        do {
+            try DurableFile.makeDirectory(directory)
+            guard let held = try DurableFile.tryExclusiveLock(url) else {
+                throw EntraError(.rotation, "another rotate of \(objectID) is running (it holds \(url.path))",
+                    hint: "let it finish; nothing was changed by this run")
+            }
+            return held
+        } catch let error as DurableFileError {
+            throw EntraError(.stateFile, "cannot lock the rotation of \(objectID): \(error)", hint: "give a state directory you can write")
+        }
+    }
+
     public func load(objectID: String) throws -> RotationJournal? {
         let url = file(objectID)
         guard let data = FileManager.default.contents(atPath: url.path) else { return nil }

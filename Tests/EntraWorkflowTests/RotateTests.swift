@@ -40,6 +40,15 @@ extension WorkflowFixture {
     }
 }
 
+/// A value shared with a background closure.
+final class LockedBox<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: T
+    init(_ value: T) { self.value = value }
+    func set(_ newValue: T) { lock.withLock { value = newValue } }
+    func get() -> T { lock.withLock { value } }
+}
+
 @Suite("p11jwt rotate against the emulator over HTTPS")
 struct RotateTests {
     @Test func rotateWaitsOutThePropagationDelayAndLeavesExactlyTheNewKey() throws {
@@ -74,6 +83,37 @@ struct RotateTests {
         #expect(read.status == 0, "\(read.stderr)")
         #expect(try run("openssl", ["verify", "-CAfile", pem, pem]).status == 0)
         #expect(try opensslThumbprint(pem) == newThumbprint)
+    }
+
+    /// Two rotations of one app at once: the second is refused before it changes anything, the
+    /// first completes, and no orphaned key or journal is left.
+    @Test func aSecondConcurrentRotateIsRefusedAndChangesNothing() throws {
+        let f = try WorkflowFixture(emulatorArguments: ["--propagation-delay", "4"])
+        let first = LockedBox<ProcessResult?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            first.set(try? f.rotate(["--old-key-id", f.bootstrapKeyID, "--propagation-timeout", "60"]))
+            done.signal()
+        }
+        // The first run is inside its propagation wait (the new key is refused for 4 s) by now.
+        var second: ProcessResult?
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.3)
+            if FileManager.default.fileExists(atPath: f.journalFile) {
+                second = try f.rotate(["--old-key-id", f.bootstrapKeyID, "--propagation-timeout", "60"])
+                break
+            }
+        }
+        done.wait()
+        let second_ = try #require(second, "the first rotate never wrote its journal")
+        #expect(second_.status == 1, "\(second_.stderr)")
+        #expect(second_.stderr.contains("another rotate of \(f.objectID) is running"), "\(second_.stderr)")
+        let firstResult = try #require(first.get())
+        #expect(firstResult.status == 0, "\(firstResult.stderr)")
+        #expect(try f.journal() == nil)
+        #expect(try f.credentials().count == 1)
+        #expect(try f.privateKeys().allSatisfy { !$0.label.contains("-next-") })
     }
 
     @Test func rotateGivesUpClearlyWhenEntraNeverAcceptsTheNewKey() throws {

@@ -106,7 +106,7 @@ public let testLogger: Logger = {
 }()
 
 /// The result of a child process.
-public struct ProcessResult {
+public struct ProcessResult: Sendable {
     public var status: Int32
     public var stdout: String
     public var stderr: String
