@@ -376,6 +376,33 @@ struct AgentTests {
         #expect(answered)
     }
 
+    /// The agent through the fault-injecting module: a token failing mid-sign gives the client a
+    /// clear error and the agent keeps serving; odd-but-legal token info changes nothing.
+    @Test func theAgentThroughAFaultInjectingModule() throws {
+        let f = try WorkflowFixture()
+        let log = f.dir.file("calls.log")
+        let agent = try RunningAgent(f, ["--module", try faultsModulePath],
+                                     environment: ["P11JWT_FAULTS": "quirk=token-huge;quirk=nul-padded;C_Sign@3=CKR_DEVICE_ERROR", "P11JWT_FAULTS_LOG": log])
+        defer { agent.stop() }
+        let digest = Base64URL.encode(Array(SHA256.hash(data: Array("fault".utf8))))
+        _ = try agent.client.sign(.init(key: nil, alg: "RS256", value: digest))
+        _ = try agent.client.sign(.init(key: nil, alg: "RS256", value: digest))
+        do {
+            _ = try agent.client.sign(.init(key: nil, alg: "RS256", value: digest))
+            Issue.record("the injected CKR_DEVICE_ERROR did not reach the client")
+        } catch let error as AgentClientError {
+            #expect("\(error)".contains("CKR_DEVICE_ERROR"), "\(error)")
+        }
+        // A device error reads as a token gone: the agent recovers by itself (the module initialised
+        // again, one login with the PIN it holds) and serves again; no login ever failed or was retried.
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline, (try? agent.client.health().status) != "ok" { Thread.sleep(forTimeInterval: 0.2) }
+        _ = try agent.client.sign(.init(key: nil, alg: "RS256", value: digest))
+        #expect(agent.process.isRunning)
+        let logins = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").filter { $0.hasPrefix("C_Login ") }
+        #expect(!logins.isEmpty && logins.allSatisfy { $0 == "C_Login 0x0" }, "\(logins)")
+    }
+
     /// The PIN read from $P11JWT_PIN does not stay in the agent's environment block.
     @Test func thePINIsScrubbedFromTheAgentsEnvironment() throws {
         let f = try WorkflowFixture()
