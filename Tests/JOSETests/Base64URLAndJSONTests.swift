@@ -99,6 +99,14 @@ struct JSONValueTests {
         #expect(error?.code == .malformed)
     }
 
+    /// Found by scripts/fuzz (Fuzz/Corpus/FuzzJSON/integral-double): an integral double is
+    /// written as an integer, the same JSON number.
+    @Test func anIntegralDoubleRoundTripsAsTheSameNumber() throws {
+        let value = try JSONValue(parsing: "922337.0")
+        #expect(value.serialized == "922337")
+        #expect(try JSONValue(parsing: value.serialized).numberValue == value.numberValue)
+    }
+
     @Test func keepsTheExtremesThatFit() throws {
         let object = try JSONObject(parsing: Array(#"{"a":9223372036854775807,"b":-9223372036854775808,"c":1.7976931348623157e308,"d":"é😀"}"#.utf8), what: "test")
         #expect(object["a"] == .int(.max) && object["b"] == .int(.min))

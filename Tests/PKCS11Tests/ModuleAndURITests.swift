@@ -131,4 +131,12 @@ struct TokenFindingTests {
             #expect(error.hint?.contains("serial=") == true)
         }
     }
+
+    /// Found by scripts/fuzz (Fuzz/Corpus/FuzzURI/pin-value-R): redaction covers every spelling,
+    /// whether or not the URI parses.
+    @Test(arguments: [("pkcs11:pin-value=R", "pkcs11:pin-value=REDACTED"), ("pkcs11:token=t?PIN-VALUE=1234&x=1", "pkcs11:token=t?pin-value=REDACTED&x=1"),
+                      ("not a uri pin-value=9", "not a uri pin-value=REDACTED"), ("pkcs11:token=t", "pkcs11:token=t")])
+    func redactionCoversEverySpelling(text: String, redacted: String) {
+        #expect(PKCS11URI.redact(text) == redacted)
+    }
 }

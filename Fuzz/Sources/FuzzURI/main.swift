@@ -1,3 +1,4 @@
+import Foundation
 import FuzzSupport
 import PKCS11
 
@@ -11,10 +12,11 @@ runFuzzer { data, size in
         _ = uri.moduleName
         _ = uri.modulePath
         _ = uri.slotID
-        if let pin = uri.pinValue, !pin.isEmpty, uri.redacted.contains("pin-value=\(pin)") {
-            fatalError("the redacted URI still shows its pin-value")
-        }
+        _ = uri.pinValue
     }
-    _ = redacted
+    // Whatever the text, no pin-value survives redaction (any case).
+    if redacted.replacingOccurrences(of: "pin-value=REDACTED", with: "").range(of: "pin-value=", options: .caseInsensitive) != nil {
+        fatalError("a pin-value survived redaction")
+    }
     return 0
 }
