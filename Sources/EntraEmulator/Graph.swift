@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import JOSE
 
 /// A Microsoft Graph error: status, `error.code`, `error.message`.
@@ -24,14 +25,27 @@ public struct GraphError: Error, Sendable, Equatable {
 
     static let denied = GraphError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
 
-    func body(clientRequestID: String?, now: Date) -> JSONObject {
+    func body(ids: GraphRequestIDs, now: Date) -> JSONObject {
         var inner = JSONObject([
-            "date": .string(isoDate(now)), "request-id": .string(UUID().uuidString.lowercased()),
-            "client-request-id": .string(clientRequestID ?? UUID().uuidString.lowercased()),
+            "date": .string(isoDate(now)), "request-id": .string(ids.request), "client-request-id": .string(ids.client),
         ])
         if let reason { inner["emulatorReason"] = .string(reason) }
         return JSONObject(["error": .object(JSONObject(["code": .string(code), "message": .string(message), "innerError": .object(inner)]))])
     }
+}
+
+/// The ids Graph puts on one answer, in its headers and in an error's `innerError` alike: a new
+/// `request-id`, and the caller's `client-request-id` (or a new one).
+struct GraphRequestIDs {
+    let request = UUID().uuidString.lowercased()
+    let client: String
+
+    init(clientRequestID: String?) { client = clientRequestID ?? UUID().uuidString.lowercased() }
+}
+
+extension HTTPField.Name {
+    static let requestID = HTTPField.Name("request-id")!
+    static let clientRequestID = HTTPField.Name("client-request-id")!
 }
 
 /// The object a Graph URL names.

@@ -117,8 +117,8 @@ public struct EmulatorRoutes: Sendable {
             router.on("/v1.0/**", method: method) { request, context -> Response in
                 let path = request.uri.path.removingPercentEncoding ?? request.uri.path
                 let route = path.hasSuffix("/addKey") ? "addKey" : path.hasSuffix("/removeKey") ? "removeKey" : "graph"
-                let clientRequestID = request.headers[HTTPField.Name("client-request-id")!] ?? UUID().uuidString.lowercased()
-                if let injected = try await inject(route) { return Self.graphHeaders(injected, clientRequestID: clientRequestID) }
+                let ids = GraphRequestIDs(clientRequestID: request.headers[.clientRequestID])
+                if let injected = try await inject(route, ids: ids) { return Self.graphHeaders(injected, ids) }
                 var request = request
                 let body = Array(buffer: try await request.collectBody(upTo: 1 << 20))
                 let now = faults.now
@@ -141,24 +141,24 @@ public struct EmulatorRoutes: Sendable {
                     case (.post, .object(let object), "addKey"):
                         let added = try graph.addKey(object, body: body, caller: caller, now: now)
                         await dropIfInjected(route, context: context)
-                        return Self.graphJSON(added, clientRequestID: clientRequestID)
+                        return Self.graphJSON(added, ids)
                     case (.post, .object(let object), "removeKey"):
                         try graph.removeKey(object, body: body, caller: caller, now: now)
                         await dropIfInjected(route, context: context)
-                        return Self.graphHeaders(Response(status: .noContent), clientRequestID: clientRequestID)
+                        return Self.graphHeaders(Response(status: .noContent), ids)
                     case (.get, .object(let object), nil):
-                        return Self.graphJSON(try graph.get(object, caller: caller, query: query), clientRequestID: clientRequestID)
+                        return Self.graphJSON(try graph.get(object, caller: caller, query: query), ids)
                     case (.get, .collection(let servicePrincipals), nil):
-                        return Self.graphJSON(try graph.list(servicePrincipals: servicePrincipals, caller: caller, query: query), clientRequestID: clientRequestID)
+                        return Self.graphJSON(try graph.list(servicePrincipals: servicePrincipals, caller: caller, query: query), ids)
                     case (.patch, .object(let object), nil):
                         try graph.patch(object, body: body, caller: caller, now: now)
-                        return Self.graphHeaders(Response(status: .noContent), clientRequestID: clientRequestID)
+                        return Self.graphHeaders(Response(status: .noContent), ids)
                     default:
                         throw GraphError(405, "Request_BadRequest", "The \(request.method) method is not supported on '\(path)'.")
                     }
                 } catch {
                     context.logger.info("graph request refused", metadata: ["code": "\(error.code)", "reason": "\(error.reason ?? "")"])
-                    return Self.graphJSON(error.body(clientRequestID: clientRequestID, now: now), status: error.status, clientRequestID: clientRequestID)
+                    return Self.graphJSON(error.body(ids: ids, now: now), status: error.status, ids)
                 }
             }
         }
@@ -221,7 +221,7 @@ public struct EmulatorRoutes: Sendable {
     }
 
     /// An injected latency, and an injected failure when one is pending for `route`.
-    private func inject(_ route: String) async throws -> Response? {
+    private func inject(_ route: String, ids: GraphRequestIDs? = nil) async throws -> Response? {
         let settings = faults.settings
         if settings.latencyMilliseconds > 0 { try await Task.sleep(for: .milliseconds(settings.latencyMilliseconds)) }
         guard let failure = faults.takeFailure(route) else { return nil }
@@ -231,7 +231,7 @@ public struct EmulatorRoutes: Sendable {
         if status == 429 || status == 503 { headers[.retryAfter] = String(failure.retryAfter ?? 1) }
         let body = route == "token"
             ? OAuthError(status, "temporarily_unavailable", 90033, "A transient error has occurred. Please try again.").body(authority: baseURL.value ?? "", now: Date()).serialized
-            : GraphError(status, status == 429 ? "TooManyRequests" : "ServiceUnavailable", "Injected fault.").body(clientRequestID: nil, now: Date()).serialized
+            : GraphError(status, status == 429 ? "TooManyRequests" : "ServiceUnavailable", "Injected fault.").body(ids: ids ?? GraphRequestIDs(clientRequestID: nil), now: Date()).serialized
         return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
     }
 
@@ -283,16 +283,16 @@ public struct EmulatorRoutes: Sendable {
         return (.object(byAppID.map { .servicePrincipalByAppID($0) } ?? .servicePrincipal(id: key)), action)
     }
 
-    /// Graph's headers on every answer: `request-id` and the caller's `client-request-id`.
-    static func graphHeaders(_ response: Response, clientRequestID: String) -> Response {
+    /// Graph's headers on every answer: the `request-id` and `client-request-id` its body names too.
+    static func graphHeaders(_ response: Response, _ ids: GraphRequestIDs) -> Response {
         var response = response
-        response.headers[HTTPField.Name("request-id")!] = UUID().uuidString.lowercased()
-        response.headers[HTTPField.Name("client-request-id")!] = clientRequestID
+        response.headers[.requestID] = ids.request
+        response.headers[.clientRequestID] = ids.client
         return response
     }
 
-    static func graphJSON(_ object: JSONObject, status: Int = 200, clientRequestID: String) -> Response {
-        graphHeaders(json(object, status: status), clientRequestID: clientRequestID)
+    static func graphJSON(_ object: JSONObject, status: Int = 200, _ ids: GraphRequestIDs) -> Response {
+        graphHeaders(json(object, status: status), ids)
     }
 
     /// `application/x-www-form-urlencoded`.
@@ -358,8 +358,8 @@ struct UnknownRouteMiddleware: RouterMiddleware {
             if path.hasPrefix("/v1.0/") || path.hasPrefix("/beta/") || path == "/v1.0" || path == "/beta" {
                 let segment = path.split(separator: "/").dropFirst().first.map(String.init) ?? ""
                 let graph = GraphError(400, "BadRequest", "Resource not found for the segment '\(segment)'.")
-                let id = request.headers[HTTPField.Name("client-request-id")!] ?? UUID().uuidString.lowercased()
-                return EmulatorRoutes.graphJSON(graph.body(clientRequestID: id, now: Date()), status: graph.status, clientRequestID: id)
+                let ids = GraphRequestIDs(clientRequestID: request.headers[.clientRequestID])
+                return EmulatorRoutes.graphJSON(graph.body(ids: ids, now: Date()), status: graph.status, ids)
             }
             return EmulatorRoutes.json(JSONObject([
                 "error": "not_found",

@@ -177,13 +177,7 @@ static void nul_pad(unsigned char *field, size_t size) {
     memset(field + end, 0, size - end);
 }
 
-static CK_RV w_C_Initialize(CK_VOID_PTR args) {
-    CK_RV rv;
-    if (!injected("C_Initialize", &rv)) rv = real->C_Initialize(args);
-    log_call("C_Initialize", rv);
-    return rv;
-}
-
+WRAP(C_Initialize, (CK_VOID_PTR args), (args))
 WRAP(C_Finalize, (CK_VOID_PTR reserved), (reserved))
 WRAP(C_GetInfo, (CK_INFO_PTR info), (info))
 WRAP(C_OpenSession, (CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify, CK_SESSION_HANDLE_PTR session),

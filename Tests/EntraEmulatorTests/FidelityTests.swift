@@ -236,6 +236,11 @@ struct FidelityTests {
             let (ok, added, headers) = try await call(.post, addKey, good.0, contentType: "application/json; charset=utf-8", requestID: "my-request-1")
             #expect(ok == 200 && added["key"] is NSNull, "\(added)")
             #expect(headers[HTTPField.Name("client-request-id")!] == "my-request-1" && headers[HTTPField.Name("request-id")!] != nil)
+            // An error names the same ids in its body as in its headers.
+            let (_, refused, refusedHeaders) = try await call(.post, addKey, lateEnd.0, requestID: "my-request-2")
+            let inner = (refused["error"] as? [String: Any])?["innerError"] as? [String: Any]
+            #expect(inner?["client-request-id"] as? String == "my-request-2")
+            #expect(inner?["request-id"] as? String == refusedHeaders[HTTPField.Name("request-id")!])
             // key only with $select=keyCredentials on one object; @odata.context always.
             (status, json, _) = try await call(.get, "/v1.0/applications/\(f.app.id)")
             let plainKeys = try #require(json["keyCredentials"] as? [[String: Any]])
