@@ -23,6 +23,8 @@ public final class Agent: Sendable {
         public var defaultKey: String
         /// Uids allowed to connect besides the agent's own.
         public var allowedUIDs: Set<uid_t>
+        /// Peers whose effective gid is one of these are allowed too.
+        public var allowedGIDs: Set<gid_t> = []
         /// Tenant, client and endpoints for `/v1/token`, `/v1/assertion` defaults, the managed-
         /// identity endpoint and the assertion file.
         public var entra: EntraClient.Configuration?
@@ -50,7 +52,15 @@ public final class Agent: Sendable {
     public let configuration: Configuration
     let keeper: TokenKeeper
     let logger: Logger
-    let signers = Mutex<[String: TokenSigner]>([:])
+    let signers = Mutex<[String: HeldSigner]>([:])
+    /// How long a signer resolved from a URI that does not pin `id=` is used before the URI is
+    /// looked up again (a `rotate` moves the label to the new key).
+    static let keyRecheckInterval: Duration = .seconds(1)
+
+    struct HeldSigner {
+        var signer: TokenSigner
+        var checkedAt: ContinuousClock.Instant
+    }
     let broker: TokenBroker?
     /// The secret the managed-identity endpoint requires in `X-IDENTITY-HEADER`, new per start.
     public let identitySecret: String
@@ -70,20 +80,65 @@ public final class Agent: Sendable {
         keeper = TokenKeeper(
             token: token, module: module, uri: try PKCS11URI(configuration.defaultKey), logger: logger,
             onFatal: { continuation.yield($0) })
-        signers.withLock { $0[configuration.defaultKey] = defaultSigner }
+        signers.withLock { $0[configuration.defaultKey] = HeldSigner(signer: defaultSigner, checkedAt: .now) }
         var rng = SystemRandomNumberGenerator()
         identitySecret = Base64URL.encode((0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })
         broker = try configuration.entra.map { try TokenBroker(configuration: $0, logger: logger) }
     }
 
     /// The signer for a request's `key` (nil: the default key). Keys are on the agent's token.
-    func signer(_ keyURI: String?) throws -> TokenSigner {
+    ///
+    /// A key chosen by label (or any URI without `id=`) is looked up again at most once per
+    /// ``keyRecheckInterval``, and at once when `recheck` is set (Entra refused the key): after a
+    /// `rotate` the label names the new key, and the agent follows it without a restart. While
+    /// the lookup finds no key or several (a rotate is moving the label between two keys that
+    /// both work) the signer already held is kept.
+    func signer(_ keyURI: String?, recheck: Bool = false) throws -> TokenSigner {
         let text = keyURI ?? configuration.defaultKey
         let token = try keeper.current()
-        if let cached = signers.withLock({ $0[text] }), cached.token === token { return cached }
-        let signer = try Self.resolve(text, on: token)
-        signers.withLock { $0[text] = signer }
+        let now = ContinuousClock.now
+        guard let held = signers.withLock({ $0[text] }), held.signer.token === token else {
+            let signer = try Self.resolve(text, on: token)
+            signers.withLock { $0[text] = HeldSigner(signer: signer, checkedAt: now) }
+            return signer
+        }
+        let uri = try PKCS11URI(text)
+        guard uri.objectID == nil, recheck || now - held.checkedAt >= Self.keyRecheckInterval else { return held.signer }
+        let found: [PrivateKeyObject]
+        do {
+            found = try token.privateKeys(matching: uri)
+        } catch {
+            if keeper.noteFailure(error) { throw error }
+            logger.debug("key lookup failed; keeping the key already resolved", metadata: ["key": "\(uri.redacted)", "error": "\(error)"])
+            return held.signer
+        }
+        guard found.count == 1, found[0].id != held.signer.key.id || found[0].label != held.signer.key.label else {
+            if found.count != 1 {
+                logger.debug("key lookup found \(found.count) keys; keeping the key already resolved", metadata: ["key": "\(uri.redacted)"])
+            }
+            signers.withLock { $0[text]?.checkedAt = now }
+            return held.signer
+        }
+        let signer = try TokenSigner(token: token, key: found[0])
+        logger.notice(
+            "the key URI now selects another key (rotated); signing with it from now on",
+            metadata: ["key": "\(uri.redacted)", "id": "\(Hex.encode(found[0].id ?? []))", "thumbprint": "\(signer.certificate?.thumbprint.hexSHA1 ?? "none")"])
+        signers.withLock { $0[text] = HeldSigner(signer: signer, checkedAt: now) }
         return signer
+    }
+
+    /// An access token from the broker with the signer for `keyURI`; when Entra refuses the key
+    /// (AADSTS700027: its credential was removed, as a `rotate` does), the URI is looked up again
+    /// and, if it now names another key, the exchange is tried once with that key.
+    func accessToken(broker: TokenBroker, scope: String, keyURI: String?) async throws -> AccessToken {
+        let signer = try signer(keyURI)
+        do {
+            return try await broker.token(scope: scope, signer: signer)
+        } catch let error as EntraError where error.code == .tokenRefused && error.aadsts == 700027 {
+            let again = try self.signer(keyURI, recheck: true)
+            guard again.key.id != signer.key.id else { throw error }
+            return try await broker.token(scope: scope, signer: again)
+        }
     }
 
     static func resolve(_ text: String, on token: Token) throws -> TokenSigner {
@@ -105,10 +160,11 @@ public final class Agent: Sendable {
         let ready = ReadinessCounter(expected: configuration.managedIdentityPort == nil ? 1 : 2) { [self] in
             await onReady(environment())
         }
-        let peerCheck = PeerCredentialsHandler.Factory(allowed: allowedUIDs, logger: logger)
+        let peerCheck = PeerCredentialsHandler.Factory(
+            allowed: allowedUIDs, allowedGIDs: configuration.allowedGIDs, connections: ConnectionsPerUID(limit: Self.connectionsPerUID), logger: logger)
         let socketApp = Application(
             router: AgentRoutes(agent: self).router(),
-            server: .http1(configuration: .init(additionalChannelHandlers: [peerCheck.make()], idleTimeout: Self.idleTimeout)),
+            server: .http1(configuration: .init(additionalChannelHandlers: [peerCheck.make(), OversizedRequestCloser(limit: Self.maximumBody)], idleTimeout: Self.idleTimeout)),
             configuration: .init(
                 address: .unixDomainSocket(path: configuration.socketPath), serverName: "p11jwt-agent",
                 availableConnectionsDelegate: MaximumAvailableConnections(Self.maximumConnections, logger: logger)),
@@ -167,10 +223,14 @@ public final class Agent: Sendable {
     /// Connections open at once, per listener; beyond it the listener stops accepting until one
     /// closes (backpressure, not an accept loop spinning on EMFILE).
     static let maximumConnections = 128
+    /// Connections one uid other than the agent's may hold on the socket.
+    static let connectionsPerUID = 16
+    /// The largest request body; a larger one is answered 413 and its connection closed.
+    static let maximumBody = 1 << 20
 
     /// Whether other uids are allowed (`--allow-uid`): then the socket is 0666 and its directory
     /// 0711, so they can reach it, and SO_PEERCRED alone decides who is served.
-    var sharesSocket: Bool { !configuration.allowedUIDs.subtracting([getuid()]).isEmpty }
+    var sharesSocket: Bool { !configuration.allowedUIDs.subtracting([getuid()]).isEmpty || !configuration.allowedGIDs.isEmpty }
 
     /// Refuses a socket path an agent is listening on; removes a stale socket; makes the
     /// directory 0700 (0711 when other uids are allowed).

@@ -89,9 +89,8 @@ struct AgentRoutes: Sendable {
                 guard let broker = agent.broker else {
                     throw AgentAPI.ErrorBody(error: "notConfigured", message: "this agent was started without a tenant and client id", hint: "start it with --tenant and --client-id")
                 }
-                let signer = try agent.signer(body.key)
                 let scope = body.scope ?? broker.graphScope
-                let token = try await broker.token(scope: scope, signer: signer)
+                let token = try await agent.accessToken(broker: broker, scope: scope, keyURI: body.key)
                 return AgentAPI.AccessTokenResponse(
                     access_token: token.accessToken, token_type: token.tokenType, expires_on: Int(token.expiresOn.timeIntervalSince1970), scope: scope)
             }
@@ -117,7 +116,7 @@ struct AgentRoutes: Sendable {
         _ operation: String, _ request: Request, _ context: BasicRequestContext, _ body: (In) async throws -> Out
     ) async throws -> Response {
         var request = request
-        let bytes = try await request.collectBody(upTo: 1 << 20)
+        let bytes = try await request.collectBody(upTo: Agent.maximumBody)
         let input: In
         do {
             input = try JSONDecoder().decode(In.self, from: Data(buffer: bytes))

@@ -31,7 +31,7 @@ struct ManagedIdentityEndpoint: Sendable {
         // is capped, so none can pin the agent's descriptors or its accept loop.
         return Application(
             router: router,
-            server: .http1(configuration: .init(idleTimeout: Agent.idleTimeout)),
+            server: .http1(configuration: .init(additionalChannelHandlers: [OversizedRequestCloser(limit: 1 << 16)], idleTimeout: Agent.idleTimeout)),
             configuration: .init(
                 address: .hostname("127.0.0.1", port: port), serverName: "p11jwt-agent-identity",
                 availableConnectionsDelegate: MaximumAvailableConnections(Agent.maximumConnections, logger: logger)),
@@ -61,7 +61,7 @@ struct ManagedIdentityEndpoint: Sendable {
         if resource.hasSuffix("/.default") { resource.removeLast("/.default".count) }
         let scope = resource.hasSuffix("/") ? resource + ".default" : resource + "/.default"
         do {
-            let token = try await broker.token(scope: scope, signer: try agent.signer(nil))
+            let token = try await agent.accessToken(broker: broker, scope: scope, keyURI: nil)
             struct Answer: Encodable {
                 var access_token: String
                 var expires_on: String

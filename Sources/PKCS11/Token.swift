@@ -327,10 +327,19 @@ public final class Token: Sendable {
         }
     }
 
+    /// How long a lookup by label that finds no key or several waits before looking once more:
+    /// a rotation moves a label from one key to another in two writes, which no token makes atomic.
+    public static let labelSettleTime: TimeInterval = 0.25
+
     /// The one private key the URI selects. Zero or several matches are errors that say what
-    /// was seen.
+    /// was seen (a URI that selects by label without `id=` is looked up once more after
+    /// ``labelSettleTime`` first).
     public func signingKey(_ uri: PKCS11URI) throws -> PrivateKeyObject {
-        let keys = try privateKeys(matching: uri)
+        var keys = try privateKeys(matching: uri)
+        if keys.count != 1 && uri.objectLabel != nil && uri.objectID == nil {
+            Thread.sleep(forTimeInterval: Self.labelSettleTime)
+            keys = try privateKeys(matching: uri)
+        }
         if keys.count == 1 { return keys[0] }
         if keys.isEmpty {
             let all = (try? privateKeys()) ?? []

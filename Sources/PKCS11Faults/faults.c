@@ -25,12 +25,16 @@
 //   find-count-overflow         C_FindObjects: a count larger than the room given
 //   attribute-length-huge       C_GetAttributeValue (size query): lengths of 2^40
 //   sign-length-huge            C_Sign: CKR_BUFFER_TOO_SMALL with a length of 2^40
+//   keygen-killed-midway        C_GenerateKeyPair: the process is killed (SIGKILL) as if inside the
+//                               token's key generation: the private key is gone and the public key
+//                               has neither label nor CKA_ID (what SoftHSM leaves after such a kill)
 //   sign-buffer-dance           C_Sign: the first call of each signature says CKR_BUFFER_TOO_SMALL
 //                               with the real length + 64 (legal: a caller must try again)
 #include "pkcs11_faults.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -189,10 +193,23 @@ WRAP(C_Logout, (CK_SESSION_HANDLE session), (session))
 WRAP(C_FindObjectsInit, (CK_SESSION_HANDLE session, CK_ATTRIBUTE_PTR template, CK_ULONG count), (session, template, count))
 WRAP(C_FindObjectsFinal, (CK_SESSION_HANDLE session), (session))
 WRAP(C_SignInit, (CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE key), (session, mechanism, key))
-WRAP(C_GenerateKeyPair,
-     (CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR pub, CK_ULONG pub_count, CK_ATTRIBUTE_PTR priv,
-      CK_ULONG priv_count, CK_OBJECT_HANDLE_PTR pub_key, CK_OBJECT_HANDLE_PTR priv_key),
-     (session, mechanism, pub, pub_count, priv, priv_count, pub_key, priv_key))
+
+static CK_RV w_C_GenerateKeyPair(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR pub, CK_ULONG pub_count,
+                                 CK_ATTRIBUTE_PTR priv, CK_ULONG priv_count, CK_OBJECT_HANDLE_PTR pub_key, CK_OBJECT_HANDLE_PTR priv_key) {
+    CK_RV rv;
+    if (!injected("C_GenerateKeyPair", &rv)) {
+        rv = real->C_GenerateKeyPair(session, mechanism, pub, pub_count, priv, priv_count, pub_key, priv_key);
+        if (rv == CKR_OK && quirk("keygen-killed-midway")) {
+            CK_ATTRIBUTE blank[] = {{CKA_LABEL, (CK_VOID_PTR) "", 0}, {CKA_ID, (CK_VOID_PTR) "", 0}};
+            real->C_DestroyObject(session, *priv_key);
+            real->C_SetAttributeValue(session, *pub_key, blank, 2);
+            log_call("C_GenerateKeyPair", rv);
+            raise(SIGKILL);
+        }
+    }
+    log_call("C_GenerateKeyPair", rv);
+    return rv;
+}
 WRAP(C_CreateObject, (CK_SESSION_HANDLE session, CK_ATTRIBUTE_PTR template, CK_ULONG count, CK_OBJECT_HANDLE_PTR object),
      (session, template, count, object))
 WRAP(C_DestroyObject, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object), (session, object))

@@ -16,9 +16,10 @@ import Glibc
 ///    the token and stored next to it;
 /// 3. `addKey`, with the proof signed by the current key;
 /// 4. a token is acquired with the **new** key, retried with backoff while Entra replicates;
-/// 5. `removeKey` of the old credential, with the proof signed by the new key;
-/// 6. the old key and certificate are relabelled as retired (or destroyed), and the new key
-///    takes the old key's label, so a URI that selects by label keeps working.
+/// 5. the new key takes the old key's label and the old key is relabelled as retired, so a URI
+///    that selects by label moves to the new key while both credentials still work;
+/// 6. `removeKey` of the old credential, with the proof signed by the new key;
+/// 7. the old key and certificate are destroyed with `deleteOld`, else kept under the retired label.
 ///
 /// A ``RotationJournal`` records each step; a run killed anywhere is resumed by running again.
 /// The old credential is never removed before the new one has got a token, and no second new
@@ -50,7 +51,7 @@ public struct Rotation: Sendable {
     /// Where `crashAt` may stop the process: after each change, before and after it is journaled.
     public static let crashPoints = [
         "planned", "keygen", "keygen.recorded", "certificate", "certificate.recorded", "addKey", "addKey.recorded",
-        "verified", "removeKey", "removeKey.recorded", "retire.old", "retire.recorded",
+        "verified", "relabel", "relabel.recorded", "removeKey", "removeKey.recorded", "retire.old", "retire.recorded",
     ]
 
     public struct StepReport: Codable, Sendable {
@@ -158,6 +159,69 @@ public struct Rotation: Sendable {
         return report
     }
 
+    /// What `abandon` did and what it leaves for the user.
+    public struct AbandonReport: Codable, Sendable {
+        public var objectID: String
+        /// The last step the abandoned rotation had completed.
+        public var step: String
+        /// Objects destroyed on the token (the new key, when nothing of it can be registered).
+        public var destroyed: [String] = []
+        /// What stays: objects on the token and credentials on the application, each with what
+        /// to do if it is not wanted.
+        public var leftBehind: [String] = []
+    }
+
+    /// Gives up the rotation in progress and removes its journal. Before `addKey` the new key is
+    /// destroyed (nothing registered it); after it, nothing is changed: both keys are registered
+    /// and work, and the report says how to remove either. Refused once the old credential was
+    /// removed — then only finishing (`run`) leaves the token coherent.
+    public func abandon() throws -> AbandonReport {
+        let lock = try journals.lock(objectID: objectID)
+        defer { lock.release() }
+        guard let journal = try journals.load(objectID: objectID) else {
+            throw EntraError(.rotation, "no rotation of \(objectID) is in progress (no journal in \(journals.directory.path))")
+        }
+        guard journal.step < .oldRemoved else {
+            throw EntraError(
+                .rotation, "the rotation of \(objectID) is past removing the old credential; it cannot be abandoned",
+                hint: "run rotate again to finish it: only the old key's label or its destruction is left")
+        }
+        guard let newID = Hex.decode(journal.new.idHex), !newID.isEmpty else {
+            throw EntraError(.stateFile, "the rotation journal names a CKA_ID that is not hex", hint: Self.journalHint(journals, journal))
+        }
+        var report = AbandonReport(objectID: objectID, step: journal.step.description)
+        let newKeyURI = token.objectURI(label: nil, id: newID, objectClass: .privateKey)
+        if journal.step < .added {
+            var objects = try token.objects(matching: try uri(id: newID))
+            if journal.step == .planned, let before = journal.new.anonymousKeysBefore {
+                var known = Dictionary(before.map { ($0, 1) }, uniquingKeysWith: +)
+                for (object, fingerprint) in try anonymousKeys() {
+                    if let count = known[fingerprint], count > 0 { known[fingerprint] = count - 1 } else { objects.append(object) }
+                }
+            }
+            try token.destroy(objects)
+            report.destroyed = objects.map { "\($0.objectClass) '\($0.label ?? "")' (CKA_ID \($0.idHex ?? "none"))" }
+            if journal.step == .certificateStored, let thumbprint = journal.new.thumbprint {
+                report.leftBehind.append(
+                    "The run may have sent addKey before it stopped: if the application lists a credential with thumbprint \(thumbprint), remove it with: p11jwt remove-key --object-id \(objectID) --key-id <keyId> (its key is destroyed; the proof is signed by the current key)")
+            }
+        } else {
+            report.leftBehind.append(
+                "The new key \(newKeyURI) and its credential \(journal.new.thumbprint ?? "?") (keyId \(journal.new.keyId ?? "unknown")) stay registered and work. If unwanted: p11jwt remove-key --object-id \(objectID) --key-id \(journal.new.keyId ?? "<keyId>"), then p11jwt destroy '\(newKeyURI.replacingOccurrences(of: ";type=private", with: ""))'")
+            report.leftBehind.append(
+                "The old credential \(journal.old.thumbprint)\(journal.old.keyId.map { " (keyId \($0))" } ?? "") stays registered and works.")
+            if journal.step >= .relabelled {
+                report.leftBehind.append(
+                    "The label '\(journal.new.finalLabel)' already names the new key; the old key is labelled '\(journal.old.retiredLabel ?? "?")'.")
+            } else {
+                report.leftBehind.append("The label '\(journal.new.finalLabel)' still names the old key; the new key is labelled '\(journal.new.temporaryLabel)'.")
+            }
+        }
+        try journals.remove(objectID: objectID)
+        logger.notice("rotation abandoned", metadata: ["objectID": "\(objectID)", "step": "\(journal.step)"])
+        return report
+    }
+
     // MARK: - Steps
 
     private func plan(current: TokenSigner, certificate: JWSCertificate, oldKeyID: String?, options: Options) throws -> RotationJournal {
@@ -182,13 +246,15 @@ public struct Rotation: Sendable {
         var rng = SystemRandomNumberGenerator()
         let newID = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
         let now = Date()
-        return RotationJournal(
+        var journal = RotationJournal(
             objectID: objectID, target: target.path, startedAt: now, updatedAt: now, step: .planned,
             old: .init(label: current.key.label, idHex: Self.hex(oldID), thumbprint: certificate.thumbprint.hexSHA1, keyId: oldKeyID),
             new: .init(
                 temporaryLabel: "\(label)-next-\(Self.hex(Array(newID.prefix(3))))", finalLabel: label, idHex: Self.hex(newID),
                 keySpec: spec.description, subject: Data(serializer.serializedBytes).base64EncodedString(), days: options.days,
                 displayName: options.displayName))
+        journal.new.anonymousKeysBefore = try anonymousKeys().map(\.fingerprint)
+        return journal
     }
 
     private func proceed(_ journal: inout RotationJournal, report: inout Report, options: Options) async throws {
@@ -205,6 +271,7 @@ public struct Rotation: Sendable {
                 if let existing = try key(id: newID) {
                     progress("new key already in the token (interrupted run): \(existing.uri)")
                 } else {
+                    if resumed { try removeHalfMadeObjects(journal, newID: newID) }
                     progress("generating a \(journal.new.keySpec) key pair in the token")
                     _ = try token.generateKeyPair(try Token.KeySpec(journal.new.keySpec), label: journal.new.temporaryLabel, id: newID)
                 }
@@ -284,7 +351,23 @@ public struct Rotation: Sendable {
             }
         }
 
-        // 5. removeKey of the old credential, proven by the new key.
+        // 5. The label moves to the new key, while both credentials work: first the new key takes
+        //    it, then the old key is relabelled as retired.
+        if journal.step < .relabelled {
+            try await timed("relabel", &report) {
+                let retiredLabel = journal.old.retiredLabel ?? "\(journal.old.label ?? "p11jwt")-retired-\(Self.dateStamp(Date()))"
+                journal.old.retiredLabel = retiredLabel
+                try moveLabel(journal, newID: newID, oldID: oldID)
+                journal.oldDisposition = "kept as '\(retiredLabel)'"
+                crash("relabel", options)
+                journal.step = .relabelled
+                try journals.save(journal)
+                crash("relabel.recorded", options)
+                return "new key labelled '\(journal.new.finalLabel)'; old key labelled '\(retiredLabel)'"
+            }
+        }
+
+        // 6. removeKey of the old credential, proven by the new key.
         if journal.step < .oldRemoved {
             try await timed("removeKey", &report) {
                 let outcome: String
@@ -316,9 +399,11 @@ public struct Rotation: Sendable {
         report.oldKeyId = journal.old.keyId
         report.oldRemoved = journal.oldRemoved
 
-        // 6. The old key leaves its label to the new one.
+        // 7. The old key is destroyed (--delete-old, once its credential is gone) or kept retired.
         if journal.step < .retired {
             try await timed("retire", &report) {
+                // Journals written before the label moved ahead of removeKey reach here unmoved.
+                try moveLabel(journal, newID: newID, oldID: oldID)
                 let oldObjects = try token.objects(matching: try uri(id: oldID))
                 let disposition: String
                 if options.deleteOld && journal.oldRemoved {
@@ -327,18 +412,13 @@ public struct Rotation: Sendable {
                 } else if oldObjects.isEmpty {
                     disposition = journal.oldDisposition ?? "already retired"
                 } else {
-                    let stamp = Self.dateStamp(Date())
-                    let retiredLabel = "\(journal.old.label ?? "p11jwt")-retired-\(stamp)"
-                    if oldObjects.contains(where: { $0.label != retiredLabel }) { try token.relabel(oldObjects, to: retiredLabel) }
-                    disposition = "kept as '\(retiredLabel)'"
+                    disposition = "kept as '\(journal.old.retiredLabel ?? "")'"
                     if options.deleteOld {
                         instructions.append("The old key was not destroyed: its credential is still registered on the application.")
                     }
                 }
                 journal.oldDisposition = disposition
                 crash("retire.old", options)
-                let newObjects = try token.objects(matching: try uri(id: newID))
-                if newObjects.contains(where: { $0.label != journal.new.finalLabel }) { try token.relabel(newObjects, to: journal.new.finalLabel) }
                 journal.step = .retired
                 try journals.save(journal)
                 crash("retire.recorded", options)
@@ -410,6 +490,59 @@ public struct Rotation: Sendable {
 
     // MARK: - Helpers
 
+    /// Gives the new key's objects the final label, then the old key's the retired label (each
+    /// only if needed, so a resumed run repeats nothing). Between the two writes both keys carry
+    /// the label; both credentials work then, and a lookup by label that finds two keys tries again.
+    private func moveLabel(_ journal: RotationJournal, newID: [UInt8], oldID: [UInt8]) throws {
+        let newObjects = try token.objects(matching: try uri(id: newID))
+        if newObjects.contains(where: { $0.label != journal.new.finalLabel }) {
+            progress("the new key takes the label '\(journal.new.finalLabel)'")
+            try token.relabel(newObjects, to: journal.new.finalLabel)
+        }
+        let retiredLabel = journal.old.retiredLabel ?? "\(journal.old.label ?? "p11jwt")-retired-\(Self.dateStamp(journal.startedAt))"
+        let oldObjects = try token.objects(matching: try uri(id: oldID))
+        if oldObjects.contains(where: { $0.label != retiredLabel }) { try token.relabel(oldObjects, to: retiredLabel) }
+    }
+
+    /// Key objects with neither a label nor a `CKA_ID`, with a fingerprint of their key
+    /// material (the same for objects that have none).
+    private func anonymousKeys() throws -> [(object: ObjectIdentity, fingerprint: String)] {
+        let privateKeys = try token.privateKeys().filter { ($0.label ?? "").isEmpty && ($0.id ?? []).isEmpty }
+            .map { ($0.identity, "private:" + Self.fingerprint($0.publicKey)) }
+        let publicKeys = try token.publicKeys().filter { ($0.identity.label ?? "").isEmpty && ($0.identity.id ?? []).isEmpty }
+            .map { ($0.identity, "public:" + Self.fingerprint($0.publicKey)) }
+        return (privateKeys + publicKeys).map { (object: $0.0, fingerprint: $0.1) }
+    }
+
+    static func fingerprint(_ key: PublicKey?) -> String {
+        switch key {
+        case .rsa(let modulus, _)?: return "rsa:" + Hex.encode(Array(JWSAlgorithm.Hash.sha256.hash(modulus).prefix(8)))
+        case .ec(_, let point)?: return "ec:" + Hex.encode(Array(JWSAlgorithm.Hash.sha256.hash(point).prefix(8)))
+        case nil: return "none"
+        }
+    }
+
+    /// Before generating the key again after an interrupted generation: destroys what the token
+    /// kept of the interrupted one — objects with the new key's `CKA_ID`, and key objects with
+    /// neither label nor id that were not on the token when the rotation was planned.
+    private func removeHalfMadeObjects(_ journal: RotationJournal, newID: [UInt8]) throws {
+        var leftovers = try token.objects(matching: try uri(id: newID))
+        if let before = journal.new.anonymousKeysBefore {
+            var known = Dictionary(before.map { ($0, 1) }, uniquingKeysWith: +)
+            for (object, fingerprint) in try anonymousKeys() {
+                if let count = known[fingerprint], count > 0 {
+                    known[fingerprint] = count - 1
+                } else {
+                    leftovers.append(object)
+                }
+            }
+        }
+        guard !leftovers.isEmpty else { return }
+        progress("removing \(leftovers.count) half-made object(s) the interrupted key generation left on the token")
+        logger.notice("destroying objects left by an interrupted key generation", metadata: ["count": "\(leftovers.count)"])
+        try token.destroy(leftovers)
+    }
+
     private func key(id: [UInt8]) throws -> PrivateKeyObject? {
         try token.privateKeys(matching: try uri(id: id, type: .privateKey)).first
     }
@@ -452,12 +585,15 @@ public struct Rotation: Sendable {
         if done < .certificateStored { lines.append("make a self-signed certificate valid \(journal.new.days) days, signed in the token, and store it") }
         if done < .added { lines.append("addKey on \(journal.target), proof signed by the current key") }
         if done < .verified { lines.append("get a token with the new key, retrying up to \(Int(options.propagationTimeout))s while Entra replicates") }
+        if done < .relabelled {
+            lines.append("give the new key the label '\(journal.new.finalLabel)' and relabel the old key as retired")
+        }
         if done < .oldRemoved {
             lines.append(options.keepOld ? "keep the old credential (--keep-old)"
                 : journal.old.keyId.map { "removeKey \($0) (the old credential), proof signed by the new key" } ?? "leave the old credential (keyId unknown) and say how to remove it")
         }
         if done < .retired {
-            lines.append("\(options.deleteOld ? "destroy" : "relabel as retired") the old key; the new key takes the label '\(journal.new.finalLabel)'")
+            lines.append(options.deleteOld ? "destroy the old key" : "keep the old key under its retired label")
         }
         return lines
     }

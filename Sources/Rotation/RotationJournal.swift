@@ -7,11 +7,18 @@ import Foundation
 /// `rotate` again. The ids chosen for the new key are written before the key exists, so a
 /// resumed run finds it instead of making a second one.
 public struct RotationJournal: Codable, Sendable, Equatable {
-    /// Steps in order; `step` is the last one completed.
+    /// Steps; `step` is the last one completed. Raw values are what journals store (they were
+    /// numbered before `relabelled` existed), so order comes from ``order``, not the raw value.
     public enum Step: Int, Codable, Sendable, Comparable, CustomStringConvertible {
-        case planned, keyGenerated, certificateStored, added, verified, oldRemoved, retired
+        case planned = 0, keyGenerated = 1, certificateStored = 2, added = 3, verified = 4, relabelled = 7, oldRemoved = 5, retired = 6
 
-        public static func < (a: Step, b: Step) -> Bool { a.rawValue < b.rawValue }
+        /// The order the steps run in: the label moves to the new key before the old credential
+        /// is removed, so a URI that selects by label never names a key Entra refuses.
+        public static let order: [Step] = [.planned, .keyGenerated, .certificateStored, .added, .verified, .relabelled, .oldRemoved, .retired]
+
+        var position: Int { Self.order.firstIndex(of: self) ?? 0 }
+
+        public static func < (a: Step, b: Step) -> Bool { a.position < b.position }
 
         public var description: String {
             switch self {
@@ -20,6 +27,7 @@ public struct RotationJournal: Codable, Sendable, Equatable {
             case .certificateStored: return "certificate stored"
             case .added: return "addKey done"
             case .verified: return "new key verified"
+            case .relabelled: return "label moved to the new key"
             case .oldRemoved: return "old credential removed"
             case .retired: return "old key retired"
             }
@@ -32,6 +40,8 @@ public struct RotationJournal: Codable, Sendable, Equatable {
         public var thumbprint: String
         /// The old credential's keyId, when known.
         public var keyId: String?
+        /// The label the old key gets when the new one takes its label.
+        public var retiredLabel: String?
     }
 
     public struct NewKey: Codable, Sendable, Equatable {
@@ -47,6 +57,10 @@ public struct RotationJournal: Codable, Sendable, Equatable {
         public var thumbprint: String?
         public var certificate: String?
         public var keyId: String?
+        /// Key objects on the token with neither label nor `CKA_ID` before the key generation
+        /// (fingerprints): a run killed inside the token's key generation can leave such objects
+        /// behind, and the resumed run removes the ones that were not there before.
+        public var anonymousKeysBefore: [String]?
     }
 
     public var version = 1

@@ -263,6 +263,74 @@ struct AgentTests {
         #expect(allowed.stdout.contains("\"status\":\"ok\""), "\(allowed.stderr)")
     }
 
+    /// Another uid allowed by --allow-uid (or by its gid with --allow-gid) holds at most 16
+    /// connections: the 17th and later are closed, so it cannot take every connection the agent
+    /// has, while the owner is still served.
+    @Test(.enabled(if: getuid() == 0, "needs root to run a client as another uid"))
+    func anotherUIDHoldsAtMostItsShareOfConnections() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f, ["--allow-gid", "4242"])
+        defer { agent.stop() }
+        // Only the ancestors are the caller's to open; the agent opens its directory and socket.
+        for directory in [f.dir.path, f.dir.file("run")] { chmod(directory, 0o711) }
+        let script = """
+            import socket, sys
+            held, served = [], 0
+            for _ in range(24):
+                s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])
+                try:
+                    s.sendall(b"GET /v1/health HTTP/1.1\\r\\nHost: agent\\r\\n\\r\\n")
+                    answer = s.recv(4096)
+                except OSError:
+                    answer = b""
+                if answer.startswith(b"HTTP/1.1 200"): served += 1
+                held.append(s)
+            print(served)
+            """
+        let asOther = try run("setpriv", ["--reuid=65534", "--regid=4242", "--clear-groups", "/usr/bin/python3", "-c", script, agent.socket])
+        #expect(asOther.status == 0, "\(asOther.stderr)")
+        #expect(asOther.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "16", "\(asOther.stdout) \(asOther.stderr)")
+        #expect(agent.log.contains("uid 65534 already holds 16 connections"))
+        // A gid that is not allowed is refused outright.
+        let other = try run("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script, agent.socket])
+        #expect(other.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(other.stdout) \(other.stderr)")
+        #expect(try agent.client.health().status == "ok")
+    }
+
+    /// A request body over 1 MiB is answered 413 and its connection closed at once, not read to
+    /// its end (a client announcing 100 MB would otherwise keep the connection busy).
+    @Test func anOversizedRequestIsAnswered413AndItsConnectionClosed() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f)
+        defer { agent.stop() }
+        let script = """
+            import socket, sys, time
+            s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])
+            s.sendall(b"POST /v1/sign HTTP/1.1\\r\\nHost: agent\\r\\nContent-Type: application/json\\r\\nContent-Length: 100000000\\r\\n\\r\\n")
+            try:
+                for _ in range(64):
+                    s.sendall(b"x" * 65536)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            answer = b""
+            started = time.time()
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk: break
+                    answer += chunk
+            except socket.timeout:
+                print("open"); sys.exit(0)
+            except ConnectionResetError:
+                print("reset before the answer was read:", answer[:40]); sys.exit(0)
+            print(answer.split(b"\\r\\n")[0].decode(), "closed")
+            """
+        let r = try run("python3", ["-c", script, agent.socket])
+        #expect(r.stdout.contains("413"), "\(r.stdout) \(r.stderr)")
+        #expect(r.stdout.contains("closed"), "\(r.stdout) \(r.stderr)")
+        #expect(try agent.client.health().status == "ok")
+    }
+
     @Test func managedIdentityEndpointFollowsTheAppServiceContract() throws {
         let f = try WorkflowFixture()
         let agent = try RunningAgent(f, ["--managed-identity"])
@@ -378,6 +446,38 @@ struct AgentTests {
 
     /// The agent through the fault-injecting module: a token failing mid-sign gives the client a
     /// clear error and the agent keeps serving; odd-but-legal token info changes nothing.
+    /// A running agent follows a `rotate` of its label-selected key: assertions carry the new
+    /// certificate and Entra accepts them, and `/v1/token` fetches with the new key — without a
+    /// restart (issue: it kept signing with the retired key, AADSTS700027).
+    @Test func theAgentFollowsARotationOfItsKey() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f)
+        defer { agent.stop() }
+        let client = agent.client
+        let before: AgentAPI.AccessTokenResponse = try client.call("POST", "/v1/token", body: AgentAPI.AccessTokenRequest())
+        let rotated = try f.rotate(["--old-key-id", f.bootstrapKeyID, "--output", "json"])
+        #expect(rotated.status == 0, "\(rotated.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(rotated.stdout.utf8)) as? [String: Any])
+        let newThumbprint = try #require(report["newThumbprint"] as? String)
+        #expect(try f.registeredThumbprints() == [newThumbprint])
+        Thread.sleep(forTimeInterval: 1.2)  // the agent looks a label up again at most once a second
+
+        let assertion: AgentAPI.TokenResponse = try client.call("POST", "/v1/assertion", body: AgentAPI.AssertionRequest(alg: "RS256"))
+        let parsed = try independentlyParse(assertion.token)
+        let x5t = try #require(parsed.header["x5t"] as? String)
+        #expect(Hex.encode(try #require(Base64URL.decode(x5t)), uppercase: true) == newThumbprint)
+        let exchanged = try run("curl", [
+            "-sS", "--cacert", f.emulator.caFile, "\(f.emulator.url)/\(f.tenant)/oauth2/v2.0/token", "-d", "grant_type=client_credentials",
+            "-d", "client_id=\(f.appId)", "-d", "scope=https://graph.microsoft.com/.default",
+            "-d", "client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer", "--data-urlencode", "client_assertion=\(assertion.token)",
+        ])
+        #expect(exchanged.stdout.contains("access_token"), "\(exchanged.stdout)")
+        let after: AgentAPI.AccessTokenResponse = try client.call("POST", "/v1/token", body: AgentAPI.AccessTokenRequest())
+        #expect(after.access_token != before.access_token, "the token cached for the old key was served as the new key's")
+        #expect(try independentlyParse(after.access_token).claims["appid"] as? String == f.appId)
+        #expect(agent.log.contains("now selects another key"), "\(agent.log)")
+    }
+
     @Test func theAgentThroughAFaultInjectingModule() throws {
         let f = try WorkflowFixture()
         let log = f.dir.file("calls.log")

@@ -16,6 +16,14 @@ extension WorkflowFixture {
         return (report["privateKeys"] as? [[String: Any]] ?? []).map { ($0["label"] as? String ?? "", $0["id"] as? String ?? "") }
     }
 
+    /// The public keys on the token (label, id).
+    func publicKeys() throws -> [(label: String, id: String)] {
+        let r = try cli(["objects", "--token", "pkcs11:token=\(tokenLabel)", "--pin-file", hsm.pinFile, "--output", "json"])
+        try #require(r.status == 0, "\(r.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        return (report["publicKeys"] as? [[String: Any]] ?? []).map { ($0["label"] as? String ?? "", $0["id"] as? String ?? "") }
+    }
+
     var journalFile: String { dir.file("state/p11jwt/rotate-\(objectID).json") }
 
     func journal() throws -> [String: Any]? {
@@ -157,7 +165,7 @@ struct RotateTests {
     @Test func rotateSurvivesAKillAtEveryStepBoundary() throws {
         let f = try WorkflowFixture(roles: ["Application.ReadWrite.OwnedBy"])
         let points = ["planned", "keygen", "keygen.recorded", "certificate", "certificate.recorded", "addKey", "addKey.recorded",
-                      "verified", "removeKey", "removeKey.recorded", "retire.old", "retire.recorded"]
+                      "verified", "relabel", "relabel.recorded", "removeKey", "removeKey.recorded", "retire.old", "retire.recorded"]
         for (n, point) in points.enumerated() {
             let deleteOld = n % 2 == 0
             let keysBefore = try f.privateKeys().count
@@ -176,6 +184,9 @@ struct RotateTests {
             #expect(oldWorks || newWorks, "\(point): the app has no working credential")
             // The old credential stays until the new key was verified (step 4).
             if step < 4 { #expect(registered.contains(oldThumbprint), "\(point): old credential removed before verification") }
+            // The label always names a key whose credential is registered and works: it moves to
+            // the new key before the old credential is removed.
+            #expect(try f.token(extra: ["--no-cache"]).result.status == 0, "\(point): the key URI by label does not get a token")
 
             let resumed = try f.rotate((deleteOld ? ["--delete-old"] : []) + ["--output", "json"])
             #expect(resumed.status == 0, "\(point): resume failed: \(resumed.stderr)")
@@ -188,5 +199,94 @@ struct RotateTests {
             #expect(try f.privateKeys().count == keysBefore + (deleteOld ? 0 : 1), "\(point): a second new key was made or the old one lingers")
             #expect(try f.journal() == nil, "\(point)")
         }
+    }
+
+    /// Token requests by label run all the time while the app is rotated three times: none
+    /// fails (the label moves to the new key before the old credential is removed, and a lookup
+    /// that catches the label between the two keys looks again).
+    @Test func tokensByLabelKeepWorkingWhileRotating() throws {
+        let f = try WorkflowFixture(roles: ["Application.ReadWrite.OwnedBy"])
+        let stop = LockedBox(false)
+        let failures = LockedBox<[String]>([])
+        let attempts = LockedBox(0)
+        let done = DispatchSemaphore(value: 0)
+        for _ in 0..<2 {
+            DispatchQueue.global().async {
+                while !stop.get() {
+                    let r = try? f.token(extra: ["--no-cache"]).result
+                    attempts.set(attempts.get() + 1)
+                    if r?.status != 0 { failures.set(failures.get() + [r?.stderr ?? "did not run"]) }
+                }
+                done.signal()
+            }
+        }
+        for n in 0..<3 {
+            let r = try f.rotate(n % 2 == 0 ? ["--delete-old"] : [])
+            #expect(r.status == 0, "\(r.stderr)")
+        }
+        stop.set(true)
+        done.wait()
+        done.wait()
+        #expect(attempts.get() >= 6, "too few token requests overlapped the rotations")
+        #expect(failures.get().isEmpty, "\(failures.get().count) of \(attempts.get()) failed: \(failures.get().first ?? "")")
+    }
+
+    /// A kill inside the token's key generation (the fault-injecting module destroys the private
+    /// key, blanks the public key's label and id, and SIGKILLs the process, which is what SoftHSM
+    /// leaves) is cleaned up by the resumed run: no anonymous object stays, one new key is made.
+    @Test func halfMadeObjectsOfAnInterruptedKeyGenerationAreRemovedOnResume() throws {
+        let f = try WorkflowFixture(roles: ["Application.ReadWrite.OwnedBy"])
+        let publicBefore = try f.publicKeys()
+        let killed = try f.cli(
+            ["rotate", "--key", f.keyURI, "--object-id", f.objectID, "--module", try faultsModulePath] + f.entraFlags,
+            environment: ["P11JWT_FAULTS": "quirk=keygen-killed-midway"])
+        #expect(killed.status == 9, "\(killed.stderr)")
+        let anonymous = try f.publicKeys().filter { $0.label.isEmpty && $0.id.isEmpty }
+        #expect(anonymous.count == 1, "the fault did not leave a half-made public key")
+        let resumed = try f.rotate()
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(resumed.stderr.contains("half-made"), "\(resumed.stderr)")
+        let after = try f.publicKeys()
+        #expect(after.filter { $0.label.isEmpty && $0.id.isEmpty }.isEmpty, "\(after)")
+        #expect(after.count == publicBefore.count + 1, "\(after)")
+        #expect(try f.privateKeys().count == 2)
+        #expect(try f.token(extra: ["--no-cache"]).result.status == 0)
+    }
+
+    /// `rotate --abandon`: before addKey the new key is destroyed and nothing else changes; after
+    /// it nothing is changed and the output names both registered credentials; once the old
+    /// credential is removed it is refused (only finishing is safe) and rotate finishes.
+    @Test func abandonSaysWhatItLeavesAndOnlyDestroysWhatNothingUses() throws {
+        let f = try WorkflowFixture(roles: ["Application.ReadWrite.OwnedBy"])
+        let oldThumbprint = try f.thumbprintOnToken(label: "app")
+        let keysBefore = try f.privateKeys().count
+
+        #expect(try f.rotate(crashAt: "certificate.recorded").status == 9)
+        #expect(try f.privateKeys().count == keysBefore + 1)
+        let early = try f.rotate(["--abandon", "--output", "json"])
+        #expect(early.status == 0, "\(early.stderr)")
+        let earlyReport = try #require(try JSONSerialization.jsonObject(with: Data(early.stdout.utf8)) as? [String: Any])
+        #expect((earlyReport["destroyed"] as? [String])?.count == 3, "\(early.stdout)")  // private, public, certificate
+        #expect(try f.journal() == nil)
+        #expect(try f.privateKeys().count == keysBefore)
+        #expect(try f.registeredThumbprints() == [oldThumbprint])
+        #expect(try f.token(extra: ["--no-cache"]).result.status == 0)
+
+        #expect(try f.rotate(crashAt: "addKey.recorded").status == 9)
+        let late = try f.rotate(["--abandon"])
+        #expect(late.status == 0, "\(late.stderr)")
+        #expect(late.stdout.contains("stay registered and work"), "\(late.stdout)")
+        #expect(late.stdout.contains("p11jwt remove-key --object-id \(f.objectID) --key-id"), "\(late.stdout)")
+        #expect(try f.journal() == nil)
+        #expect(try f.registeredThumbprints().count == 2)
+        #expect(try f.token(extra: ["--no-cache"]).result.status == 0)
+
+        #expect(try f.rotate(crashAt: "removeKey.recorded").status == 9)
+        let refused = try f.rotate(["--abandon"])
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("cannot be abandoned"), "\(refused.stderr)")
+        #expect(try f.rotate().status == 0)
+        #expect(try f.journal() == nil)
+        #expect(try f.token(extra: ["--no-cache"]).result.status == 0)
     }
 }

@@ -14,7 +14,8 @@ struct AgentCommand: AsyncParsableCommand {
         abstract: "Log in once and serve signatures, assertions and tokens to other processes over a Unix socket.",
         discussion: """
             Runs in the foreground until SIGTERM / SIGINT. The socket is 0600 in a 0700 directory (0666 in a
-            0711 one with --allow-uid), and a connection from another uid is closed unless --allow-uid names it. With P11JWT_AGENT_SOCK set,
+            0711 one with --allow-uid/--allow-gid), and a connection from another uid is closed unless --allow-uid names it or
+            --allow-gid names its effective gid; another uid may hold at most 16 connections. With P11JWT_AGENT_SOCK set,
             every p11jwt command that signs goes through the agent (--no-agent bypasses it).
             --managed-identity serves the App Service managed-identity protocol on 127.0.0.1 and
             --assertion-file keeps a fresh client assertion in a file, so unmodified Azure SDKs
@@ -27,6 +28,9 @@ struct AgentCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Also accept connections from this uid (repeatable).", valueName: "uid"))
     var allowUID: [UInt32] = []
+
+    @Option(name: .long, help: ArgumentHelp("Also accept connections from processes whose effective gid is this (repeatable).", valueName: "gid"))
+    var allowGID: [UInt32] = []
 
     @Flag(name: .long, help: "Print export lines for clients (P11JWT_AGENT_SOCK, and the Azure SDK variables) once listening.")
     var printEnv = false
@@ -81,11 +85,11 @@ struct AgentCommand: AsyncParsableCommand {
         _ = p11jwt_scrub_environment(signing.pinOptions.provider.environmentVariable)
         let agent: Agent
         do {
-            agent = try Agent(
-                configuration: .init(
-                    socketPath: socketPath, defaultKey: keyURI, allowedUIDs: Set(allowUID), entra: hasEntra ? entraConfiguration : nil,
-                    managedIdentityPort: managedIdentity ? port : nil, assertionFile: assertionFile, assertionLifetime: assertionLifetime),
-                token: context.token, module: context.module, logger: logger)
+            var configuration = Agent.Configuration(
+                socketPath: socketPath, defaultKey: keyURI, allowedUIDs: Set(allowUID), entra: hasEntra ? entraConfiguration : nil,
+                managedIdentityPort: managedIdentity ? port : nil, assertionFile: assertionFile, assertionLifetime: assertionLifetime)
+            configuration.allowedGIDs = Set(allowGID)
+            agent = try Agent(configuration: configuration, token: context.token, module: context.module, logger: logger)
         } catch {
             context.close()
             throw error

@@ -12,10 +12,12 @@ struct RotateCommand: AsyncParsableCommand {
         discussion: """
             Steps: preflight (the current key gets a token) → a new key pair generated in the token and a
             self-signed certificate for it → addKey (proof by the current key) → a token with the new key,
-            retried while Entra replicates → removeKey of the old credential (proof by the new key) → the old
-            key relabelled as retired (or destroyed with --delete-old) and the new key given its label.
+            retried while Entra replicates → the new key takes the old key's label, the old key is relabelled
+            as retired → removeKey of the old credential (proof by the new key) → the old key destroyed with
+            --delete-old, else kept under its retired label.
             A journal (0600, in --state-dir) records every step: a run killed at any point is resumed by
-            running rotate again. The old credential is removed only after the new key got a token.
+            running rotate again, or given up with --abandon. The old credential is removed only after the
+            new key got a token, and a key URI that selects by label never names a key Entra refuses.
             """)
 
     @Option(name: .long, help: ArgumentHelp("Key type of the new key: rsa:2048|rsa:3072|rsa:4096|ec:p256|… (default: as the current key).", valueName: "type"))
@@ -48,11 +50,15 @@ struct RotateCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print the plan and change nothing.")
     var dryRun = false
 
+    @Flag(name: .long, help: "Give up the rotation in progress: before addKey its new key is destroyed; after, nothing changes and the output says what stays.")
+    var abandon = false
+
     @OptionGroup var graph: GraphOptions
     @OptionGroup var outputOptions: OutputOptions
 
     func validate() throws {
         if keepOld && deleteOld { throw ValidationError("--keep-old and --delete-old contradict each other") }
+        if abandon && dryRun { throw ValidationError("--abandon and --dry-run contradict each other") }
         if graph.targetOptions.servicePrincipal { throw ValidationError("rotate works on the application's credentials (drop --service-principal)") }
     }
 
@@ -78,7 +84,7 @@ struct RotateCommand: AsyncParsableCommand {
         let context = try TokenContext.open(keyURI, moduleOptions: signing.moduleOptions, pins: signing.pinOptions, login: true)
         defer { context.close() }
         let showProgress = outputOptions.output == .text
-        let report = try await withEntraClient(prepared.configuration, logger: context.logger) { client in
+        let outcome = try await withEntraClient(prepared.configuration, logger: context.logger) { client in
             let objectID: String
             if let given = prepared.objectID {
                 objectID = given
@@ -91,7 +97,23 @@ struct RotateCommand: AsyncParsableCommand {
                 logger: context.logger, progress: { line in
                     if showProgress { FileHandle.standardError.write(Data("rotate: \(line)\n".utf8)) }
                 })
-            return try await rotation.run(options: options) { try currentSigner(context).1 }
+            if abandon { return Outcome.abandoned(try rotation.abandon()) }
+            return Outcome.report(try await rotation.run(options: options) { try currentSigner(context).1 })
+        }
+        let report: Rotation.Report
+        switch outcome {
+        case .report(let value):
+            report = value
+        case .abandoned(let abandoned):
+            switch outputOptions.output {
+            case .json:
+                try printJSON(abandoned)
+            case .text:
+                print("abandoned the rotation of \(abandoned.objectID) (last step done: \(abandoned.step))")
+                for line in abandoned.destroyed { print("destroyed: \(line)") }
+                for line in abandoned.leftBehind { print("left: \(line)") }
+            }
+            return
         }
         switch outputOptions.output {
         case .json:
@@ -112,6 +134,11 @@ struct RotateCommand: AsyncParsableCommand {
                 for line in report.instructions { print("todo: \(line)") }
             }
         }
+    }
+
+    private enum Outcome {
+        case report(Rotation.Report)
+        case abandoned(Rotation.AbandonReport)
     }
 
     private func currentSigner(_ context: TokenContext) throws -> (TokenContext, TokenSigner) {
