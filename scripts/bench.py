@@ -116,8 +116,12 @@ def main():
         url = open(os.path.join(state, "url")).read().strip()
         rsa_pem = os.path.join(work, f"{labels['rsa']}.pem")
         if not os.path.exists(rsa_pem):
-            run([p11jwt, "cert", "create", "--module", args.module, "--key", f"pkcs11:token={token};object={labels['rsa']}", "--subject", "CN=bench",
-                 "--out", rsa_pem, "--pin-file", pin_file], env)
+            # A token of the caller's: register the certificate stored with the key (the one the
+            # agent signs with), read by OpenSC's pkcs11-tool.
+            der = rsa_pem + ".der"
+            run(["pkcs11-tool", "--module", args.module, "--token-label", token, "--read-object", "--type", "cert",
+                 "--label", labels["rsa"], "-o", der], env)
+            run(["openssl", "x509", "-inform", "DER", "-in", der, "-out", rsa_pem], env)
         app = json.loads(run([emulator, "app", "create", "--state", state, "--name", "bench", "--cert", rsa_pem]).stdout)
         entra = ["--tenant", app["tenantId"], "--client-id", app["appId"], "--authority-host", url, "--graph-endpoint", url,
                  "--ca-file", os.path.join(state, "ca.pem")]

@@ -299,10 +299,12 @@ public struct EmulatorRoutes: Sendable {
     static func parseForm(_ text: String) -> [String: String] {
         var form: [String: String] = [:]
         for pair in text.split(separator: "&") {
-            let parts = pair.split(separator: "=", maxSplits: 1).map {
+            // "=" alone, or "=x", has an empty name: ignored, like any parameter Entra does not know.
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map {
                 String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0)
             }
-            form[parts[0]] = parts.count > 1 ? parts[1] : ""
+            guard let name = parts.first, !name.isEmpty else { continue }
+            form[name] = parts.count > 1 ? parts[1] : ""
         }
         return form
     }

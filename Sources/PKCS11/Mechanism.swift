@@ -82,6 +82,13 @@ public enum SigningPath: String, Sendable, Hashable, Codable {
 }
 
 /// The mechanisms of a token, and which JWS algorithms they make possible.
+extension MechanismInfo {
+    /// Whether a key of `bits` is within the stated range (0 means no stated limit).
+    public func allows(bits: UInt) -> Bool {
+        (minKeySize == 0 || bits >= minKeySize) && (maxKeySize == 0 || bits <= maxKeySize)
+    }
+}
+
 public struct MechanismSet: Sendable {
     public let all: [MechanismInfo]
 
@@ -92,9 +99,8 @@ public struct MechanismSet: Sendable {
     func canSign(_ type: MechanismType, keyBits: Int?) -> Bool {
         guard let info = info(type), info.canSign else { return false }
         guard let keyBits, type != .ecdsa else { return true }
-        // RSA sizes are in bits (PKCS#11 2.40 §2.1); 0 means no stated limit.
-        let bits = UInt(keyBits)
-        return (info.minKeySize == 0 || bits >= info.minKeySize) && (info.maxKeySize == 0 || bits <= info.maxKeySize)
+        // RSA sizes are in bits (PKCS#11 2.40 §2.1).
+        return info.allows(bits: UInt(keyBits))
     }
 
     /// The path this token would take for `algorithm` (nil: impossible here).

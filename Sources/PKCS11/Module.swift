@@ -79,6 +79,16 @@ public final class Module: @unchecked Sendable {
     /// written while another thread rescanned the token. Signing does not take this lock.
     private let objectStoreLock = ReadWriteLock()
 
+    /// Logins, one at a time: login state is per application and token, and modules race
+    /// on concurrent C_Login calls (tpm2-pkcs11 answers one of them CKR_GENERAL_ERROR).
+    private let loginLock = NSLock()
+
+    func serializingLogins<R>(_ body: () throws -> R) rethrows -> R {
+        loginLock.lock()
+        defer { loginLock.unlock() }
+        return try body()
+    }
+
     func withObjectStore<R>(writing: Bool, _ body: () throws -> R) rethrows -> R {
         writing ? try objectStoreLock.withWriteLock(body) : try objectStoreLock.withReadLock(body)
     }

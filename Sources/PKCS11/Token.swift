@@ -138,6 +138,11 @@ public final class Token: Sendable {
         if isLoggedIn { return }
         let current = try currentInfo()
         guard current.loginRequired else { return }
+        // The state check and the C_Login together: another context may be logging in.
+        try module.serializingLogins { try login(pins: pins, uri: uri, current: current) }
+    }
+
+    private func login(pins: PINProvider, uri: PKCS11URI?, current: TokenInfo) throws {
         let state = try withPrimary { try $0.state() }
         if state == CK_STATE(CKS_RO_USER_FUNCTIONS) || state == CK_STATE(CKS_RW_USER_FUNCTIONS) {
             // Another context in this process logged in already (login is per application).
@@ -218,7 +223,7 @@ public final class Token: Sendable {
         if isLoggedIn { return }
         guard try currentInfo().loginRequired else { return }
         do {
-            try login(pin: pin, origin: .held)
+            try module.serializingLogins { try login(pin: pin, origin: .held) }
         } catch let error as PKCS11Error where error.returnValue == ReturnValue(CK_RV(CKR_USER_ALREADY_LOGGED_IN)) {
             // Another session of this application is logged in already: that is success.
         }
@@ -589,12 +594,36 @@ public final class Token: Sendable {
                 .mechanismUnsupported, "token '\(self.info.label)' cannot generate \(spec) keys (no \(mechanism))",
                 hint: "see 'p11jwt mechanisms' for what it can do")
         }
+        // The mechanism's key-size range (bits, for RSA): a clear refusal before the token's
+        // own (tpm2-pkcs11 answers RSA-4096 with a bare CKR_ATTRIBUTE_VALUE_INVALID).
+        if case .rsa(let bits) = spec, !info.allows(bits: UInt(bits)) {
+            throw PKCS11Error(
+                .mechanismUnsupported,
+                "token '\(self.info.label)' makes RSA keys of \(info.minKeySize)–\(info.maxKeySize) bits, not \(bits)",
+                function: "C_GetMechanismInfo",
+                hint: "choose --type rsa:\(info.maxKeySize >= 3072 ? 3072 : 2048) (Entra accepts RSA keys of 2048 bits and more)")
+        }
         // Writes are serialised per module (see Module.withObjectStore).
-        let handle = try withPrimary(writing: true) { session in
-            try session.generateKeyPair(mechanism: mechanism, publicTemplate: publicTemplate, privateTemplate: privateTemplate).1
+        let (publicHandle, handle) = try withPrimary(writing: true) { session in
+            try session.generateKeyPair(mechanism: mechanism, publicTemplate: publicTemplate, privateTemplate: privateTemplate)
+        }
+        let key = try withPrimary { try privateKey($0, handle) }
+        // A key whose public half the token cannot give back can have no certificate and no
+        // verifiable signature: remove the pair rather than leave a trap (tpm2-pkcs11 1.9 makes
+        // P-521 keys like that, and then fails C_SignInit with CKR_HOST_MEMORY).
+        if key.publicKey == nil {
+            try? withPrimary(writing: true) { session in
+                try? session.destroyObject(handle)
+                try? session.destroyObject(publicHandle)
+            }
+            throw PKCS11Error(
+                .moduleAnswerInvalid,
+                "token '\(self.info.label)' made a \(spec) key pair but gives back no usable public key for it; the pair was removed",
+                function: "C_GetAttributeValue",
+                hint: "this token cannot use such keys: choose another --type (rsa:2048, ec:p256 or ec:p384)")
         }
         logger.info("generated key pair", metadata: ["type": "\(spec)", "label": "\(label)"])
-        return try withPrimary { try privateKey($0, handle) }
+        return key
     }
 
     static func randomID() -> [UInt8] {

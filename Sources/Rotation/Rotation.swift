@@ -117,7 +117,15 @@ public struct Rotation: Sendable {
         defer { lock.release() }
         var report = Report(outcome: "rotated", resumed: false, objectID: objectID)
         var journal: RotationJournal
-        if let existing = try journals.load(objectID: objectID) {
+        var found = try journals.load(objectID: objectID)
+        if let planned = found, planned.step == .planned, let given = options.keySpec, given.description != planned.new.keySpec {
+            // Nothing has acted on that plan: another key type replaces it (a token that refused
+            // the planned key would otherwise be asked for it again on every run).
+            progress("replacing the planned rotation (a \(planned.new.keySpec) key, not made) with one for a \(given) key")
+            try dropPlan(planned)
+            found = nil
+        }
+        if let existing = found {
             journal = existing
             report.resumed = true
             progress("resuming the rotation of \(objectID) started \(ISO8601DateFormatter().string(from: existing.startedAt)); last step done: \(existing.step)")
@@ -273,7 +281,15 @@ public struct Rotation: Sendable {
                 } else {
                     if resumed { try removeHalfMadeObjects(journal, newID: newID) }
                     progress("generating a \(journal.new.keySpec) key pair in the token")
-                    _ = try token.generateKeyPair(try Token.KeySpec(journal.new.keySpec), label: journal.new.temporaryLabel, id: newID)
+                    do {
+                        _ = try token.generateKeyPair(try Token.KeySpec(journal.new.keySpec), label: journal.new.temporaryLabel, id: newID)
+                    } catch var error as PKCS11Error where journal.step == .planned && Self.refusesTheKey(error) {
+                        // The token will not make this key: the plan had no effect, so it goes.
+                        try? dropPlan(journal)
+                        error.hint = (error.hint.map { $0 + ". " } ?? "")
+                            + "Nothing was changed (the rotation plan was dropped): run rotate again with another --key-type"
+                        throw error
+                    }
                 }
                 crash("keygen", options)
                 journal.step = .keyGenerated
@@ -525,6 +541,27 @@ public struct Rotation: Sendable {
     /// Before generating the key again after an interrupted generation: destroys what the token
     /// kept of the interrupted one — objects with the new key's `CKA_ID`, and key objects with
     /// neither label nor id that were not on the token when the rotation was planned.
+    /// Drops a plan nothing has acted on (step `planned`): what a killed key generation left
+    /// on the token, then the journal.
+    private func dropPlan(_ journal: RotationJournal) throws {
+        guard journal.step == .planned, let newID = Hex.decode(journal.new.idHex), !newID.isEmpty else {
+            throw EntraError(.stateFile, "the rotation journal names a CKA_ID that is not hex", hint: Self.journalHint(journals, journal))
+        }
+        try removeHalfMadeObjects(journal, newID: newID)
+        try journals.remove(objectID: objectID)
+    }
+
+    /// A token's refusal of the key asked for (type, size, curve, template), as opposed to a
+    /// failure worth resuming after (a removed token, a dropped session).
+    static func refusesTheKey(_ error: PKCS11Error) -> Bool {
+        if [.mechanismUnsupported, .moduleAnswerInvalid, .invalidArgument].contains(error.code) { return true }
+        let refusals: Set<String> = [
+            "CKR_ATTRIBUTE_VALUE_INVALID", "CKR_TEMPLATE_INCONSISTENT", "CKR_TEMPLATE_INCOMPLETE", "CKR_KEY_SIZE_RANGE",
+            "CKR_MECHANISM_INVALID", "CKR_MECHANISM_PARAM_INVALID", "CKR_DOMAIN_PARAMS_INVALID", "CKR_CURVE_NOT_SUPPORTED",
+        ]
+        return error.returnValue.map { refusals.contains($0.name) } ?? false
+    }
+
     private func removeHalfMadeObjects(_ journal: RotationJournal, newID: [UInt8]) throws {
         var leftovers = try token.objects(matching: try uri(id: newID))
         if let before = journal.new.anonymousKeysBefore {

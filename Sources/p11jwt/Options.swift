@@ -9,7 +9,7 @@ struct ModuleOptions: ParsableArguments {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "PKCS#11 module: a .so path or a p11-kit module name (default: module-path/module-name in the URI, else the p11-kit proxy).",
+            "PKCS#11 module: a .so path or a p11-kit module name (default: module-path/module-name in the URI, else $P11JWT_MODULE, else the p11-kit proxy).",
             valueName: "path|name"))
     var module: String?
 
@@ -19,11 +19,14 @@ struct ModuleOptions: ParsableArguments {
     @Flag(name: [.short, .long], help: "Shorthand for --log-level debug.")
     var verbose = false
 
-    /// The module to load for `uri`: `--module` wins, then the URI's own module, then the proxy.
+    /// The module to load for `uri`: `--module` wins, then the URI's own module, then
+    /// `$P11JWT_MODULE`, then the proxy (which loads every registered module: one that has no
+    /// device to talk to may complain on stderr, e.g. tpm2-pkcs11 without a TPM).
     func spec(for uri: PKCS11URI?) -> ModuleSpec {
         if let module { return ModuleSpec(module) }
-        if let uri { return ModuleSpec(uri: uri, fallback: .proxy) }
-        return .proxy
+        let environment = ProcessInfo.processInfo.environment["P11JWT_MODULE"].flatMap { $0.isEmpty ? nil : ModuleSpec($0) } ?? .proxy
+        if let uri { return ModuleSpec(uri: uri, fallback: environment) }
+        return environment
     }
 
     /// The executable's logger; `defaultLevel` unless --log-level, -v or $P11JWT_LOG_LEVEL say

@@ -13,8 +13,21 @@ struct SignerSession {
     let logger: Logger
     /// The token, when this process opened it (nil through the agent).
     let context: TokenContext?
+    /// The certificate came from the token with the key (no --cert / --cert-file / chain).
+    var certificateFromToken = false
 
     func close() { context?.close() }
+
+    /// When Entra refused the key as unregistered (AADSTS700027) and the key URI selects by
+    /// label (no `id=`), the key the URI selects now, if it is another one: a `rotate` moved
+    /// the label between this process's lookup and its request. nil: nothing else to try.
+    func rotatedSigner() throws -> TokenSigner? {
+        guard let context, certificateFromToken, context.uri.objectID == nil, let current = signer as? TokenSigner else { return nil }
+        let key = try context.token.signingKey(context.uri)
+        guard key.id != current.key.id else { return nil }
+        logger.notice("the key URI now selects another key (rotated while this command ran); trying once with it", metadata: ["key": "\(context.uri.redacted)"])
+        return try TokenSigner(token: context.token, key: key)
+    }
 }
 
 /// The key that signs and the certificate that names it: every command that makes a JWS has these.
@@ -50,7 +63,8 @@ struct SigningOptions: ParsableArguments {
         let logger = try moduleOptions.makeLogger()
         guard let socket = agentSocket else {
             let (context, signer) = try openSigner(requireCertificate: requireCertificate, chainFile: chainFile, configKey: configKey)
-            return SignerSession(signer: signer, logger: logger, context: context)
+            return SignerSession(
+                signer: signer, logger: logger, context: context, certificateFromToken: cert == nil && certFile == nil && chainFile == nil)
         }
         let keyText = key ?? ProcessInfo.processInfo.environment["P11JWT_KEY"].flatMap { $0.isEmpty ? nil : $0 } ?? configKey
         var signer: any JWSSigner = try AgentClient(socketPath: socket).signer(key: keyText)

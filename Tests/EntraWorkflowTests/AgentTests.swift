@@ -70,8 +70,9 @@ final class RunningAgent: @unchecked Sendable {
 
 @Suite("p11jwt agent: PIN once, serve many")
 struct AgentTests {
-    @Test func everyEndpointAnswersAndSignaturesVerify() throws {
-        let f = try WorkflowFixture()
+    @Test(arguments: TokenImplementation.available)
+    func everyEndpointAnswersAndSignaturesVerify(_ implementation: TokenImplementation) throws {
+        let f = try WorkflowFixture(implementation: implementation)
         let agent = try RunningAgent(f)
         defer { agent.stop() }
         let client = agent.client
@@ -128,8 +129,9 @@ struct AgentTests {
 
     /// 16 threads, each with its own connection, released together so 16 requests are in flight
     /// at once (tasks would run two at a time on two cores: these are real threads).
-    @Test func sixteenConcurrentClientsAllGetValidSignatures() throws {
-        let f = try WorkflowFixture()
+    @Test(arguments: TokenImplementation.available)
+    func sixteenConcurrentClientsAllGetValidSignatures(_ implementation: TokenImplementation) throws {
+        let f = try WorkflowFixture(implementation: implementation)
         let agent = try RunningAgent(f)
         defer { agent.stop() }
         let publicKeyPEM = try run("openssl", ["x509", "-in", f.bootstrapCertificate, "-noout", "-pubkey"]).stdout

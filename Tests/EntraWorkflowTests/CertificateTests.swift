@@ -5,9 +5,9 @@ import TestSupport
 
 @Suite("p11jwt cert: made in the token, checked by openssl")
 struct CertificateTests {
-    @Test(arguments: ["rsa:2048", "ec:p256", "ec:p384"])
-    func selfSignedCertificateAndCSRVerifyWithOpenSSL(type: String) throws {
-        let hsm = try SoftHSMDirectory(labels: ["certs"])
+    @Test(arguments: TokenImplementation.available, ["rsa:2048", "ec:p256", "ec:p384"])
+    func selfSignedCertificateAndCSRVerifyWithOpenSSL(implementation: TokenImplementation, type: String) throws {
+        let hsm = try TokenDirectory(labels: ["certs"], implementation: implementation)
         let dir = TemporaryDirectory("p11jwt-certs")
         let keygen = try p11jwt(["keygen", "--token", "pkcs11:token=certs", "--label", "k", "--type", type, "--pin-file", hsm.pinFile], hsm: hsm)
         #expect(keygen.status == 0, "\(keygen.stderr)")

@@ -59,8 +59,9 @@ final class LockedBox<T>: @unchecked Sendable {
 
 @Suite("p11jwt rotate against the emulator over HTTPS")
 struct RotateTests {
-    @Test func rotateWaitsOutThePropagationDelayAndLeavesExactlyTheNewKey() throws {
-        let f = try WorkflowFixture(emulatorArguments: ["--propagation-delay", "5"])
+    @Test(arguments: TokenImplementation.available)
+    func rotateWaitsOutThePropagationDelayAndLeavesExactlyTheNewKey(_ implementation: TokenImplementation) throws {
+        let f = try WorkflowFixture(emulatorArguments: ["--propagation-delay", "5"], implementation: implementation)
         let oldThumbprint = try opensslThumbprint(f.bootstrapCertificate)
         let r = try f.rotate(["--old-key-id", f.bootstrapKeyID, "--propagation-timeout", "60", "--output", "json"])
         #expect(r.status == 0, "\(r.stderr)")
@@ -87,7 +88,7 @@ struct RotateTests {
         #expect(try f.journal() == nil)
         // The new certificate is a valid self-signed certificate (openssl), signed in the token.
         let pem = f.dir.file("new.pem")
-        let read = try run("sh", ["-c", "pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so --token-label wf --read-object --type cert --label app | openssl x509 -inform DER -out '\(pem)'"], environment: f.hsm.environment)
+        let read = try run("sh", ["-c", "pkcs11-tool --module \(f.hsm.modulePath) --token-label wf --read-object --type cert --label app | openssl x509 -inform DER -out '\(pem)'"], environment: f.hsm.environment)
         #expect(read.status == 0, "\(read.stderr)")
         #expect(try run("openssl", ["verify", "-CAfile", pem, pem]).status == 0)
         #expect(try opensslThumbprint(pem) == newThumbprint)
@@ -199,6 +200,45 @@ struct RotateTests {
             #expect(try f.privateKeys().count == keysBefore + (deleteOld ? 0 : 1), "\(point): a second new key was made or the old one lingers")
             #expect(try f.journal() == nil, "\(point)")
         }
+    }
+
+    /// A key the token refuses to make (tpm2: RSA-4096, beyond its 1024–3072; a SoftHSM token
+    /// without EC key generation: P-256) stops the run with the token's refusal and drops the
+    /// plan, so the next run is not stuck on it; and a plan nothing acted on yet (killed right
+    /// after key generation) is replaced when the next run asks for another key type.
+    @Test(arguments: TokenImplementation.available)
+    func aKeyTheTokenRefusesDropsThePlanAndAnotherKeyTypeReplacesIt(_ implementation: TokenImplementation) throws {
+        let f = implementation == .tpm2
+            ? try WorkflowFixture(roles: ["Application.ReadWrite.OwnedBy"], implementation: .tpm2)
+            : try WorkflowFixture(
+                mechanisms: "CKM_RSA_PKCS,CKM_RSA_PKCS_PSS,CKM_RSA_X_509,CKM_RSA_PKCS_KEY_PAIR_GEN,CKM_SHA256",
+                roles: ["Application.ReadWrite.OwnedBy"])
+        let refused = implementation == .tpm2 ? "rsa:4096" : "ec:p256"
+        let keysBefore = try f.privateKeys()
+        let registeredBefore = try f.registeredThumbprints()
+
+        let r = try f.rotate(["--key-type", refused])
+        #expect(r.status == 1, "\(r.stdout) \(r.stderr)")
+        #expect(r.stderr.contains(implementation == .tpm2 ? "3072 bits, not 4096" : "cannot generate"), "\(r.stderr)")
+        #expect(r.stderr.contains("plan was dropped") && r.stderr.contains("--key-type"), "\(r.stderr)")
+        #expect(try f.journal() == nil, "the refused plan stays")
+        #expect(try f.privateKeys().count == keysBefore.count)
+        #expect(try f.registeredThumbprints() == registeredBefore)
+
+        // Killed after making a 2048-bit key, before recording it: the plan is still "planned".
+        let killed = try f.rotate(["--key-type", "rsa:2048"], crashAt: "keygen")
+        #expect(killed.status == 9, "\(killed.stderr)")
+        #expect(try f.journal()?["step"] as? Int == 0)
+        #expect(try f.privateKeys().count == keysBefore.count + 1)
+        // Another key type replaces that plan: its key goes, one 3072-bit key comes.
+        let replaced = try f.rotate(["--key-type", "rsa:3072"])
+        #expect(replaced.status == 0, "\(replaced.stderr)")
+        #expect(replaced.stderr.contains("replacing the planned rotation"), "\(replaced.stderr)")
+        let objects = try f.cli(["objects", "--token", "pkcs11:token=\(f.tokenLabel)", "--pin-file", f.hsm.pinFile])
+        #expect(objects.stdout.contains("private key  RSA 3072  label 'app'"), "\(objects.stdout)")
+        #expect(try f.privateKeys().count == keysBefore.count + 1, "the old key is kept, retired; the unused 2048-bit key is gone")
+        #expect(try f.journal() == nil)
+        #expect(try f.token(extra: ["--no-cache"]).result.status == 0)
     }
 
     /// Token requests by label run all the time while the app is rotated three times: none

@@ -4,9 +4,10 @@ import TestSupport
 
 @Suite("p11jwt token / add-key / remove-key against the emulator over HTTPS")
 struct TokenAndKeyTests {
-    @Test func tokenExchangeWithPS256CachedIn0600File() throws {
-        let f = try WorkflowFixture()
-        // The assertion this key makes is PS256 + x5t#S256 (SoftHSM does PSS).
+    @Test(arguments: TokenImplementation.available)
+    func tokenExchangeWithPS256CachedIn0600File(_ implementation: TokenImplementation) throws {
+        let f = try WorkflowFixture(implementation: implementation)
+        // The assertion this key makes is PS256 + x5t#S256 (both implementations do PSS).
         let assertion = try f.cli(["assertion", "--key", f.keyURI, "--tenant", f.tenant, "--client-id", f.appId, "--pin-file", f.hsm.pinFile])
         #expect(try independentlyParse(assertion.stdout.trimmingCharacters(in: .whitespacesAndNewlines)).header["alg"] as? String == "PS256")
 

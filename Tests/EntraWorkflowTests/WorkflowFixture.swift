@@ -2,7 +2,7 @@ import Foundation
 import Testing
 import TestSupport
 
-/// A SoftHSM token with a bootstrap key and a self-signed certificate made by `p11jwt` itself,
+/// A token (SoftHSM unless a test asks for another implementation) with a bootstrap key and a self-signed certificate made by `p11jwt` itself,
 /// an `entra-emulator serve` process (HTTPS, its own CA) with an application registered with
 /// that certificate, and private cache / state directories: everything the Entra workflow
 /// commands touch, per test.
@@ -21,8 +21,11 @@ final class WorkflowFixture: @unchecked Sendable {
     var bootstrapKeyID: String { app["keyId"]! }
     var keyURI: String { "pkcs11:token=\(tokenLabel);object=app" }
 
-    init(mechanisms: String = "ALL", roles: [String] = [], emulatorArguments: [String] = [], keyType: String = "rsa:2048") throws {
-        hsm = try SoftHSMDirectory(labels: [tokenLabel], mechanisms: mechanisms)
+    init(
+        mechanisms: String = "ALL", roles: [String] = [], emulatorArguments: [String] = [], keyType: String = "rsa:2048",
+        implementation: TokenImplementation = .softHSM
+    ) throws {
+        hsm = try TokenDirectory(labels: [tokenLabel], mechanisms: mechanisms, implementation: implementation)
         emulator = try RunningEmulator(arguments: emulatorArguments)
         let made = try p11jwt(["keygen", "--token", "pkcs11:token=\(tokenLabel)", "--label", "app", "--type", keyType, "--pin-file", hsm.pinFile], hsm: hsm)
         try #require(made.status == 0, "\(made.stderr)")

@@ -11,9 +11,9 @@ import TestSupport
 @Suite("p11jwt command line")
 struct CLITests {
     /// Reads a public key from the token with OpenSC's pkcs11-tool (not p11jwt) as PEM.
-    func publicKeyPEM(hsm: SoftHSMDirectory, token: String, label: String) throws -> String {
+    func publicKeyPEM(hsm: TokenDirectory, token: String, label: String) throws -> String {
         let der = hsm.directory.file("\(label).pub.der")
-        let read = try run("pkcs11-tool", ["--module", softHSMModulePath, "--token-label", token, "--read-object",
+        let read = try run("pkcs11-tool", ["--module", hsm.modulePath, "--token-label", token, "--read-object",
                                            "--type", "pubkey", "--label", label, "-o", der], environment: hsm.environment)
         try #require(read.status == 0, "pkcs11-tool: \(read.stderr)")
         let pem = try run("openssl", ["pkey", "-pubin", "-inform", "DER", "-in", der])
@@ -33,6 +33,13 @@ struct CLITests {
             #expect(result.stdout.contains("token 'cli-tokens'"))
             #expect(result.stdout.contains("uri: pkcs11:"))
         }
+        // $P11JWT_MODULE stands in for --module; --module wins over it.
+        let viaEnvironment = try p11jwt(["tokens"], hsm: hsm, environment: ["P11JWT_MODULE": "softhsm2"])
+        #expect(viaEnvironment.status == 0, "\(viaEnvironment.stderr)")
+        #expect(viaEnvironment.stdout.hasPrefix("module: p11-kit module 'softhsm2'") || viaEnvironment.stdout.contains("libsofthsm2.so"), "\(viaEnvironment.stdout)")
+        #expect(!viaEnvironment.stdout.contains("p11-kit proxy"))
+        let overridden = try p11jwt(["tokens", "--module", "no-such-module"], hsm: hsm, environment: ["P11JWT_MODULE": "softhsm2"])
+        #expect(overridden.status == 1 && overridden.stderr.contains("no-such-module"))
         let result = try p11jwt(["tokens", "--module", softHSMModulePath, "--output", "json"], hsm: hsm)
         let slots = try #require(try json(result.stdout)["slots"] as? [[String: Any]])
         let token = try #require(slots.compactMap { $0["token"] as? [String: Any] }.first { $0["label"] as? String == "cli-tokens" })
@@ -43,8 +50,9 @@ struct CLITests {
         #expect(mechanisms.status == 0, "\(mechanisms.stderr)")
     }
 
-    @Test func keygenThenSignVerifiesWithOpenSSLForRS256PS256AndES256() throws {
-        let hsm = try SoftHSMDirectory(labels: ["cli-sign"])
+    @Test(arguments: TokenImplementation.available)
+    func keygenThenSignVerifiesWithOpenSSLForRS256PS256AndES256(_ implementation: TokenImplementation) throws {
+        let hsm = try TokenDirectory(labels: ["cli-sign"], implementation: implementation)
         let pin = ["--pin-file", hsm.pinFile]
         let rsa = try p11jwt(["keygen", "--token", "pkcs11:token=cli-sign", "--label", "rsa", "--type", "rsa:2048"] + pin, hsm: hsm)
         #expect(rsa.status == 0, "\(rsa.stderr)")
@@ -103,14 +111,15 @@ struct CLITests {
         #expect((try json(anonymous.stdout)["publicKeys"] as? [Any])?.count == 1)
     }
 
-    @Test func aWrongPINIsTriedExactlyOnceAndReportedWithTheTokenState() throws {
-        let hsm = try SoftHSMDirectory(labels: ["cli-pin"])
+    @Test(arguments: TokenImplementation.available)
+    func aWrongPINIsTriedExactlyOnceAndReportedWithTheTokenState(_ implementation: TokenImplementation) throws {
+        let hsm = try TokenDirectory(labels: ["cli-pin"], implementation: implementation)
         let spyLog = hsm.directory.file("spy.log")
         let wrong = try hsm.directory.write("wrong-pin", "987654\n")
         let result = try p11jwt(
             ["sign", "--module", "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so", "--key", "pkcs11:token=cli-pin;object=none",
              "--alg", "ES256", "--digest", base64url(randomBytes(32)), "--pin-file", wrong],
-            hsm: hsm, environment: ["PKCS11SPY": softHSMModulePath, "PKCS11SPY_OUTPUT": spyLog])
+            hsm: hsm, environment: ["PKCS11SPY": hsm.modulePath, "PKCS11SPY_OUTPUT": spyLog])
         #expect(result.status == 1)
         #expect(result.stderr.contains("wrong PIN for token 'cli-pin'"))
         #expect(result.stderr.contains("CKR_PIN_INCORRECT"))
@@ -119,8 +128,14 @@ struct CLITests {
         // pkcs11-spy logged every call the CLI made: exactly one C_Login.
         let log = try String(contentsOfFile: spyLog, encoding: .utf8)
         #expect(log.components(separatedBy: ": C_Login\n").count - 1 == 1)
-        let tokens = try p11jwt(["tokens", "--module", softHSMModulePath, "--output", "json"], hsm: hsm)
-        #expect(tokens.stdout.contains("CKF_USER_PIN_COUNT_LOW"))
+        if implementation == .softHSM {
+            // SoftHSM counts the failure in the token flags (tpm2-pkcs11 keeps no count).
+            let tokens = try p11jwt(["tokens", "--module", softHSMModulePath, "--output", "json"], hsm: hsm)
+            #expect(tokens.stdout.contains("CKF_USER_PIN_COUNT_LOW"))
+        }
+        // One wrong try locked nothing: the right PIN signs.
+        let key = try p11jwt(["keygen", "--token", "pkcs11:token=cli-pin", "--label", "after", "--type", "ec:p256", "--pin-file", hsm.pinFile], hsm: hsm)
+        #expect(key.status == 0, "\(key.stderr)")
     }
 
     /// A PIN in a command-line URI is visible to every user: refused, and never echoed.

@@ -8,13 +8,23 @@ import X509
 
 @Suite("Key generation")
 struct KeygenTests {
-    @Test(arguments: ["rsa:2048", "rsa:3072", "rsa:4096", "ec:p256", "ec:p384"])
-    func keysAreGeneratedSensitiveNonExtractableAndForSigning(_ type: String) throws {
+    @Test(arguments: TokenImplementation.available, ["rsa:2048", "rsa:3072", "rsa:4096", "ec:p256", "ec:p384"])
+    func keysAreGeneratedSensitiveNonExtractableAndForSigning(_ implementation: TokenImplementation, _ type: String) throws {
         try sharedHSM {
-            let token = try SharedSoftHSM.loggedIn("keygen")
+            let token = try SharedTokens.loggedIn("keygen", on: implementation)
             defer { token.close() }
             let label = "gen-\(type)"
-            let key = try token.generateKeyPair(try Token.KeySpec(type), label: label)
+            let spec = try Token.KeySpec(type)
+            if case .rsa(let bits) = spec, bits > implementation.maximumRSABits {
+                // Beyond the token's stated range: refused by name, before the token is asked.
+                let error = try #require(throws: PKCS11Error.self) { try token.generateKeyPair(spec, label: label) }
+                #expect(error.code == .mechanismUnsupported)
+                #expect(error.message.contains("makes RSA keys of") && error.message.contains("\(implementation.maximumRSABits) bits, not \(bits)"), "\(error.message)")
+                #expect(error.hint?.contains("rsa:3072") == true)
+                #expect(try token.privateKeys(matching: try PKCS11URI("pkcs11:object=\(label)")).isEmpty)
+                return
+            }
+            let key = try token.generateKeyPair(spec, label: label)
             #expect(key.id?.count == 16)
             #expect(key.label == label)
             // Read the attributes back raw, not through the object model.
@@ -30,7 +40,7 @@ struct KeygenTests {
             let expected = type.hasPrefix("rsa") ? "RSA \(type.dropFirst(4))" : (type == "ec:p256" ? "EC P-256" : "EC P-384")
             #expect(key.typeDescription == expected)
             // The URI it prints selects exactly this key, from a fresh token context.
-            let again = try SharedSoftHSM.loggedIn("keygen")
+            let again = try SharedTokens.loggedIn("keygen", on: implementation)
             defer { again.close() }
             let found = try again.signingKey(try PKCS11URI(key.uri))
             #expect(found.id == key.id)

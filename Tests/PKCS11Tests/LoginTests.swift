@@ -21,9 +21,10 @@ struct LoginTests {
         }
     }
 
-    @Test func aWrongPINIsReportedWithThePINStateAndNotRetried() throws {
+    @Test(arguments: TokenImplementation.available)
+    func aWrongPINIsReportedWithThePINStateAndNotRetried(_ implementation: TokenImplementation) throws {
         try sharedHSM {
-            let token = try SharedSoftHSM.token("login-wrong")
+            let token = try SharedTokens.token("login-wrong", on: implementation)
             defer { token.close() }
             #expect(try token.currentInfo().pinState.countLow == false)
             let provider = PINProvider(environment: ["P11JWT_PIN": "000000"], allowPrompt: false)
@@ -35,9 +36,13 @@ struct LoginTests {
             #expect(error.hint?.contains("not retried") == true)
             #expect(error.description.contains("CKR_PIN_INCORRECT"))
             #expect(!error.description.contains("000000"))
-            // SoftHSM records the failed attempt in the token flags.
-            #expect(try token.currentInfo().pinState.countLow == true)
+            // SoftHSM records the failed attempt in the token flags (tpm2-pkcs11 keeps no count).
+            if implementation == .softHSM { #expect(try token.currentInfo().pinState.countLow == true) }
             #expect(!token.isLoggedIn)
+            // The right PIN still works: one wrong try did not lock the token.
+            try token.login(pins: PINProvider(pinFile: try SharedTokens.directory(implementation).pinFile, environment: [:], allowPrompt: false))
+            #expect(token.isLoggedIn)
+            token.logout()
         }
     }
 

@@ -6,39 +6,65 @@ import JOSE
 import Testing
 import TestSupport
 
-/// Keys generated once on the "signing" token for the whole suite.
+/// Keys generated once on each implementation's "signing" token for the whole suite. A key the
+/// implementation cannot make (P-521 on tpm2) is absent, and its refusal is what is recorded.
 enum SigningFixture {
-    static let state: Result<(Token, [String: PrivateKeyObject]), any Error> = Result {
+    typealias Keys = (Token, [String: PrivateKeyObject], refusals: [String: PKCS11Error])
+
+    static let softHSM = Result { try make(.softHSM) }
+    static let tpm2 = Result { try make(.tpm2) }
+
+    static func make(_ implementation: TokenImplementation) throws -> Keys {
         try sharedHSM {
-            let token = try SharedSoftHSM.loggedIn("signing")
-            var keys: [String: PrivateKeyObject] = [:]
+            let token = try SharedTokens.loggedIn("signing", on: implementation)
+            var keys: [String: PrivateKeyObject] = [:], refusals: [String: PKCS11Error] = [:]
             for (label, spec) in [("rsa", "rsa:2048"), ("p256", "ec:p256"), ("p384", "ec:p384"), ("p521", "ec:p521")] {
-                keys[label] = try token.generateKeyPair(try Token.KeySpec(spec), label: label)
+                do {
+                    keys[label] = try token.generateKeyPair(try Token.KeySpec(spec), label: label)
+                } catch let error as PKCS11Error where label == "p521" && !implementation.signsWithP521 {
+                    refusals[label] = error
+                }
             }
-            return (token, keys)
+            return (token, keys, refusals)
         }
     }
 
-    static func get() throws -> (Token, [String: PrivateKeyObject]) { try state.get() }
+    static func get(_ implementation: TokenImplementation) throws -> Keys {
+        try (implementation == .softHSM ? softHSM : tpm2).get()
+    }
 
-    static func key(for algorithm: JWSAlgorithm) throws -> (Token, PrivateKeyObject) {
-        let (token, keys) = try get()
-        let label: String
+    static func label(for algorithm: JWSAlgorithm) -> String {
         switch algorithm.curve {
-        case .p256: label = "p256"
-        case .p384: label = "p384"
-        case .p521: label = "p521"
-        case nil: label = "rsa"
+        case .p256: return "p256"
+        case .p384: return "p384"
+        case .p521: return "p521"
+        case nil: return "rsa"
         }
-        return (token, try #require(keys[label]))
+    }
+
+    static func key(for algorithm: JWSAlgorithm, on implementation: TokenImplementation) throws -> (Token, PrivateKeyObject) {
+        let (token, keys, _) = try get(implementation)
+        return (token, try #require(keys[label(for: algorithm)]))
     }
 }
 
 @Suite("Signing digests")
 struct SigningTests {
-    @Test(arguments: JWSAlgorithm.allCases)
-    func signaturesVerifyWithSwiftCryptoAndOpenSSL(_ algorithm: JWSAlgorithm) throws {
-        let (token, key) = try SigningFixture.key(for: algorithm)
+    @Test(arguments: TokenImplementation.available, JWSAlgorithm.allCases)
+    func signaturesVerifyWithSwiftCryptoAndOpenSSL(_ implementation: TokenImplementation, _ algorithm: JWSAlgorithm) throws {
+        if algorithm.curve == .p521 && !implementation.signsWithP521 {
+            // The token's P-521 keys are unusable: key generation says so and leaves nothing behind.
+            let (token, keys, refusals) = try SigningFixture.get(implementation)
+            #expect(keys["p521"] == nil)
+            let refusal = try #require(refusals["p521"])
+            #expect(refusal.code == .moduleAnswerInvalid)
+            #expect(refusal.message.contains("no usable public key") && refusal.message.contains("removed"), "\(refusal.message)")
+            #expect(refusal.hint?.contains("ec:p256") == true)
+            #expect(try sharedHSM { try token.privateKeys(matching: try PKCS11URI("pkcs11:object=p521")) }.isEmpty)
+            #expect(try sharedHSM { try token.publicKeys(matching: try PKCS11URI("pkcs11:object=p521")) }.isEmpty)
+            return
+        }
+        let (token, key) = try SigningFixture.key(for: algorithm, on: implementation)
         let publicKey = try #require(key.publicKey)
         let message = randomBytes(100)
         let signature = try sharedHSM {
@@ -56,8 +82,9 @@ struct SigningTests {
         #expect(try !IndependentVerifier.swiftCrypto(signature, message: message + [1], algorithm: algorithm, key: publicKey))
     }
 
-    @Test func rs256IsDeterministicAndPS256IsSalted() throws {
-        let (token, key) = try SigningFixture.key(for: .RS256)
+    @Test(arguments: TokenImplementation.available)
+    func rs256IsDeterministicAndPS256IsSalted(_ implementation: TokenImplementation) throws {
+        let (token, key) = try SigningFixture.key(for: .RS256, on: implementation)
         let digest = Array(SHA256.hash(data: Array("fixed input".utf8)))
         try sharedHSM {
             let a = try token.sign(digest: digest, algorithm: .RS256, key: key)
@@ -71,7 +98,7 @@ struct SigningTests {
 
     @Test(arguments: [(JWSAlgorithm.RS256, 20), (.PS384, 32), (.ES256, 48), (.ES384, 0)])
     func aDigestOfTheWrongLengthIsRefused(_ algorithm: JWSAlgorithm, _ length: Int) throws {
-        let (token, key) = try SigningFixture.key(for: algorithm)
+        let (token, key) = try SigningFixture.key(for: algorithm, on: .softHSM)
         let error = try #require(throws: PKCS11Error.self) {
             try sharedHSM { try token.sign(digest: randomBytes(length), algorithm: algorithm, key: key) }
         }
@@ -80,8 +107,9 @@ struct SigningTests {
         #expect(error.message.contains("got \(length) bytes"))
     }
 
-    @Test func anAlgorithmTheKeyCannotDoIsRefusedWithWhatItCanDo() throws {
-        let (token, keys) = try SigningFixture.get()
+    @Test(arguments: TokenImplementation.available)
+    func anAlgorithmTheKeyCannotDoIsRefusedWithWhatItCanDo(_ implementation: TokenImplementation) throws {
+        let (token, keys, _) = try SigningFixture.get(implementation)
         let ec = try #require(keys["p256"]), rsa = try #require(keys["rsa"])
         let rsaOnEC = try #require(throws: PKCS11Error.self) {
             try token.sign(digest: randomBytes(32), algorithm: .RS256, key: ec)
@@ -99,8 +127,9 @@ struct SigningTests {
         #expect(ecOnRSA.code == .keyUnsuitable)
     }
 
-    @Test func keyURIsMatchingNoKeyOrSeveralKeysAreErrorsThatListCandidates() throws {
-        let (token, keys) = try SigningFixture.get()
+    @Test(arguments: TokenImplementation.available)
+    func keyURIsMatchingNoKeyOrSeveralKeysAreErrorsThatListCandidates(_ implementation: TokenImplementation) throws {
+        let (token, keys, _) = try SigningFixture.get(implementation)
         try sharedHSM {
             let none = try #require(throws: PKCS11Error.self) {
                 try token.signingKey(try PKCS11URI("pkcs11:token=signing;object=absent"))
@@ -117,9 +146,10 @@ struct SigningTests {
         }
     }
 
-    @Test func thePSSFallbackEncodingVerifiesIndependently() throws {
+    @Test(arguments: TokenImplementation.available)
+    func thePSSFallbackEncodingVerifiesIndependently(_ implementation: TokenImplementation) throws {
         // EMSA-PSS done here + raw RSA in the token, forced on a token that also has native PSS.
-        let (token, key) = try SigningFixture.key(for: .PS256)
+        let (token, key) = try SigningFixture.key(for: .PS256, on: implementation)
         let publicKey = try #require(key.publicKey)
         for algorithm in [JWSAlgorithm.PS256, .PS384, .PS512] {
             let message = randomBytes(64)
@@ -131,8 +161,9 @@ struct SigningTests {
         }
     }
 
-    @Test func ecdsaSignaturesConvertToDERAndBack() throws {
-        let (token, key) = try SigningFixture.key(for: .ES256)
+    @Test(arguments: TokenImplementation.available)
+    func ecdsaSignaturesConvertToDERAndBack(_ implementation: TokenImplementation) throws {
+        let (token, key) = try SigningFixture.key(for: .ES256, on: implementation)
         let digest = Array(SHA256.hash(data: randomBytes(10)))
         let raw = try sharedHSM { try token.sign(digest: digest, algorithm: .ES256, key: key) }
         let der = try ECDSASignatureEncoding.der(fromRaw: raw)

@@ -33,36 +33,59 @@ public final class TemporaryDirectory: @unchecked Sendable {
     }
 }
 
-/// A SoftHSM token directory and config made by `hsm-config/init-softhsm`, with one or more
-/// tokens. Each suite gets its own tokens; CLI tests get their own directory and config.
-public final class SoftHSMDirectory: @unchecked Sendable {
-    public let directory = TemporaryDirectory("p11jwt-softhsm")
+/// Tokens for one test (or suite), on one implementation: a SoftHSM token directory and config
+/// made by `hsm-config/init-softhsm`, or a tpm2-pkcs11 store of its own on the run's software
+/// TPM (`hsm-config/tpm2-token`). Child processes get `environment`, which selects these tokens.
+public final class TokenDirectory: @unchecked Sendable {
+    public let implementation: TokenImplementation
+    public let directory = TemporaryDirectory("p11jwt-tokens")
+    /// The SoftHSM config (empty for tpm2).
     public let config: String
     public let pinFile: String
+    private let implementationEnvironment: [String: String]
 
-    public init(labels: [String], mechanisms: String = "ALL") throws {
-        var conf = ""
-        for label in labels {
-            let result = try run(
-                repositoryRoot.appendingPathComponent("hsm-config/init-softhsm").path,
-                ["--dir", directory.path, "--mechanisms", mechanisms, label, testSOPIN, testPIN])
-            try #require(result.status == 0, "init-softhsm failed: \(result.stderr)")
-            conf = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-                .replacingOccurrences(of: "export SOFTHSM2_CONF=", with: "")
+    /// `mechanisms` limits what SoftHSM offers (a SoftHSM feature: tests of mechanism fallbacks
+    /// run on SoftHSM only).
+    public init(labels: [String], mechanisms: String = "ALL", implementation: TokenImplementation = .softHSM) throws {
+        self.implementation = implementation
+        switch implementation {
+        case .softHSM:
+            var conf = ""
+            for label in labels {
+                let result = try run(
+                    repositoryRoot.appendingPathComponent("hsm-config/init-softhsm").path,
+                    ["--dir", directory.path, "--mechanisms", mechanisms, label, testSOPIN, testPIN])
+                try #require(result.status == 0, "init-softhsm failed: \(result.stderr)")
+                conf = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                    .replacingOccurrences(of: "export SOFTHSM2_CONF=", with: "")
+            }
+            config = conf
+            implementationEnvironment = ["SOFTHSM2_CONF": conf]
+        case .tpm2:
+            precondition(mechanisms == "ALL", "mechanism lists are a SoftHSM test feature")
+            config = ""
+            implementationEnvironment = try TPM2TestBed.started.get().addTokens(labels, store: directory.file("store"))
         }
-        config = conf
         pinFile = try directory.write("pin", testPIN + "\n")
     }
 
-    /// Environment for a child process using this SoftHSM directory.
+    /// Environment for a child process using these tokens.
     public var environment: [String: String] {
         var env = ProcessInfo.processInfo.environment
-        env["SOFTHSM2_CONF"] = config
         env.removeValue(forKey: "P11JWT_PIN")
         env.removeValue(forKey: "P11JWT_AGENT_SOCK")
+        env.removeValue(forKey: "P11JWT_MODULE")
+        for (key, value) in TPM2TestBed.quietEnvironment { env[key] = value }
+        for (key, value) in implementationEnvironment { env[key] = value }
         return env
     }
+
+    /// The module file, for tools (pkcs11-tool) that need one.
+    public var modulePath: String { implementation.modulePath }
 }
+
+/// Most tests make SoftHSM tokens.
+public typealias SoftHSMDirectory = TokenDirectory
 
 /// The process-wide SoftHSM the in-process tests share.
 ///
@@ -155,7 +178,7 @@ public var p11jwtBinary: String {
 
 /// Runs `p11jwt` against a SoftHSM directory.
 @discardableResult
-public func p11jwt(_ arguments: [String], hsm: SoftHSMDirectory, environment extra: [String: String] = [:]) throws -> ProcessResult {
+public func p11jwt(_ arguments: [String], hsm: TokenDirectory, environment extra: [String: String] = [:]) throws -> ProcessResult {
     var env = hsm.environment
     for (k, v) in extra { env[k] = v }
     return try run(try p11jwtBinary, arguments, environment: env)

@@ -46,8 +46,18 @@ struct TokenCommand: AsyncParsableCommand {
         _ = try configuration.validated()
         let session = try signing.open(requireCertificate: true, configKey: file["key"])
         defer { session.close() }
-        let token = try await withEntraClient(configuration, logger: session.logger) { client in
-            try await client.token(scope: scope, signer: session.signer)
+        func exchange(_ signer: some JWSSigner) async throws -> AccessToken {
+            try await withEntraClient(configuration, logger: session.logger) { client in
+                try await client.token(scope: scope, signer: signer)
+            }
+        }
+        let token: AccessToken
+        do {
+            token = try await exchange(session.signer)
+        } catch let error as EntraError where error.aadsts == 700027 {
+            // As the agent does: a label that moved to a rotated key is looked up once more.
+            guard let rotated = try session.rotatedSigner() else { throw error }
+            token = try await exchange(rotated)
         }
         switch output {
         case .token:
