@@ -196,6 +196,12 @@ public final class Token: Sendable {
                 error.hint = "the PIN was not retried. Token PIN state: \(state?.description ?? "unknown")"
                     + (state?.finalTry == true ? " — ONE more wrong PIN locks the token" : "")
                     + ". Check the PIN source before trying again."
+            case .pinLocked where state?.locked == false:
+                // The token refuses logins without marking its PIN locked: what a TPM in
+                // dictionary-attack lockout does (tpm2-pkcs11), for a while, whatever the PIN.
+                error.message = "token '\(label)' refuses logins for now (its PIN is not marked locked)"
+                error.hint = "a TPM in dictionary-attack lockout does this after too many wrong PINs: wait for its lockout recovery time, "
+                    + "or clear it with the lockout authorisation ('tpm2_dictionarylockout --clear-lockout'); the PIN was not retried"
             case .pinLocked:
                 error.message = "the user PIN of token '\(label)' is locked"
                 error.hint = "unlock it with the SO PIN (e.g. 'pkcs11-tool --init-pin --login --login-type so' or the vendor's tool)"

@@ -138,6 +138,37 @@ struct CLITests {
         #expect(key.status == 0, "\(key.stderr)")
     }
 
+    /// The TPM's dictionary-attack lockout, once, on a software TPM of its own (the lockout is
+    /// TPM-wide): after MAX wrong PINs the TPM refuses every login for a while, the right PIN
+    /// too, without the token marking its PIN locked. Each run tries its PIN once, and the
+    /// refusal says what it is and what to do — not "unlock with the SO PIN".
+    @Test(.enabled(if: TokenImplementation.available.contains(.tpm2), "tpm2 is not among P11JWT_TEST_MODULES"))
+    func aTPMInDictionaryAttackLockoutIsNamedWithWhatToDo() throws {
+        let bed = TemporaryDirectory("p11jwt-tpm2-lockout")
+        let script = repositoryRoot.appendingPathComponent("hsm-config/tpm2-token").path
+        let up = try run(script, ["up", "--dir", bed.path, "--watch", "\(getpid())", "lockout", testSOPIN, testPIN])
+        try #require(up.status == 0, "\(up.stderr)")
+        defer { _ = try? run(script, ["down", "--dir", bed.path]) }
+        let armed = try run(script, ["lockout", "--dir", bed.path, "2"])
+        try #require(armed.status == 0, "\(armed.stderr)")
+        var env = ProcessInfo.processInfo.environment
+        for (key, value) in TPM2TestBed.parseExports(up.stdout) { env[key] = value }
+        env["TPM2_PKCS11_LOG_LEVEL"] = "0"
+        let wrong = try bed.write("wrong", "999999\n"), right = try bed.write("pin", testPIN + "\n")
+        func login(_ pinFile: String) throws -> ProcessResult {
+            try run(try p11jwtBinary, ["objects", "--module", tpm2ModulePath, "--token", "pkcs11:token=lockout", "--pin-file", pinFile], environment: env)
+        }
+        for attempt in 1...2 {
+            let r = try login(wrong)
+            #expect(r.status == 1 && r.stderr.contains("C_Login: CKR_PIN_INCORRECT"), "attempt \(attempt): \(r.stderr)")
+        }
+        let locked = try login(right)
+        #expect(locked.status == 1)
+        #expect(locked.stderr.contains("C_Login: CKR_PIN_LOCKED"), "\(locked.stderr)")
+        #expect(locked.stderr.contains("refuses logins for now") && locked.stderr.contains("dictionary-attack lockout"), "\(locked.stderr)")
+        #expect(locked.stderr.contains("tpm2_dictionarylockout --clear-lockout") && !locked.stderr.contains("SO PIN"), "\(locked.stderr)")
+    }
+
     /// A PIN in a command-line URI is visible to every user: refused, and never echoed.
     @Test func aPinValueOnTheCommandLineIsRefusedAndNeverPrinted() throws {
         let hsm = try SoftHSMDirectory(labels: ["cli-pinvalue"])

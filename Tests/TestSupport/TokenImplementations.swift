@@ -105,7 +105,7 @@ public final class TPM2TestBed: @unchecked Sendable {
         }
     }
 
-    static func parseExports(_ text: String) -> [String: String] {
+    public static func parseExports(_ text: String) -> [String: String] {
         var environment: [String: String] = [:]
         for line in text.split(separator: "\n") where line.hasPrefix("export ") {
             let assignment = line.dropFirst("export ".count)
