@@ -451,6 +451,8 @@ struct AgentTests {
     /// A running agent follows a `rotate` of its label-selected key: assertions carry the new
     /// certificate and Entra accepts them, and `/v1/token` fetches with the new key — without a
     /// restart (issue: it kept signing with the retired key, AADSTS700027).
+    /// SoftHSM only: tpm2-pkcs11 reads its store once per process, so a running agent does not
+    /// see another process's relabel (the agent would have to initialise the module afresh).
     @Test func theAgentFollowsARotationOfItsKey() throws {
         let f = try WorkflowFixture()
         let agent = try RunningAgent(f)

@@ -89,8 +89,9 @@ struct CLITests {
         #expect(unbase64url(raw.stdout)?.count == 64)
     }
 
-    @Test func objectsShowsKeysCertificatesAndPairing() throws {
-        let hsm = try SoftHSMDirectory(labels: ["cli-objects"])
+    @Test(arguments: TokenImplementation.available)
+    func objectsShowsKeysCertificatesAndPairing(_ implementation: TokenImplementation) throws {
+        let hsm = try TokenDirectory(labels: ["cli-objects"], implementation: implementation)
         let keygen = try p11jwt(["keygen", "--token", "pkcs11:token=cli-objects", "--label", "k1", "--type", "ec:p384", "--id", "0102"], hsm: hsm,
                                 environment: ["P11JWT_PIN": testPIN])
         #expect(keygen.status == 0, "\(keygen.stderr)")
@@ -268,8 +269,9 @@ struct CLITests {
         #expect(ec.stderr.contains("cannot generate ec:p256"))
     }
 
-    @Test func destroyNeedsConfirmationOrYes() throws {
-        let hsm = try SoftHSMDirectory(labels: ["cli-destroy"])
+    @Test(arguments: TokenImplementation.available)
+    func destroyNeedsConfirmationOrYes(_ implementation: TokenImplementation) throws {
+        let hsm = try TokenDirectory(labels: ["cli-destroy"], implementation: implementation)
         let pin = ["--pin-file", hsm.pinFile]
         #expect(try p11jwt(["keygen", "--token", "pkcs11:token=cli-destroy", "--label", "doomed", "--type", "ec:p256"] + pin, hsm: hsm).status == 0)
         var result = try p11jwt(["destroy", "pkcs11:token=cli-destroy;object=doomed"] + pin, hsm: hsm)

@@ -10,7 +10,7 @@ import X509
 struct KeygenTests {
     @Test(arguments: TokenImplementation.available, ["rsa:2048", "rsa:3072", "rsa:4096", "ec:p256", "ec:p384"])
     func keysAreGeneratedSensitiveNonExtractableAndForSigning(_ implementation: TokenImplementation, _ type: String) throws {
-        try sharedHSM {
+        try onToken(implementation) {
             let token = try SharedTokens.loggedIn("keygen", on: implementation)
             defer { token.close() }
             let label = "gen-\(type)"
@@ -48,9 +48,10 @@ struct KeygenTests {
         }
     }
 
-    @Test func aChosenIDIsUsedAndDuplicatesAreRefused() throws {
-        try sharedHSM {
-            let token = try SharedSoftHSM.loggedIn("keygen")
+    @Test(arguments: TokenImplementation.available)
+    func aChosenIDIsUsedAndDuplicatesAreRefused(_ implementation: TokenImplementation) throws {
+        try onToken(implementation) {
+            let token = try SharedTokens.loggedIn("keygen", on: implementation)
             defer { token.close() }
             let key = try token.generateKeyPair(.ec(.p256), label: "chosen-id", id: [0xca, 0xfe])
             #expect(key.id == [0xca, 0xfe])
@@ -154,12 +155,13 @@ struct CertificateTests {
 
 @Suite("Session pool")
 struct PoolTests {
-    @Test func parallelSignaturesStayWithinThePoolAndAllVerify() throws {
-        try sharedHSM {
-            let token = try Token.open(try PKCS11URI("pkcs11:token=pool"), module: SharedSoftHSM.module,
+    @Test(arguments: TokenImplementation.available)
+    func parallelSignaturesStayWithinThePoolAndAllVerify(_ implementation: TokenImplementation) throws {
+        try onToken(implementation) {
+            let token = try Token.open(try PKCS11URI("pkcs11:token=pool"), module: try SharedTokens.module(implementation),
                                        options: .init(maxPoolSessions: 2), logger: testLogger)
             defer { token.close() }
-            try token.login(pins: PINProvider(pinFile: SharedSoftHSM.directory.pinFile, environment: [:], allowPrompt: false))
+            try token.login(pins: PINProvider(pinFile: try SharedTokens.directory(implementation).pinFile, environment: [:], allowPrompt: false))
             let key = try token.generateKeyPair(.ec(.p256), label: "parallel")
             let publicKey = try #require(key.publicKey)
             let results = ResultsBox(count: 32)

@@ -23,7 +23,7 @@ struct LoginTests {
 
     @Test(arguments: TokenImplementation.available)
     func aWrongPINIsReportedWithThePINStateAndNotRetried(_ implementation: TokenImplementation) throws {
-        try sharedHSM {
+        try onToken(implementation) {
             let token = try SharedTokens.token("login-wrong", on: implementation)
             defer { token.close() }
             #expect(try token.currentInfo().pinState.countLow == false)
@@ -117,13 +117,14 @@ struct LoginTests {
         #expect(pin.withUnsafeBytes { Array($0) } == Array(testPIN.utf8))
     }
 
-    @Test func loggingInTwiceIsHarmless() throws {
-        try sharedHSM {
-            let first = try SharedSoftHSM.loggedIn("login")
+    @Test(arguments: TokenImplementation.available)
+    func loggingInTwiceIsHarmless(_ implementation: TokenImplementation) throws {
+        try onToken(implementation) {
+            let first = try SharedTokens.loggedIn("login", on: implementation)
             defer { first.close() }
             // A second context in the same process: the token is already logged in
             // (CKR_USER_ALREADY_LOGGED_IN / session state), which is success.
-            let second = try SharedSoftHSM.loggedIn("login")
+            let second = try SharedTokens.loggedIn("login", on: implementation)
             defer { second.close() }
             #expect(first.isLoggedIn && second.isLoggedIn)
             try first.withPrimary { try $0.login(pin: SecretBytes(testPIN)) }

@@ -15,7 +15,7 @@ enum SigningFixture {
     static let tpm2 = Result { try make(.tpm2) }
 
     static func make(_ implementation: TokenImplementation) throws -> Keys {
-        try sharedHSM {
+        try onToken(implementation) {
             let token = try SharedTokens.loggedIn("signing", on: implementation)
             var keys: [String: PrivateKeyObject] = [:], refusals: [String: PKCS11Error] = [:]
             for (label, spec) in [("rsa", "rsa:2048"), ("p256", "ec:p256"), ("p384", "ec:p384"), ("p521", "ec:p521")] {

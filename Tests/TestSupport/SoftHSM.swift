@@ -193,6 +193,14 @@ public func sharedHSM<R>(_ body: () throws -> R) rethrows -> R { try hsmQueue.sy
 
 public func exclusiveHSM<R>(_ body: () throws -> R) rethrows -> R { try hsmQueue.sync(flags: .barrier, execute: body) }
 
+/// `sharedHSM` on SoftHSM; `exclusiveHSM` on tpm2, whose module answers a C_Login with
+/// CKR_GENERAL_ERROR while another thread of the process generates a key (p11jwt's commands and
+/// agent log in once, before any other work; tests that log in and generate keys side by side
+/// would race).
+public func onToken<R>(_ implementation: TokenImplementation, _ body: () throws -> R) rethrows -> R {
+    implementation == .tpm2 ? try exclusiveHSM(body) : try sharedHSM(body)
+}
+
 /// An RSA key and certificate made by openssl and put on a token with softhsm2-util (key) and
 /// pkcs11-tool (certificate): a key whose private half is known, for byte-for-byte comparisons.
 public struct ImportedKey: Sendable {
