@@ -81,7 +81,6 @@ public enum SigningPath: String, Sendable, Hashable, Codable {
     }
 }
 
-/// The mechanisms of a token, and which JWS algorithms they make possible.
 extension MechanismInfo {
     /// Whether a key of `bits` is within the stated range (0 means no stated limit).
     public func allows(bits: UInt) -> Bool {
@@ -89,6 +88,7 @@ extension MechanismInfo {
     }
 }
 
+/// The mechanisms of a token, and which JWS algorithms they make possible.
 public struct MechanismSet: Sendable {
     public let all: [MechanismInfo]
 

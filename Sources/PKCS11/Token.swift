@@ -45,7 +45,18 @@ public final class Token: Sendable {
     }
 
     /// The one initialised token the URI selects; an error naming the tokens seen otherwise.
+    /// Finding none, it looks once more after ``labelSettleTime``: a token can be unreadable for
+    /// a moment while another process writes its store (seen with SoftHSM during a rotation).
     public static func find(_ uri: PKCS11URI, module: Module) throws -> Slot {
+        do {
+            return try findOnce(uri, module: module)
+        } catch let error as PKCS11Error where error.code == .tokenNotFound {
+            Thread.sleep(forTimeInterval: labelSettleTime)
+            return try findOnce(uri, module: module)
+        }
+    }
+
+    private static func findOnce(_ uri: PKCS11URI, module: Module) throws -> Slot {
         var moduleInfo = module.rawInfo
         let slots = try module.slots(tokenPresent: true)
         var seen: [(Slot, TokenInfo)] = []

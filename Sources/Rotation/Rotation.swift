@@ -538,9 +538,6 @@ public struct Rotation: Sendable {
         }
     }
 
-    /// Before generating the key again after an interrupted generation: destroys what the token
-    /// kept of the interrupted one — objects with the new key's `CKA_ID`, and key objects with
-    /// neither label nor id that were not on the token when the rotation was planned.
     /// Drops a plan nothing has acted on (step `planned`): what a killed key generation left
     /// on the token, then the journal.
     private func dropPlan(_ journal: RotationJournal) throws {
@@ -562,6 +559,9 @@ public struct Rotation: Sendable {
         return error.returnValue.map { refusals.contains($0.name) } ?? false
     }
 
+    /// Before generating the key again after an interrupted generation: destroys what the token
+    /// kept of the interrupted one — objects with the new key's `CKA_ID`, and key objects with
+    /// neither label nor id that were not on the token when the rotation was planned.
     private func removeHalfMadeObjects(_ journal: RotationJournal, newID: [UInt8]) throws {
         var leftovers = try token.objects(matching: try uri(id: newID))
         if let before = journal.new.anonymousKeysBefore {
