@@ -205,7 +205,7 @@ struct FidelityTests {
         let fractional = try body(end: iso(Date().addingTimeInterval(86400), fractional: true))
         let now = Int64(Date().timeIntervalSince1970)
         let skewed = try body(proof: try f.proof(f.app.id) { _, c in c["nbf"] = .int(now + 120); c["exp"] = .int(now + 600) })
-        let tooEarly = try body(proof: try f.proof(f.app.id) { _, c in c["nbf"] = .int(now + 500); c["exp"] = .int(now + 1000) })
+        let tooEarly = try body(proof: try f.proof(f.app.id) { _, c in c["nbf"] = .int(now + 1800); c["exp"] = .int(now + 2400) })
         let farFuture = try body(proof: try f.proof(f.app.id) { _, c in c["exp"] = .double(1e300) })
         let addKey = "/v1.0/applications/\(f.app.id)/addKey"
         try await f.test { client in
