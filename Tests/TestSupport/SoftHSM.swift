@@ -109,17 +109,10 @@ public enum SharedSoftHSM {
     public static var module: Module { state.1 }
     public static var directory: SoftHSMDirectory { state.0 }
 
-    public static func token(_ label: String) throws -> Token {
-        precondition(labels.contains(label), "add '\(label)' to SharedSoftHSM.labels")
-        return try Token.open(try PKCS11URI("pkcs11:token=\(label)"), module: module, logger: testLogger)
-    }
+    public static func token(_ label: String) throws -> Token { try SharedTokens.token(label, on: .softHSM) }
 
     /// A token of this run, logged in.
-    public static func loggedIn(_ label: String) throws -> Token {
-        let token = try token(label)
-        try token.login(pins: PINProvider(pinFile: directory.pinFile, environment: [:], allowPrompt: false))
-        return token
-    }
+    public static func loggedIn(_ label: String) throws -> Token { try SharedTokens.loggedIn(label, on: .softHSM) }
 }
 
 public let testLogger: Logger = {
