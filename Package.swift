@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "JOSE", targets: ["JOSE"]),
         .library(name: "PKCS11", targets: ["PKCS11"]),
+        .library(name: "TokenSigning", targets: ["TokenSigning"]),
         .library(name: "Entra", targets: ["Entra"]),
         .library(name: "EntraEmulator", targets: ["EntraEmulator"]),
         .library(name: "DurableFiles", targets: ["DurableFiles"]),
@@ -51,11 +52,26 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
-        // The typed, Sendable layer over the PKCS#11 C API; a token key is a JOSE signer.
+        // The typed, Sendable layer over the PKCS#11 C API: modules, URIs, tokens, logins,
+        // objects, mechanisms with their parameters. Knows nothing of JOSE or Entra.
         .target(
             name: "PKCS11",
             dependencies: [
                 "CP11Kit",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
+        // A token key as a JOSE signer (JWS algorithm → mechanism, DigestInfo, EMSA-PSS) and as
+        // swift-certificates' external key for certificates and CSRs signed in the token.
+        .target(
+            name: "TokenSigning",
+            dependencies: [
+                "PKCS11",
                 "JOSE",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -87,6 +103,7 @@ let package = Package(
             dependencies: [
                 "Entra",
                 "PKCS11",
+                "TokenSigning",
                 "JOSE",
                 "DurableFiles",
                 .product(name: "Logging", package: "swift-log"),
@@ -100,6 +117,7 @@ let package = Package(
             name: "Agent",
             dependencies: [
                 "PKCS11",
+                "TokenSigning",
                 "JOSE",
                 "Entra",
                 "DurableFiles",
@@ -120,6 +138,7 @@ let package = Package(
             name: "p11jwt-bench",
             dependencies: [
                 "PKCS11",
+                "TokenSigning",
                 "JOSE",
                 "Entra",
                 "Agent",
@@ -173,6 +192,7 @@ let package = Package(
                 "Rotation",
                 "JOSE",
                 "PKCS11",
+                "TokenSigning",
                 "Entra",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -188,6 +208,7 @@ let package = Package(
             dependencies: [
                 "JOSE",
                 "PKCS11",
+                "TokenSigning",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -211,6 +232,7 @@ let package = Package(
                 "Entra",
                 "JOSE",
                 "PKCS11",
+                "TokenSigning",
                 "TestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -251,6 +273,7 @@ let package = Package(
             dependencies: [
                 "JOSE",
                 "PKCS11",
+                "TokenSigning",
                 "TestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),

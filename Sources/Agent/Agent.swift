@@ -7,6 +7,7 @@ import JOSE
 import Logging
 import NIOCore
 import PKCS11
+import TokenSigning
 import ServiceLifecycle
 #if canImport(Glibc)
 import Glibc
@@ -88,38 +89,58 @@ public final class Agent: Sendable {
 
     /// The signer for a request's `key` (nil: the default key). Keys are on the agent's token.
     ///
-    /// A key chosen by label (or any URI without `id=`) is looked up again at most once per
-    /// ``keyRecheckInterval``, and at once when `recheck` is set (Entra refused the key): after a
-    /// `rotate` the label names the new key, and the agent follows it without a restart. While
-    /// the lookup finds no key or several (a rotate is moving the label between two keys that
-    /// both work) the signer already held is kept.
-    func signer(_ keyURI: String?, recheck: Bool = false) throws -> TokenSigner {
+    /// A key already resolved is answered from memory: a request never waits on the token to
+    /// find its signer. A key chosen by label (or any URI without `id=`) is looked up again in
+    /// the background once per ``keyRecheckInterval`` (``KeyWatcher``), and at once (awaited)
+    /// when `recheck` is set (Entra refused the key): after a `rotate` the label names the new key,
+    /// and the agent follows it without a restart. While the lookup finds no key or several (a
+    /// rotate is moving the label between two keys that both work) the signer already held is kept.
+    func signer(_ keyURI: String?, recheck: Bool = false) async throws -> TokenSigner {
         let text = keyURI ?? configuration.defaultKey
         let token = try keeper.current()
-        let now = ContinuousClock.now
         guard let held = signers.withLock({ $0[text] }), held.signer.token === token else {
-            let signer = try Self.resolve(text, on: token)
-            signers.withLock { $0[text] = HeldSigner(signer: signer, checkedAt: now) }
+            let signer = try await token.run { try Self.resolve(text, on: $0) }
+            signers.withLock { $0[text] = HeldSigner(signer: signer, checkedAt: .now) }
             return signer
         }
         let uri = try PKCS11URI(text)
-        guard uri.objectID == nil, recheck || now - held.checkedAt >= Self.keyRecheckInterval else { return held.signer }
+        guard uri.objectID == nil else { return held.signer }
+        if recheck { return try await self.recheck(text, uri: uri, held: held.signer) }
+        return held.signer
+    }
+
+    /// Looks up again every held key chosen without `id=` (``KeyWatcher`` calls this once per
+    /// ``keyRecheckInterval``), so requests never wait for it.
+    func recheckHeldKeys() async {
+        guard let token = try? keeper.current() else { return }
+        let held = signers.withLock { $0 }
+        for (text, entry) in held where entry.signer.token === token {
+            guard let uri = try? PKCS11URI(text), uri.objectID == nil else { continue }
+            _ = try? await recheck(text, uri: uri, held: entry.signer)
+        }
+    }
+
+    /// Looks the key URI up again on the token (on its executor) and moves to the key it now
+    /// selects, if that is another single key.
+    private func recheck(_ text: String, uri: PKCS11URI, held: TokenSigner) async throws -> TokenSigner {
+        let token = held.token
+        let now = ContinuousClock.now
         let found: [PrivateKeyObject]
         do {
-            found = try token.privateKeys(matching: uri)
+            found = try await token.run { try $0.privateKeys(matching: uri) }
         } catch {
             if keeper.noteFailure(error) { throw error }
             logger.debug("key lookup failed; keeping the key already resolved", metadata: ["key": "\(uri.redacted)", "error": "\(error)"])
-            return held.signer
+            return held
         }
-        guard found.count == 1, found[0].id != held.signer.key.id || found[0].label != held.signer.key.label else {
+        guard found.count == 1, found[0].id != held.key.id || found[0].label != held.key.label else {
             if found.count != 1 {
                 logger.debug("key lookup found \(found.count) keys; keeping the key already resolved", metadata: ["key": "\(uri.redacted)"])
             }
             signers.withLock { $0[text]?.checkedAt = now }
-            return held.signer
+            return held
         }
-        let signer = try TokenSigner(token: token, key: found[0])
+        let signer = try await TokenSigner.make(token: token, key: found[0])
         logger.notice(
             "the key URI now selects another key (rotated); signing with it from now on",
             metadata: ["key": "\(uri.redacted)", "id": "\(Hex.encode(found[0].id ?? []))", "thumbprint": "\(signer.certificate?.thumbprint.hexSHA1 ?? "none")"])
@@ -127,15 +148,12 @@ public final class Agent: Sendable {
         return signer
     }
 
-    /// An access token from the broker with the signer for `keyURI`; when Entra refuses the key
-    /// (AADSTS700027: its credential was removed, as a `rotate` does), the URI is looked up again
-    /// and, if it now names another key, the exchange is tried once with that key.
     func accessToken(broker: TokenBroker, scope: String, keyURI: String?) async throws -> AccessToken {
-        let signer = try signer(keyURI)
+        let signer = try await signer(keyURI)
         do {
             return try await broker.token(scope: scope, signer: signer)
         } catch let error as EntraError where error.code == .tokenRefused && error.aadsts == 700027 {
-            let again = try self.signer(keyURI, recheck: true)
+            let again = try await self.signer(keyURI, recheck: true)
             guard again.key.id != signer.key.id else { throw error }
             return try await broker.token(scope: scope, signer: again)
         }
@@ -187,6 +205,7 @@ public final class Agent: Sendable {
             })
         }
         services.append(FatalWatcher(reasons: fatal))
+        services.append(KeyWatcher(agent: self))
         if let path = configuration.assertionFile {
             guard configuration.entra != nil else {
                 throw AgentAPI.ErrorBody(error: "invalidConfiguration", message: "the assertion file needs a tenant and client id", hint: "give --tenant and --client-id")
@@ -289,6 +308,20 @@ public final class Agent: Sendable {
 }
 
 /// Ends the service group when the agent must stop (a failed login after the token came back).
+/// Follows rotations: looks the held label keys up again once per ``Agent/keyRecheckInterval``.
+struct KeyWatcher: Service {
+    let agent: Agent
+
+    func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try await Task.sleep(for: Agent.keyRecheckInterval)
+                await agent.recheckHeldKeys()
+            }
+        }
+    }
+}
+
 struct FatalWatcher: Service {
     let reasons: AsyncStream<String>
 

@@ -6,6 +6,7 @@ import JOSE
 import Logging
 import NIOCore
 import PKCS11
+import TokenSigning
 
 /// The Unix-socket API: `/v1/sign`, `/v1/assertion`, `/v1/pop`, `/v1/jwt`, `/v1/token`,
 /// `/v1/keys`, `/v1/health`. Every request is logged with an id, the operation, the key and the
@@ -25,32 +26,32 @@ struct AgentRoutes: Sendable {
                 let query = request.uri.queryParameters
                 let signers: [TokenSigner]
                 if let selected = query.get("key") {
-                    signers = [try agent.signer(selected)]
+                    signers = [try await agent.signer(selected)]
                 } else if query.has("default") {
-                    signers = [try agent.signer(nil)]
+                    signers = [try await agent.signer(nil)]
                 } else {
                     let token = try agent.keeper.current()
-                    signers = try token.privateKeys().compactMap { try? TokenSigner(token: token, key: $0) }
+                    signers = try await token.run { token in try token.privateKeys().compactMap { try? TokenSigner(token: token, key: $0) } }
                 }
                 return AgentAPI.KeysResponse(keys: signers.map(Self.info))
             }
         }
         router.post("/v1/sign") { request, context -> Response in
             try await handle("sign", request, context) { (body: AgentAPI.SignRequest) in
-                let signer = try agent.signer(body.key)
+                let signer = try await agent.signer(body.key)
                 guard let algorithm = JWSAlgorithm(name: body.alg) else {
                     throw AgentAPI.ErrorBody(error: "badRequest", message: "unknown alg '\(body.alg)'", hint: "RS256 … PS512, ES256 … ES512")
                 }
                 guard let digest = Base64URL.decode(body.value) else {
                     throw AgentAPI.ErrorBody(error: "badRequest", message: "value is not base64url", hint: "send the digest base64url-encoded, without padding")
                 }
-                let signature = try signer.sign(digest: digest, algorithm: algorithm)
+                let signature = try await signer.sign(digest: digest, algorithm: algorithm)
                 return AgentAPI.SignResponse(kid: signer.key.uri, value: Base64URL.encode(signature))
             }
         }
         router.post("/v1/assertion") { request, context -> Response in
             try await handle("assertion", request, context) { (body: AgentAPI.AssertionRequest) in
-                let signer = try agent.signer(body.key)
+                let signer = try await agent.signer(body.key)
                 let entra = agent.configuration.entra
                 let algorithm: ClientAssertion.AlgorithmChoice = try body.alg.map { name in
                     guard let a = JWSAlgorithm(name: name) else { throw AgentAPI.ErrorBody(error: "badRequest", message: "unknown alg '\(name)'") }
@@ -60,18 +61,18 @@ struct AgentRoutes: Sendable {
                     tenant: body.tenant ?? entra?.tenant ?? "", clientID: body.clientId ?? entra?.clientID ?? "",
                     authorityHost: entra?.endpoints.authorityHost ?? EntraCloud.global.authorityHost,
                     lifetime: body.lifetime ?? ClientAssertion.defaultLifetime, algorithm: algorithm)
-                return AgentAPI.TokenResponse(token: try ClientAssertion.make(parameters, signer: signer, logger: context.logger).compact)
+                return AgentAPI.TokenResponse(token: try await ClientAssertion.make(parameters, signer: signer, logger: context.logger).compact)
             }
         }
         router.post("/v1/pop") { request, context -> Response in
             try await handle("pop", request, context) { (body: AgentAPI.PopRequest) in
-                let signer = try agent.signer(body.key)
-                return AgentAPI.TokenResponse(token: try ProofOfPossession.make(objectID: body.objectId, signer: signer, logger: context.logger).compact)
+                let signer = try await agent.signer(body.key)
+                return AgentAPI.TokenResponse(token: try await ProofOfPossession.make(objectID: body.objectId, signer: signer, logger: context.logger).compact)
             }
         }
         router.post("/v1/jwt") { request, context -> Response in
             try await handle("jwt", request, context) { (body: AgentAPI.JWTRequest) in
-                let signer = try agent.signer(body.key)
+                let signer = try await agent.signer(body.key)
                 let claims = try JSONObject(parsing: Array(body.claims.utf8), what: "claims")
                 let algorithm: JWSAlgorithm
                 if let name = body.alg {
@@ -81,7 +82,7 @@ struct AgentRoutes: Sendable {
                     algorithm = signer.keyType.defaultAlgorithm
                 }
                 let header = try JWSHeaderFields(type: "JWT").header(algorithm: algorithm, certificateChain: signer.certificateChain)
-                return AgentAPI.TokenResponse(token: try JWS.sign(header: header, claims: claims, signer: signer).compact)
+                return AgentAPI.TokenResponse(token: try await JWS.sign(header: header, claims: claims, signer: signer).compact)
             }
         }
         router.post("/v1/token") { request, context -> Response in

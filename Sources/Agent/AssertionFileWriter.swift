@@ -28,7 +28,7 @@ struct AssertionFileWriter: Service {
         }
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
-                try write()
+                try await write()
             } catch {
                 agent.keeper.noteFailure(error)
                 logger.error("assertion file: cannot renew", metadata: ["path": "\(path)", "error": "\(error)"])
@@ -37,12 +37,12 @@ struct AssertionFileWriter: Service {
         }
     }
 
-    func write() throws {
+    func write() async throws {
         guard let entra = agent.configuration.entra else { return }
         let parameters = ClientAssertion.Parameters(
             tenant: entra.tenant, clientID: entra.clientID, authorityHost: entra.endpoints.authorityHost, lifetime: lifetime,
             algorithm: entra.algorithm)
-        let jws = try ClientAssertion.make(parameters, signer: try agent.signer(nil), logger: logger)
+        let jws = try await ClientAssertion.make(parameters, signer: try await agent.signer(nil), logger: logger)
         try DurableFile.writeAtomically(Data(jws.compact.utf8), to: URL(fileURLWithPath: path), mode: 0o600)
         logger.debug("assertion file renewed", metadata: ["path": "\(path)"])
     }

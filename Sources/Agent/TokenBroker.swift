@@ -3,6 +3,7 @@ import Foundation
 import JOSE
 import Logging
 import PKCS11
+import TokenSigning
 
 /// Access tokens for the agent's clients: kept in memory per scope and key, refreshed 5 minutes
 /// before expiry, and fetched once however many clients ask at the same time (single flight).

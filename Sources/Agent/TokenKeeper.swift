@@ -2,6 +2,7 @@ import CP11Kit
 import Foundation
 import Logging
 import PKCS11
+import TokenSigning
 import Synchronization
 
 /// The agent's token across removals: requests fail fast while it is gone, and it is opened and
@@ -78,10 +79,11 @@ final class TokenKeeper: Sendable {
         }
         guard let lostToken else { return true }
         logger.warning("token lost; requests fail until it is back", metadata: ["token": "\(label)", "reason": "\(error)"])
-        lostToken.close()
         recovery.withLock { task in
             guard task == nil else { return }
             task = Task { [self] in
+                // Closing calls the module: on the token's executor, like every token call here.
+                _ = try? await lostToken.run { $0.close() }
                 await recover()
                 recovery.withLock { $0 = nil }
             }
@@ -95,26 +97,36 @@ final class TokenKeeper: Sendable {
         var wait: Duration = .milliseconds(100)
         var reinitialize = false
         while !Task.isCancelled {
-            if reinitialize { reinitializeModule() }
             do {
-                let token = try Token.open(uri, module: module, logger: logger)
-                do {
-                    if let held { try token.login(heldPIN: held) }
-                    _ = try token.signingKey(uri)
-                } catch let error as PKCS11Error where [.pinIncorrect, .pinLocked, .pinExpired].contains(error.code) {
-                    token.close()
+                let (uri, held, logger) = (self.uri, self.held, self.logger)
+                let reopen = reinitialize
+                let outcome: Result<Token, PKCS11Error> = try await BlockingExecutor.shared.run { [self] in
+                    if reopen { reinitializeModule() }
+                    let token = try Token.open(uri, module: self.module, logger: logger)
+                    do {
+                        if let held { try token.login(heldPIN: held) }
+                        _ = try token.signingKey(uri)
+                    } catch let error as PKCS11Error where [.pinIncorrect, .pinLocked, .pinExpired].contains(error.code) {
+                        token.close()
+                        return .failure(error)
+                    } catch {
+                        token.close()
+                        throw error
+                    }
+                    return .success(token)
+                }
+                switch outcome {
+                case .success(let token):
+                    state.withLock { $0 = .ready(token) }
+                    logger.notice("token back; logged in again", metadata: ["token": "\(label)"])
+                    return
+                case .failure(let error):
                     let reason = "logging in to token '\(label)' again failed (\(error.returnValue?.name ?? "\(error.code)")); not retried, to keep the PIN from locking"
                     state.withLock { $0 = .stopped(reason: reason) }
                     logger.critical("\(reason)")
                     onFatal(reason)
                     return
-                } catch {
-                    token.close()
-                    throw error
                 }
-                state.withLock { $0 = .ready(token) }
-                logger.notice("token back; logged in again", metadata: ["token": "\(label)"])
-                return
             } catch {
                 logger.debug("token still unavailable", metadata: ["reason": "\(error)"])
                 reinitialize = (error as? PKCS11Error)?.code == .tokenNotFound || (error as? PKCS11Error)?.code == .objectNotFound

@@ -117,6 +117,21 @@ public enum ClientAssertion {
     public static func make(
         _ parameters: Parameters, signer: some JWSSigner, now: Date = Date(), jti: UUID = UUID(), logger: Logger
     ) throws -> JWS {
+        let (header, claims) = try unsigned(parameters, signer: signer, now: now, jti: jti, logger: logger)
+        return try JWS.sign(header: header, claims: claims, signer: signer)
+    }
+
+    /// Builds an assertion and awaits the signer (a token signs on its own threads).
+    public static func make(
+        _ parameters: Parameters, signer: some JWSSigner, now: Date = Date(), jti: UUID = UUID(), logger: Logger
+    ) async throws -> JWS {
+        let (header, claims) = try unsigned(parameters, signer: signer, now: now, jti: jti, logger: logger)
+        return try await JWS.sign(header: header, claims: claims, signer: signer)
+    }
+
+    static func unsigned(
+        _ parameters: Parameters, signer: some JWSSigner, now: Date, jti: UUID, logger: Logger
+    ) throws -> (header: JSONObject, claims: JSONObject) {
         let (tenant, clientID) = try parameters.validated()
         let algorithm = try algorithm(parameters.algorithm, signer: signer)
         if !entraAccepts(algorithm) {
@@ -141,7 +156,7 @@ public enum ClientAssertion {
         logger.debug("client assertion", metadata: [
             "alg": "\(algorithm.rawValue)", "aud": "\(claims["aud"]!.stringValue!)", "client_id": "\(clientID)",
         ])
-        return try JWS.sign(header: header, claims: claims, signer: signer)
+        return (header, claims)
     }
 
     /// Adds `extra` to `claims`; a different value for a claim already there is refused unless

@@ -67,10 +67,10 @@ public final class EntraClient: Sendable {
     }
 
     /// A client assertion signed by `signer` (PS256 + x5t#S256 where the key can, else RS256 + x5t).
-    public func assertion(signer: some JWSSigner, now: Date = Date()) throws -> JWS {
+    public func assertion(signer: some JWSSigner, now: Date = Date()) async throws -> JWS {
         let parameters = ClientAssertion.Parameters(
             tenant: tenant, clientID: clientID, authorityHost: configuration.endpoints.authorityHost, algorithm: configuration.algorithm)
-        return try ClientAssertion.make(parameters, signer: signer, now: now, logger: logger)
+        return try await ClientAssertion.make(parameters, signer: signer, now: now, logger: logger)
     }
 
     /// An access token for `scope`, from the cache unless `useCache` is false, else from the token
@@ -88,7 +88,7 @@ public final class EntraClient: Sendable {
         }
         let token: AccessToken
         do {
-            token = try await tokens.acquire(tenant: tenant, clientID: clientID, scope: scope, assertion: try assertion(signer: signer).compact)
+            token = try await tokens.acquire(tenant: tenant, clientID: clientID, scope: scope, assertion: try await assertion(signer: signer).compact)
         } catch var error as EntraError where error.aadsts == 700027 && !error.message.contains("signature validation") {
             // Entra echoes the header's thumbprint (SHA-256 for x5t#S256); name the certificate as
             // the portal lists it, by SHA-1.
@@ -127,7 +127,7 @@ public final class EntraClient: Sendable {
         _ target: GraphKeyTarget, objectID: String, certificateDER: [UInt8], displayName: String?, signer: some JWSSigner
     ) async throws -> KeyCredentialInfo {
         let bearer = try await token(scope: configuration.graphScope, signer: signer).accessToken
-        let proof = try ProofOfPossession.make(objectID: objectID, signer: signer, logger: logger).compact
+        let proof = try await ProofOfPossession.make(objectID: objectID, signer: signer, logger: logger).compact
         return try await graph.addKey(target, certificateDER: certificateDER, displayName: displayName, proof: proof, bearer: bearer)
     }
 
@@ -137,7 +137,7 @@ public final class EntraClient: Sendable {
     ) async throws {
         let keyID = try EntraValue.guid(keyID, what: "key id", hint: "give the keyId GUID of the credential (see 'p11jwt keys')")
         let bearer = try await token(scope: configuration.graphScope, signer: signer).accessToken
-        let proof = try ProofOfPossession.make(objectID: objectID, signer: signer, logger: logger).compact
+        let proof = try await ProofOfPossession.make(objectID: objectID, signer: signer, logger: logger).compact
         try await graph.removeKey(target, keyID: keyID, proof: proof, bearer: bearer)
     }
 

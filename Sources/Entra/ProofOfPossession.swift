@@ -24,6 +24,22 @@ public enum ProofOfPossession {
         objectID: String, signer: some JWSSigner, algorithm: JWSAlgorithm = .RS256, now: Date = Date(),
         jti: UUID = UUID(), logger: Logger
     ) throws -> JWS {
+        let (header, claims) = try unsigned(objectID: objectID, signer: signer, algorithm: algorithm, now: now, jti: jti, logger: logger)
+        return try JWS.sign(header: header, claims: claims, signer: signer)
+    }
+
+    /// Builds a proof and awaits the signer (a token signs on its own threads).
+    public static func make(
+        objectID: String, signer: some JWSSigner, algorithm: JWSAlgorithm = .RS256, now: Date = Date(),
+        jti: UUID = UUID(), logger: Logger
+    ) async throws -> JWS {
+        let (header, claims) = try unsigned(objectID: objectID, signer: signer, algorithm: algorithm, now: now, jti: jti, logger: logger)
+        return try await JWS.sign(header: header, claims: claims, signer: signer)
+    }
+
+    static func unsigned(
+        objectID: String, signer: some JWSSigner, algorithm: JWSAlgorithm, now: Date, jti: UUID, logger: Logger
+    ) throws -> (header: JSONObject, claims: JSONObject) {
         let objectID = try validated(objectID: objectID)
         guard case .rsa = signer.keyType else {
             throw EntraError(
@@ -46,6 +62,6 @@ public enum ProofOfPossession {
         claims["exp"] = .int(nbf + Int64(lifetime))
         claims["jti"] = .string(jti.uuidString.lowercased())
         logger.debug("proof of possession", metadata: ["alg": "\(algorithm.rawValue)", "iss": "\(objectID)"])
-        return try JWS.sign(header: header, claims: claims, signer: signer)
+        return (header, claims)
     }
 }

@@ -62,16 +62,35 @@ public struct JWS: Sendable, Hashable {
     /// Signs `payload` under `header`, whose `alg` names the algorithm. The signing input is
     /// hashed here; the signer sees only the digest. Errors the signer throws are rethrown as they are.
     public static func sign(header: JSONObject, payload: [UInt8], signer: some JWSSigner) throws -> JWS {
+        let algorithm = try algorithm(of: header, for: signer)
+        return try sign(header: header, payload: payload) { signingInput in
+            // The signer's own errors (PKCS#11 function, CKR_* value) pass through unchanged.
+            try signer.sign(digest: algorithm.hash.hash(signingInput), algorithm: algorithm)
+        }
+    }
+
+    /// Signs as ``sign(header:payload:signer:)`` does, awaiting the signer's async `sign`: a
+    /// signer that blocks (a token) runs its work off the caller's thread.
+    public static func sign(header: JSONObject, payload: [UInt8], signer: some JWSSigner) async throws -> JWS {
+        let algorithm = try algorithm(of: header, for: signer)
+        let signingInput = Base64URL.encode(Array(header.serialized.utf8)) + "." + Base64URL.encode(payload)
+        let signature = try await signer.sign(digest: algorithm.hash.hash(Array(signingInput.utf8)), algorithm: algorithm)
+        return JWS(header: header, payload: payload, signature: signature, signingInput: signingInput)
+    }
+
+    /// Signs JWT `claims`, awaiting the signer.
+    public static func sign(header: JSONObject, claims: JSONObject, signer: some JWSSigner) async throws -> JWS {
+        try await sign(header: header, payload: Array(claims.serialized.utf8), signer: signer)
+    }
+
+    private static func algorithm(of header: JSONObject, for signer: some JWSSigner) throws -> JWSAlgorithm {
         let algorithm = try algorithm(of: header)
         guard signer.keyType.algorithms.contains(algorithm) else {
             throw JOSEError(
                 .unsupportedAlgorithm, "\(algorithm.rawValue) cannot be made with a \(signer.keyType) key",
                 hint: "this key can do \(signer.keyType.algorithms.map(\.rawValue).joined(separator: ", "))")
         }
-        return try sign(header: header, payload: payload) { signingInput in
-            // The signer's own errors (PKCS#11 function, CKR_* value) pass through unchanged.
-            try signer.sign(digest: algorithm.hash.hash(signingInput), algorithm: algorithm)
-        }
+        return algorithm
     }
 
     /// Signs with a key held in this process, which is handed the whole signing input (for

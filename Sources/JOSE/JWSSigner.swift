@@ -17,9 +17,19 @@ public protocol JWSSigner: Sendable {
     /// Signs a digest of `algorithm.digestLength` bytes. RSA signatures are the modulus length;
     /// ECDSA signatures are raw `r ‖ s`.
     func sign(digest: [UInt8], algorithm: JWSAlgorithm) throws -> [UInt8]
+    /// The same, for async callers. A signer whose `sign` blocks (a token, a remote key) runs
+    /// it off the cooperative threads; the default calls the synchronous `sign` in place, which
+    /// suits signers that compute in memory.
+    func sign(digest: [UInt8], algorithm: JWSAlgorithm) async throws -> [UInt8]
 }
 
 extension JWSSigner {
+    public func sign(digest: [UInt8], algorithm: JWSAlgorithm) async throws -> [UInt8] {
+        // A synchronous closure selects the synchronous overload.
+        let signNow = { try self.sign(digest: digest, algorithm: algorithm) }
+        return try signNow()
+    }
+
     /// The leaf certificate.
     public var certificate: JWSCertificate? { certificateChain.first }
 

@@ -1,6 +1,5 @@
 import CP11Kit
 import Foundation
-import JOSE
 import SwiftASN1
 
 /// A software private key about to move into a token (from a PFX being migrated), parsed from
@@ -9,7 +8,7 @@ public struct PrivateKeyMaterial: Sendable {
     enum Components: Sendable {
         case rsa(modulus: [UInt8], publicExponent: [UInt8], privateExponent: [UInt8], prime1: [UInt8], prime2: [UInt8],
                  exponent1: [UInt8], exponent2: [UInt8], coefficient: [UInt8])
-        case ec(curve: Curve, privateValue: [UInt8], publicPoint: [UInt8])
+        case ec(curve: ECCurve, privateValue: [UInt8], publicPoint: [UInt8])
     }
 
     let components: Components
@@ -41,7 +40,7 @@ public struct PrivateKeyMaterial: Sendable {
                 guard let oid else { throw PKCS11Error(.invalidArgument, "the EC private key names no curve") }
                 var serializer = DER.Serializer()
                 try serializer.serialize(oid)
-                guard let curve = Curve(ecParameters: serializer.serializedBytes) else {
+                guard let curve = ECCurve(ecParameters: serializer.serializedBytes) else {
                     throw PKCS11Error(.invalidArgument, "the EC key's curve \(oid) is not P-256, P-384 or P-521")
                 }
                 guard let publicPoint = point.map({ Array($0.bytes) }) ?? ecPublicPoint else {
@@ -82,11 +81,13 @@ extension Token {
             ]
             publicTemplate += [.keyType(.rsa), Attribute(CKA_MODULUS, bytes: n), Attribute(CKA_PUBLIC_EXPONENT, bytes: e)]
         case let .ec(curve, value, point):
+            var wrappedPoint = DER.Serializer()
+            try wrappedPoint.serialize(ASN1OctetString(contentBytes: point[...]))
             privateTemplate += [.keyType(.ec), Attribute(CKA_EC_PARAMS, bytes: curve.ecParameters), Attribute(CKA_VALUE, bytes: value)]
             // CKA_EC_POINT is the DER OCTET STRING of the uncompressed point.
             publicTemplate += [
                 .keyType(.ec), Attribute(CKA_EC_PARAMS, bytes: curve.ecParameters),
-                Attribute(CKA_EC_POINT, bytes: [0x04] + derLength(point.count) + point),
+                Attribute(CKA_EC_POINT, bytes: wrappedPoint.serializedBytes),
             ]
         }
         defer { for i in privateTemplate.indices { privateTemplate[i].value.withUnsafeMutableBufferPointer { $0.initialize(repeating: 0) } } }

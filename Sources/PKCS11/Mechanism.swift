@@ -1,5 +1,4 @@
 import CP11Kit
-import JOSE
 
 /// A `CKM_*` mechanism type, printable by name.
 public struct MechanismType: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
@@ -60,24 +59,74 @@ public struct MechanismInfo: Sendable, Hashable {
     public var canGenerateKeyPair: Bool { flags & CK_FLAGS(CKF_GENERATE_KEY_PAIR) != 0 }
 }
 
-/// How a JWS algorithm is carried out on a particular token.
-public enum SigningPath: String, Sendable, Hashable, Codable {
-    /// `CKM_RSA_PKCS` over the DER DigestInfo (RS*).
-    case rsaPKCS1 = "CKM_RSA_PKCS"
-    /// `CKM_RSA_PKCS_PSS` over the raw digest (PS*).
-    case rsaPSS = "CKM_RSA_PKCS_PSS"
-    /// EMSA-PSS encoded here, then `CKM_RSA_X_509` (raw RSA) on the token (PS* fallback).
-    case rsaPSSOverX509 = "CKM_RSA_X_509 (EMSA-PSS encoded in software)"
-    /// `CKM_ECDSA` over the raw digest (ES*).
-    case ecdsa = "CKM_ECDSA"
+/// A hash function, as PSS parameters name it.
+public enum HashAlgorithm: String, Sendable, Hashable, Codable, CaseIterable {
+    case sha256 = "SHA-256", sha384 = "SHA-384", sha512 = "SHA-512"
 
+    /// Digest length in bytes.
+    public var length: Int {
+        switch self {
+        case .sha256: return 32
+        case .sha384: return 48
+        case .sha512: return 64
+        }
+    }
+
+    /// `CKM_SHA*`.
     public var mechanism: MechanismType {
         switch self {
-        case .rsaPKCS1: return .rsaPKCS
+        case .sha256: return .sha256
+        case .sha384: return .sha384
+        case .sha512: return .sha512
+        }
+    }
+
+    /// `CKG_MGF1_SHA*`.
+    var mgf: CK_RSA_PKCS_MGF_TYPE {
+        switch self {
+        case .sha256: return CK_RSA_PKCS_MGF_TYPE(CKG_MGF1_SHA256)
+        case .sha384: return CK_RSA_PKCS_MGF_TYPE(CKG_MGF1_SHA384)
+        case .sha512: return CK_RSA_PKCS_MGF_TYPE(CKG_MGF1_SHA512)
+        }
+    }
+}
+
+/// A signing mechanism with its parameters: what `C_SignInit` is given.
+public enum Mechanism: Sendable, Hashable, CustomStringConvertible {
+    /// `CKM_RSA_PKCS`: PKCS#1 v1.5 padding over the data given (a DER `DigestInfo` for a signature).
+    case rsaPKCS
+    /// `CKM_RSA_PKCS_PSS` over a digest: MGF1 with the same hash, the salt as long as the hash.
+    case rsaPSS(HashAlgorithm)
+    /// `CKM_RSA_X_509`: raw RSA over data as long as the modulus (padding done by the caller).
+    case rsaX509
+    /// `CKM_ECDSA` over a digest; the signature is raw `r ‖ s`.
+    case ecdsa
+
+    public var type: MechanismType {
+        switch self {
+        case .rsaPKCS: return .rsaPKCS
         case .rsaPSS: return .rsaPKCSPSS
-        case .rsaPSSOverX509: return .rsaX509
+        case .rsaX509: return .rsaX509
         case .ecdsa: return .ecdsa
         }
+    }
+
+    /// The mechanism's parameter bytes (`CK_RSA_PKCS_PSS_PARAMS` for PSS), nil for none.
+    var parameter: [UInt8]? {
+        guard case .rsaPSS(let hash) = self else { return nil }
+        var params = CK_RSA_PKCS_PSS_PARAMS()
+        params.hashAlg = hash.mechanism.rawValue
+        params.mgf = hash.mgf
+        params.sLen = CK_ULONG(hash.length)
+        return withUnsafeBytes(of: params) { Array($0) }
+    }
+
+    /// Whether the key is RSA (else EC).
+    public var isRSA: Bool { self != .ecdsa }
+
+    public var description: String {
+        if case .rsaPSS(let hash) = self { return "\(type) (\(hash.rawValue), MGF1, salt \(hash.length))" }
+        return type.description
     }
 }
 
@@ -88,7 +137,7 @@ extension MechanismInfo {
     }
 }
 
-/// The mechanisms of a token, and which JWS algorithms they make possible.
+/// The mechanisms of a token.
 public struct MechanismSet: Sendable {
     public let all: [MechanismInfo]
 
@@ -96,25 +145,12 @@ public struct MechanismSet: Sendable {
 
     public func info(_ type: MechanismType) -> MechanismInfo? { all.first { $0.type == type } }
 
-    func canSign(_ type: MechanismType, keyBits: Int?) -> Bool {
+    /// Whether the token signs with `type`, for an RSA key of `keyBits` when given (EC key sizes
+    /// are not checked: tokens state them inconsistently).
+    public func canSign(_ type: MechanismType, keyBits: Int? = nil) -> Bool {
         guard let info = info(type), info.canSign else { return false }
         guard let keyBits, type != .ecdsa else { return true }
         // RSA sizes are in bits (PKCS#11 2.40 §2.1).
         return info.allows(bits: UInt(keyBits))
-    }
-
-    /// The path this token would take for `algorithm` (nil: impossible here).
-    /// `keyBits` narrows by the mechanism's key-size range when known.
-    public func path(for algorithm: JWSAlgorithm, keyBits: Int? = nil) -> SigningPath? {
-        switch algorithm.family {
-        case .rsaPKCS1:
-            return canSign(.rsaPKCS, keyBits: keyBits) ? .rsaPKCS1 : nil
-        case .rsaPSS:
-            if canSign(.rsaPKCSPSS, keyBits: keyBits) { return .rsaPSS }
-            if canSign(.rsaX509, keyBits: keyBits) { return .rsaPSSOverX509 }
-            return nil
-        case .ecdsa:
-            return canSign(.ecdsa, keyBits: nil) ? .ecdsa : nil
-        }
     }
 }

@@ -2,7 +2,6 @@ import CP11Kit
 import Crypto
 import _CryptoExtras
 import Foundation
-import JOSE
 import SwiftASN1
 import X509
 
@@ -11,7 +10,7 @@ public enum PublicKey: Sendable, Hashable, CustomStringConvertible {
     /// Big-endian modulus and public exponent.
     case rsa(modulus: [UInt8], exponent: [UInt8])
     /// The uncompressed point (`04 ‖ x ‖ y`).
-    case ec(curve: Curve, point: [UInt8])
+    case ec(curve: ECCurve, point: [UInt8])
 
     public var bits: Int {
         switch self {
@@ -64,12 +63,11 @@ public enum PublicKey: Sendable, Hashable, CustomStringConvertible {
 
     /// Reads an EC point attribute, which modules give either DER-wrapped (an OCTET STRING, as
     /// the standard says) or raw.
-    static func ecPoint(_ bytes: [UInt8], curve: Curve) -> [UInt8]? {
+    static func ecPoint(_ bytes: [UInt8], curve: ECCurve) -> [UInt8]? {
         let rawLength = 1 + 2 * curve.coordinateLength
         if bytes.count == rawLength, bytes.first == 0x04 { return bytes }
-        var reader = DERReader(bytes)
-        if let inner = reader.read(tag: 0x04), reader.isAtEnd, inner.count == rawLength { return inner }
-        return nil
+        guard let wrapped = try? ASN1OctetString(derEncoded: bytes), wrapped.bytes.count == rawLength else { return nil }
+        return Array(wrapped.bytes)
     }
 }
 
@@ -82,7 +80,7 @@ public struct ObjectIdentity: Sendable, Hashable {
     /// A `pkcs11:` URI that selects this object.
     public let uri: String
 
-    public var idHex: String? { id.map { Hex.encode($0) } }
+    public var idHex: String? { id.map(hexString) }
 }
 
 /// A private key on the token.
@@ -92,7 +90,7 @@ public struct PrivateKeyObject: Sendable {
     /// nil when the token does not expose it (EC private keys carry no point; see ``Token``).
     public let publicKey: PublicKey?
     /// For EC keys, even when the point is unknown.
-    public let curve: Curve?
+    public let curve: ECCurve?
     /// RSA modulus bits.
     public let modulusBits: Int?
     public let canSign: Bool
@@ -110,18 +108,6 @@ public struct PrivateKeyObject: Sendable {
         if let curve { return "EC \(curve.rawValue)" }
         return keyType == .ec ? "EC (unknown curve)" : "CKK_0x" + String(keyType.rawValue, radix: 16)
     }
-
-    /// The key as JOSE classifies it; `nil` for key types or curves JWS has no algorithm for.
-    public var jwsKeyType: JWSKeyType? {
-        switch keyType {
-        case .rsa: return .rsa(bits: modulusBits ?? publicKey?.bits ?? 0)
-        case .ec: return curve.map { .ec($0) }
-        default: return nil
-        }
-    }
-
-    /// The JWS algorithms this key's type allows (before asking what the token supports).
-    public var algorithmsByKeyType: [JWSAlgorithm] { jwsKeyType?.algorithms ?? [] }
 }
 
 /// A public key object on the token.

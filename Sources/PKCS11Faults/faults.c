@@ -12,6 +12,8 @@
 //                           quirk=NAME                      an odd-but-legal answer (below)
 //                         CKR values by name (the common ones) or as 0x… hex.
 //   P11JWT_FAULTS_LOG     a file to which every wrapped call appends "C_Name rv\n"
+//   P11JWT_FAULTS_SIGN_GATE  a path: while it exists, C_Sign (the call that returns the
+//                         signature) waits, like a PIN pad or a busy network HSM, then goes on
 //
 // Quirks:
 //   token-effectively-infinite  C_GetTokenInfo: session and PIN counts CK_EFFECTIVELY_INFINITE (0)
@@ -39,6 +41,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 static CK_FUNCTION_LIST real_list_copy;
 static CK_FUNCTION_LIST_PTR real;
@@ -316,8 +320,16 @@ static CK_RV w_C_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE o
 
 static int dance_pending = 1;
 
+static void wait_at_sign_gate(void) {
+    const char *gate = getenv("P11JWT_FAULTS_SIGN_GATE");
+    if (gate == NULL || *gate == '\0') return;
+    struct timespec pause = { 0, 10 * 1000 * 1000 };
+    while (access(gate, F_OK) == 0) nanosleep(&pause, NULL);
+}
+
 static CK_RV w_C_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG length, CK_BYTE_PTR signature, CK_ULONG_PTR signature_length) {
     CK_RV rv;
+    if (signature != NULL) wait_at_sign_gate();
     if (!injected("C_Sign", &rv)) {
         if (quirk("sign-length-huge") && signature != NULL) {
             *signature_length = (CK_ULONG)1 << 40;

@@ -3,6 +3,7 @@ import Foundation
 import JOSE
 import Logging
 import PKCS11
+import TokenSigning
 import SwiftASN1
 import X509
 #if canImport(Glibc)
@@ -244,7 +245,7 @@ public struct Rotation: Sendable {
         } else {
             switch current.keyType {
             case .rsa(let bits): spec = .rsa(bits: bits)
-            case .ec(let curve): spec = .ec(curve)
+            case .ec(let curve): spec = .ec(ECCurve(curve))
             }
         }
         let subject: DistinguishedName = try options.subject.map { try TokenCertificates.distinguishedName($0) } ?? certificate.certificate.subject

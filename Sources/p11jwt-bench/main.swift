@@ -12,6 +12,7 @@ import Foundation
 import JOSE
 import Logging
 import PKCS11
+import TokenSigning
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard let mode = arguments.first else {
@@ -113,7 +114,7 @@ case "library", "assertion":
     let benchLogger = logger
     let (count, elapsed, _) = run(threads: threads, seconds: seconds, recordLatency: false) { _ in
         if mode == "library" {
-            _ = try token.sign(digest: digest, algorithm: algorithm, key: key)
+            _ = try signer.sign(digest: digest, algorithm: algorithm)
         } else {
             _ = try ClientAssertion.make(parameters, signer: signer, logger: benchLogger).compact
         }

@@ -3,6 +3,7 @@ import Foundation
 import JOSE
 import Logging
 import PKCS11
+import TokenSigning
 
 /// `--module` and logging: every command that talks to a token has these.
 struct ModuleOptions: ParsableArguments {

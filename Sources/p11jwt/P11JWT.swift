@@ -3,6 +3,7 @@ import ArgumentParser
 import Entra
 import Foundation
 import PKCS11
+import TokenSigning
 
 @main
 struct P11JWT: AsyncParsableCommand {

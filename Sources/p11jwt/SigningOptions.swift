@@ -4,6 +4,7 @@ import Foundation
 import JOSE
 import Logging
 import PKCS11
+import TokenSigning
 import X509
 
 /// The signer a command uses, and what to release after: the agent's key when

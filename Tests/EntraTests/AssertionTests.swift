@@ -3,6 +3,7 @@ import Foundation
 import JOSE
 import Logging
 import PKCS11
+import TokenSigning
 import Testing
 import TestSupport
 

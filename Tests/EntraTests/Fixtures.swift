@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import JOSE
 import PKCS11
+import TokenSigning
 import Testing
 import TestSupport
 import X509

@@ -2,6 +2,7 @@ import Entra
 import Foundation
 import JOSE
 import PKCS11
+import TokenSigning
 import Testing
 import TestSupport
 

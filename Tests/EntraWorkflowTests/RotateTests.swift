@@ -55,6 +55,7 @@ final class LockedBox<T>: @unchecked Sendable {
     init(_ value: T) { self.value = value }
     func set(_ newValue: T) { lock.withLock { value = newValue } }
     func get() -> T { lock.withLock { value } }
+    func withLock<R>(_ body: (inout T) throws -> R) rethrows -> R { try lock.withLock { try body(&value) } }
 }
 
 @Suite("p11jwt rotate against the emulator over HTTPS")

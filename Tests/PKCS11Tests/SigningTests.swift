@@ -4,6 +4,7 @@ import Foundation
 import JOSE
 @testable import PKCS11
 import Testing
+@testable import TokenSigning
 import TestSupport
 
 /// Keys generated once on each implementation's "signing" token for the whole suite. A key the
@@ -153,7 +154,7 @@ struct SigningTests {
         let publicKey = try #require(key.publicKey)
         for algorithm in [JWSAlgorithm.PS256, .PS384, .PS512] {
             let message = randomBytes(64)
-            let encoded = try Encoding.emsaPSS(digest: algorithm.hash.hash(message), hash: algorithm.hash, modulusBits: 2048)
+            let encoded = try EMSAPSS.encode(digest: algorithm.hash.hash(message), hash: algorithm.hash, modulusBits: 2048)
             let signature = try sharedHSM {
                 try token.pool.withSession { try $0.sign(mechanism: .rsaX509, key: key.identity.handle, data: encoded) }
             }
@@ -166,9 +167,9 @@ struct SigningTests {
         let (token, key) = try SigningFixture.key(for: .ES256, on: implementation)
         let digest = Array(SHA256.hash(data: randomBytes(10)))
         let raw = try sharedHSM { try token.sign(digest: digest, algorithm: .ES256, key: key) }
-        let der = try ECDSASignatureEncoding.der(fromRaw: raw)
+        let der = try ECDSASignatureEncoding.der(fromRaw: raw, curve: .p256)
         #expect(Array(try P256.Signing.ECDSASignature(rawRepresentation: raw).derRepresentation) == der)
-        #expect(try ECDSASignatureEncoding.raw(fromDER: der, coordinateLength: 32) == raw)
+        #expect(try ECDSASignatureEncoding.raw(fromDER: der, curve: .p256) == raw)
     }
 }
 
@@ -183,7 +184,7 @@ struct AlwaysAuthenticateTests {
             let handle = try token.withPrimary(writing: true) { session in
                 try session.generateKeyPair(
                     mechanism: .ecKeyPairGen,
-                    publicTemplate: [.token(true), Attribute(CK_ATTRIBUTE_TYPE(CKA_EC_PARAMS), bytes: Curve.p256.ecParameters), .label("piv-like"), .id(id)],
+                    publicTemplate: [.token(true), Attribute(CK_ATTRIBUTE_TYPE(CKA_EC_PARAMS), bytes: ECCurve.p256.ecParameters), .label("piv-like"), .id(id)],
                     privateTemplate: [.token(true), .bool(CK_ATTRIBUTE_TYPE(CKA_PRIVATE), true), .bool(CK_ATTRIBUTE_TYPE(CKA_SIGN), true),
                                       .bool(CK_ATTRIBUTE_TYPE(CKA_ALWAYS_AUTHENTICATE), true), .label("piv-like"), .id(id)]).1
             }

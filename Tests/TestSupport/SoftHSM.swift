@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PKCS11
+import TokenSigning
 import Testing
 
 /// The repository root (for hsm-config/ and the built binary).

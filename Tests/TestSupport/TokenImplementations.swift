@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PKCS11
+import TokenSigning
 import Testing
 
 /// A PKCS#11 implementation the token-facing tests run on. Tests take it as an argument

@@ -3,6 +3,7 @@ import _CryptoExtras
 import Foundation
 import JOSE
 import PKCS11
+import TokenSigning
 import Testing
 
 /// Independent verification of token signatures: swift-crypto, and the `openssl` CLI.

@@ -5,6 +5,7 @@ import Entra
 import Foundation
 import Logging
 import PKCS11
+import TokenSigning
 import ServiceLifecycle
 import ShutdownSignals
 

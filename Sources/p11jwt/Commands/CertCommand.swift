@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import JOSE
 import PKCS11
+import TokenSigning
 import SwiftASN1
 import X509
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import JOSE
 import PKCS11
+import TokenSigning
 
 struct DecodeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PKCS11
+import TokenSigning
 
 struct DestroyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

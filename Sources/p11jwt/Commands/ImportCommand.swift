@@ -3,6 +3,7 @@ import Foundation
 import JOSE
 import NIOSSL
 import PKCS11
+import TokenSigning
 
 struct ImportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

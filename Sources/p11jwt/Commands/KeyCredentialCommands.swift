@@ -4,6 +4,7 @@ import Foundation
 import JOSE
 import Logging
 import PKCS11
+import TokenSigning
 
 /// Which object: `--object-id` (an application, or with `--service-principal` a service
 /// principal), or `--app-id` (the `(appId='…')` form).

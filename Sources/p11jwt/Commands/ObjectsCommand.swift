@@ -2,6 +2,7 @@ import ArgumentParser
 import Crypto
 import Foundation
 import PKCS11
+import TokenSigning
 import X509
 
 struct ObjectsCommand: ParsableCommand {

@@ -3,6 +3,7 @@ import Entra
 import Foundation
 import JOSE
 import PKCS11
+import TokenSigning
 
 struct PopCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import JOSE
 import PKCS11
+import TokenSigning
 
 extension JWSAlgorithm: ExpressibleByArgument {}
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PKCS11
+import TokenSigning
 
 struct TokensCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import JOSE
+import PKCS11
 import SwiftASN1
 import X509
 
@@ -50,18 +51,27 @@ public struct TokenCertificateKey: CustomPrivateKey {
         }
     }
 
-    public func signSynchronously(bytes: some DataProtocol, signatureAlgorithm: Certificate.SignatureAlgorithm) throws -> Certificate.Signature {
+    private func digest(_ bytes: some DataProtocol, _ signatureAlgorithm: Certificate.SignatureAlgorithm) throws -> (JWSAlgorithm, [UInt8]) {
         guard let algorithm = Self.jwsAlgorithm(signatureAlgorithm), supportedSignatureAlgorithms.contains(signatureAlgorithm) else {
             throw PKCS11Error(.invalidArgument, "the key cannot sign a certificate with \(signatureAlgorithm)")
         }
-        let digest = algorithm.hash.hash(Array(bytes))
-        var signature = try signer.sign(digest: digest, algorithm: algorithm)
-        if algorithm.family == .ecdsa { signature = try ECDSASignatureEncoding.der(fromRaw: signature) }
+        return (algorithm, algorithm.hash.hash(Array(bytes)))
+    }
+
+    private static func signature(_ raw: [UInt8], _ algorithm: JWSAlgorithm, _ signatureAlgorithm: Certificate.SignatureAlgorithm) throws -> Certificate.Signature {
+        var signature = raw
+        if algorithm.family == .ecdsa, let curve = algorithm.curve { signature = try ECDSASignatureEncoding.der(fromRaw: raw, curve: curve) }
         return try Certificate.Signature(signatureAlgorithm: signatureAlgorithm, signatureBytes: ASN1BitString(bytes: signature[...]))
     }
 
+    public func signSynchronously(bytes: some DataProtocol, signatureAlgorithm: Certificate.SignatureAlgorithm) throws -> Certificate.Signature {
+        let (algorithm, digest) = try digest(bytes, signatureAlgorithm)
+        return try Self.signature(try signer.sign(digest: digest, algorithm: algorithm), algorithm, signatureAlgorithm)
+    }
+
     public func signAsynchronously(bytes: some DataProtocol & Sendable, signatureAlgorithm: Certificate.SignatureAlgorithm) async throws -> Certificate.Signature {
-        try signSynchronously(bytes: bytes, signatureAlgorithm: signatureAlgorithm)
+        let (algorithm, digest) = try digest(bytes, signatureAlgorithm)
+        return try Self.signature(try await signer.sign(digest: digest, algorithm: algorithm), algorithm, signatureAlgorithm)
     }
 
     // The private key never leaves the token: there is nothing to serialise.
@@ -81,34 +91,20 @@ public struct TokenCertificateKey: CustomPrivateKey {
 public enum TokenCertificates {
     /// A self-signed X.509 v3 certificate for the key: subject = issuer, a random 16-byte serial,
     /// valid from one minute ago for `days`, end-entity, digitalSignature, the key identifiers.
+    /// Blocks while the token signs; async callers get the async overload.
     public static func selfSigned(
         signer: any JWSSigner, subject: DistinguishedName, days: Int, now: Date = Date()
     ) throws -> JWSCertificate {
-        guard days >= 1, days <= 3650 else {
-            throw PKCS11Error(.invalidArgument, "a certificate lifetime of \(days) days is out of range", hint: "give --days between 1 and 3650")
-        }
-        let key = try TokenCertificateKey(signer)
-        var spkiSerializer = DER.Serializer()
-        try spkiSerializer.serialize(key.publicKey)
-        let spki = spkiSerializer.serializedBytes
-        let keyIdentifier = Array(Insecure.SHA1.hash(data: spki))
-        var rng = SystemRandomNumberGenerator()
-        var serial = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
-        serial[0] &= 0x7f
-        let certificate = try Certificate(
-            version: .v3, serialNumber: Certificate.SerialNumber(bytes: serial), publicKey: key.publicKey,
-            notValidBefore: now.addingTimeInterval(-60), notValidAfter: now.addingTimeInterval(Double(days) * 86400),
-            issuer: subject, subject: subject, signatureAlgorithm: key.defaultSignatureAlgorithm,
-            extensions: try Certificate.Extensions {
-                Critical(BasicConstraints.notCertificateAuthority)
-                Critical(KeyUsage(digitalSignature: true))
-                SubjectKeyIdentifier(keyIdentifier: keyIdentifier[...])
-                AuthorityKeyIdentifier(keyIdentifier: keyIdentifier[...])
-            },
-            issuerPrivateKey: Certificate.PrivateKey(key))
-        var serializer = DER.Serializer()
-        try serializer.serialize(certificate)
-        return try JWSCertificate(der: serializer.serializedBytes)
+        let (key, fields) = try unsigned(signer: signer, subject: subject, days: days, now: now)
+        return try serialize(try fields.certificate(issuerPrivateKey: Certificate.PrivateKey(key)))
+    }
+
+    /// ``selfSigned(signer:subject:days:now:)``, awaiting the signer.
+    public static func selfSigned(
+        signer: any JWSSigner, subject: DistinguishedName, days: Int, now: Date = Date()
+    ) async throws -> JWSCertificate {
+        let (key, fields) = try unsigned(signer: signer, subject: subject, days: days, now: now)
+        return try serialize(try await fields.certificate(issuerPrivateKey: Certificate.PrivateKey(key)))
     }
 
     /// A PKCS#10 certificate request for the key, signed by it, as DER.
@@ -120,6 +116,58 @@ public enum TokenCertificates {
         var serializer = DER.Serializer()
         try serializer.serialize(csr)
         return serializer.serializedBytes
+    }
+
+    /// The parts of a self-signed certificate before its signature.
+    struct UnsignedCertificate {
+        let serial: [UInt8]
+        let key: TokenCertificateKey
+        let subject: DistinguishedName
+        let now: Date
+        let days: Int
+        let extensions: Certificate.Extensions
+
+        func certificate(issuerPrivateKey: Certificate.PrivateKey) throws -> Certificate {
+            try Certificate(
+                version: .v3, serialNumber: Certificate.SerialNumber(bytes: serial), publicKey: key.publicKey,
+                notValidBefore: now.addingTimeInterval(-60), notValidAfter: now.addingTimeInterval(Double(days) * 86400),
+                issuer: subject, subject: subject, signatureAlgorithm: key.defaultSignatureAlgorithm,
+                extensions: extensions, issuerPrivateKey: issuerPrivateKey)
+        }
+
+        func certificate(issuerPrivateKey: Certificate.PrivateKey) async throws -> Certificate {
+            try await Certificate(
+                version: .v3, serialNumber: Certificate.SerialNumber(bytes: serial), publicKey: key.publicKey,
+                notValidBefore: now.addingTimeInterval(-60), notValidAfter: now.addingTimeInterval(Double(days) * 86400),
+                issuer: subject, subject: subject, signatureAlgorithm: key.defaultSignatureAlgorithm,
+                extensions: extensions, issuerPrivateKey: issuerPrivateKey)
+        }
+    }
+
+    static func unsigned(signer: any JWSSigner, subject: DistinguishedName, days: Int, now: Date) throws -> (TokenCertificateKey, UnsignedCertificate) {
+        guard days >= 1, days <= 3650 else {
+            throw PKCS11Error(.invalidArgument, "a certificate lifetime of \(days) days is out of range", hint: "give between 1 and 3650 days")
+        }
+        let key = try TokenCertificateKey(signer)
+        var spkiSerializer = DER.Serializer()
+        try spkiSerializer.serialize(key.publicKey)
+        let keyIdentifier = Array(Insecure.SHA1.hash(data: spkiSerializer.serializedBytes))
+        var rng = SystemRandomNumberGenerator()
+        var serial = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        serial[0] &= 0x7f
+        let extensions = try Certificate.Extensions {
+            Critical(BasicConstraints.notCertificateAuthority)
+            Critical(KeyUsage(digitalSignature: true))
+            SubjectKeyIdentifier(keyIdentifier: keyIdentifier[...])
+            AuthorityKeyIdentifier(keyIdentifier: keyIdentifier[...])
+        }
+        return (key, UnsignedCertificate(serial: serial, key: key, subject: subject, now: now, days: days, extensions: extensions))
+    }
+
+    static func serialize(_ certificate: Certificate) throws -> JWSCertificate {
+        var serializer = DER.Serializer()
+        try serializer.serialize(certificate)
+        return try JWSCertificate(der: serializer.serializedBytes)
     }
 
     /// `CN=app,O=Contoso,C=US` (RFC 4514 order as written, `\,` escapes a comma). Known
