@@ -41,11 +41,14 @@ let package = Package(
             pkgConfig: "p11-kit-1",
             providers: [.apt(["libp11-kit-dev"])]
         ),
+        // The one error shape (code, message, hint, cause, location, settings) of every library.
+        .target(name: "Diagnostics"),
         // JWS compact tokens over an external signer: algorithms, base64url, JSON, thumbprints,
         // verification. Knows nothing of PKCS#11 or Entra.
         .target(
             name: "JOSE",
             dependencies: [
+                "Diagnostics",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
@@ -57,6 +60,7 @@ let package = Package(
         .target(
             name: "PKCS11",
             dependencies: [
+                "Diagnostics",
                 "CP11Kit",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -85,6 +89,7 @@ let package = Package(
         .target(
             name: "Entra",
             dependencies: [
+                "Diagnostics",
                 "JOSE",
                 "DurableFiles",
                 .product(name: "Logging", package: "swift-log"),
@@ -101,6 +106,7 @@ let package = Package(
         .target(
             name: "Rotation",
             dependencies: [
+                "Diagnostics",
                 "Entra",
                 "PKCS11",
                 "TokenSigning",
@@ -116,6 +122,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
+                "Diagnostics",
                 "PKCS11",
                 "TokenSigning",
                 "JOSE",
@@ -126,6 +133,10 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "X509", package: "swift-certificates"),
             ]
@@ -150,7 +161,7 @@ let package = Package(
         // Not dumpable (no core file with a held PIN), secrets scrubbed from the environment block.
         .target(name: "CProcessHardening"),
         // Crash-safe files: atomic replacement and cross-process locks (state, cache, journal).
-        .target(name: "DurableFiles"),
+        .target(name: "DurableFiles", dependencies: ["Diagnostics"]),
         // An offline stand-in for the Entra token endpoint and Graph's key-credential API that
         // verifies what Entra verifies.
         .target(
@@ -185,6 +196,7 @@ let package = Package(
         .executableTarget(
             name: "p11jwt",
             dependencies: [
+                "Diagnostics",
                 "Agent",
                 "ShutdownSignals",
                 "CProcessHardening",

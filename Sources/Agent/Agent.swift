@@ -162,9 +162,8 @@ public final class Agent: Sendable {
     static func resolve(_ text: String, on token: Token) throws -> TokenSigner {
         let uri = try PKCS11URI(text)
         guard uri.matches(token: token.info) else {
-            throw AgentAPI.ErrorBody(
-                error: "wrongToken", message: "key \(uri.redacted) is not on token '\(token.info.label)', the one this agent serves",
-                hint: "start an agent for that token, or use --no-agent")
+            throw AgentError("wrongToken", "key \(uri.redacted) is not on token '\(token.info.label)', the one this agent serves",
+                hint: "start an agent for that token, or use the token directly", settings: ["no-agent"])
         }
         return try TokenSigner(token: token, key: try token.signingKey(uri))
     }
@@ -197,7 +196,7 @@ public final class Agent: Sendable {
         services.append(socketApp)
         if let port = configuration.managedIdentityPort {
             guard let broker else {
-                throw AgentAPI.ErrorBody(error: "invalidConfiguration", message: "the managed-identity endpoint needs a tenant and client id", hint: "give --tenant and --client-id")
+                throw AgentError("invalidConfiguration", "the managed-identity endpoint needs a tenant and client id", hint: "give the tenant and the client id", settings: ["tenant", "client-id"])
             }
             services.append(ManagedIdentityEndpoint(agent: self, broker: broker, port: port, logger: logger).application { url in
                 self.managedIdentityURL.withLock { $0 = url }
@@ -208,7 +207,7 @@ public final class Agent: Sendable {
         services.append(KeyWatcher(agent: self))
         if let path = configuration.assertionFile {
             guard configuration.entra != nil else {
-                throw AgentAPI.ErrorBody(error: "invalidConfiguration", message: "the assertion file needs a tenant and client id", hint: "give --tenant and --client-id")
+                throw AgentError("invalidConfiguration", "the assertion file needs a tenant and client id", hint: "give the tenant and the client id", settings: ["tenant", "client-id"])
             }
             services.append(AssertionFileWriter(agent: self, path: path, lifetime: configuration.assertionLifetime, logger: logger))
         }
@@ -263,9 +262,8 @@ public final class Agent: Sendable {
         var info = stat()
         // Group or others may search a shared directory, never list or write it.
         guard stat(directory, &info) == 0, info.st_uid == getuid(), info.st_mode & (sharesSocket ? 0o066 : 0o077) == 0 else {
-            throw AgentAPI.ErrorBody(
-                error: "unsafeSocketDirectory", message: "the socket directory \(directory) must be yours and 0700",
-                hint: "chmod 700 \(directory), or give --socket in a private directory (default: $XDG_RUNTIME_DIR/p11jwt)")
+            throw AgentError("unsafeSocketDirectory", "the socket directory \(directory) must be yours and 0700",
+                hint: "chmod 700 \(directory), or put the socket in a private directory (default: $XDG_RUNTIME_DIR/p11jwt)", settings: ["agent-socket"])
         }
         if info.st_mode & 0o777 != mode { chmod(directory, mode) }
         if sharesSocket {
@@ -274,7 +272,7 @@ public final class Agent: Sendable {
             while !ancestor.isEmpty && ancestor != "/" {
                 var a = stat()
                 if stat(ancestor, &a) == 0, a.st_mode & 0o001 == 0 {
-                    logger.warning("other uids cannot reach the socket: \(ancestor) is not searchable by others (mode \(String(a.st_mode & 0o777, radix: 8))); give --socket under a directory they can traverse")
+                    logger.warning("other uids cannot reach the socket: \(ancestor) is not searchable by others (mode \(String(a.st_mode & 0o777, radix: 8))); put the socket under a directory they can traverse")
                     break
                 }
                 ancestor = (ancestor as NSString).deletingLastPathComponent
@@ -282,9 +280,8 @@ public final class Agent: Sendable {
         }
         guard FileManager.default.fileExists(atPath: path) else { return }
         if AgentClient.isListening(path) {
-            throw AgentAPI.ErrorBody(
-                error: "agentRunning", message: "an agent is already listening on \(path)",
-                hint: "use it (export P11JWT_AGENT_SOCK=\(path)), stop it, or give another --socket")
+            throw AgentError("agentRunning", "an agent is already listening on \(path)",
+                hint: "use it (export P11JWT_AGENT_SOCK=\(path)), stop it, or choose another socket", settings: ["agent-socket"])
         }
         logger.notice("removing a stale agent socket", metadata: ["socket": "\(path)"])
         unlink(path)
@@ -328,7 +325,7 @@ struct FatalWatcher: Service {
     func run() async throws {
         try await cancelWhenGracefulShutdown {
             for await reason in reasons {
-                throw AgentAPI.ErrorBody(error: "stopped", message: reason, hint: "check the PIN and the token, then start the agent again")
+                throw AgentError("stopped", reason, hint: "check the PIN and the token, then start the agent again")
             }
         }
     }

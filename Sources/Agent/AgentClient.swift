@@ -1,41 +1,44 @@
+import AsyncHTTPClient
 import Foundation
 import JOSE
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import NIOPosix
 import X509
-#if canImport(Glibc)
-import Glibc
-#endif
 
-/// A client of the agent's Unix socket, for the CLI: blocking HTTP/1.1 exchanges on one kept-
-/// alive connection (calls on one client are serialised; use a client per thread), because JWS
-/// signers are synchronous, as PKCS#11 is. Nothing secret is sent: digests go in, signatures
-/// come out.
+/// A client of the agent's Unix socket, on AsyncHTTPClient (`http+unix`): async calls for async
+/// code, and the same calls blocking (on AsyncHTTPClient's event loops, never a cooperative
+/// thread) for synchronous callers such as the CLI's one-shot commands and JWS signers. Nothing
+/// secret is sent: digests go in, signatures come out.
 public struct AgentClient: Sendable {
     public let socketPath: String
     /// Seconds a call may take.
     public var timeout: Int
-    private let connection = Connection()
 
     public init(socketPath: String, timeout: Int = 30) {
         self.socketPath = socketPath
         self.timeout = timeout
     }
 
-    /// The kept-alive socket, opened on first use and again after the agent closed it.
-    final class Connection: @unchecked Sendable {
-        let lock = NSLock()
-        var fd: Int32 = -1
+    /// One client for the process: pooled keep-alive connections, closed after 5 s idle (before
+    /// the agent's own 15 s idle timeout closes them under a request), as many at once as the
+    /// agent serves one user (a caller with more requests in flight than connections would
+    /// queue them here, behind requests waiting on a slow token).
+    static let http: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool = .init(idleTimeout: .seconds(5), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)
+        configuration.decompression = .disabled
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
 
-        deinit { if fd >= 0 { close(fd) } }
-    }
-
-    /// Whether something accepts connections on `path`.
+    /// Whether an agent answers on `path`.
     public static func isListening(_ path: String) -> Bool {
-        guard let fd = try? connect(path, timeout: 2) else { return false }
-        close(fd)
-        return true
+        (try? AgentClient(socketPath: path, timeout: 2).health()) != nil
     }
 
     public func health() throws -> AgentAPI.Health { try call("GET", "/v1/health") }
+    public func health() async throws -> AgentAPI.Health { try await call("GET", "/v1/health") }
 
     /// Every key on the agent's token.
     public func keys() throws -> [AgentAPI.KeyInfo] {
@@ -52,6 +55,7 @@ public struct AgentClient: Sendable {
     }
 
     public func sign(_ request: AgentAPI.SignRequest) throws -> AgentAPI.SignResponse { try call("POST", "/v1/sign", body: request) }
+    public func sign(_ request: AgentAPI.SignRequest) async throws -> AgentAPI.SignResponse { try await call("POST", "/v1/sign", body: request) }
 
     /// A `JWSSigner` whose signatures the agent makes: the key's type and certificate chain come
     /// from `/v1/keys`.
@@ -59,164 +63,88 @@ public struct AgentClient: Sendable {
         try AgentSigner(client: self, info: try self.key(key))
     }
 
-    /// Sends one request and decodes the answer (or the agent's error body).
+    /// Sends one request and decodes the answer (or the agent's error body); blocks the calling
+    /// thread, which must not be a cooperative one (async code gets the async overload).
     public func call<Out: Decodable>(_ method: String, _ path: String, body: (some Encodable)? = Optional<String>.none) throws -> Out {
-        let payload = try body.map { try JSONEncoder().encode($0) } ?? Data()
-        var request = "\(method) \(path) HTTP/1.1\r\nHost: p11jwt-agent\r\nAccept: application/json\r\n"
-        if body != nil { request += "Content-Type: application/json\r\n" }
-        request += "Content-Length: \(payload.count)\r\n\r\n"
-        let bytes = Array(request.utf8) + Array(payload)
-        let (status, answer) = try connection.lock.withLock { () throws -> (Int, [UInt8]) in
-            // A kept-alive connection the agent has closed fails at once: open a new one, once.
-            // (Every request is safe to send again: none changes anything twice.)
-            let reused = connection.fd >= 0
-            do {
-                return try exchange(bytes)
-            } catch let error as AgentClientError where reused && error.code == nil {
-                reset()
-                return try exchange(bytes)
-            }
+        let request = try makeRequest(method, path, body: body)
+        let response: HTTPClient.Response
+        do {
+            response = try Self.http.execute(request: request, deadline: .now() + .seconds(Int64(timeout))).wait()
+        } catch {
+            throw transportError(error)
         }
+        return try decode(status: Int(response.status.code), body: response.body.map { Array(buffer: $0) } ?? [], path: path)
+    }
+
+    /// Sends one request and decodes the answer (or the agent's error body).
+    public func call<Out: Decodable>(_ method: String, _ path: String, body: (some Encodable)? = Optional<String>.none) async throws -> Out {
+        var request = HTTPClientRequest(url: try url(path))
+        request.method = HTTPMethod(rawValue: method)
+        request.headers.add(name: "Accept", value: "application/json")
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: try JSONEncoder().encode(body)))
+        }
+        do {
+            let response = try await Self.http.execute(request, timeout: .seconds(Int64(timeout)))
+            let bytes = try await response.body.collect(upTo: Self.maximumAnswer)
+            return try decode(status: Int(response.status.code), body: Array(buffer: bytes), path: path)
+        } catch let error as AgentError {
+            throw error
+        } catch {
+            throw transportError(error)
+        }
+    }
+
+    /// The most an answer may hold (a key listing with certificate chains is a few KiB).
+    static let maximumAnswer = 4 << 20
+
+    private func url(_ path: String) throws -> String {
+        guard let url = URL(httpURLWithSocketPath: socketPath, uri: path) else {
+            throw AgentClientError(message: "the agent socket path cannot be used: \(socketPath)")
+        }
+        return url.absoluteString
+    }
+
+    private func makeRequest(_ method: String, _ path: String, body: (some Encodable)?) throws -> HTTPClient.Request {
+        var headers = HTTPHeaders([("Accept", "application/json")])
+        var payload: HTTPClient.Body?
+        if let body {
+            headers.add(name: "Content-Type", value: "application/json")
+            payload = .bytes(try JSONEncoder().encode(body))
+        }
+        return try HTTPClient.Request(url: try url(path), method: HTTPMethod(rawValue: method), headers: headers, body: payload)
+    }
+
+    private func decode<Out: Decodable>(status: Int, body: [UInt8], path: String) throws -> Out {
         guard (200..<300).contains(status) else {
-            if let error = try? JSONDecoder().decode(AgentAPI.ErrorBody.self, from: Data(answer)) {
+            if let error = try? JSONDecoder().decode(AgentAPI.ErrorBody.self, from: Data(body)) {
                 throw AgentClientError(message: "agent: \(error.message)", hint: error.hint, code: error.error, status: status)
             }
             throw AgentClientError(message: "the agent answered HTTP \(status)", status: status)
         }
         do {
-            return try JSONDecoder().decode(Out.self, from: Data(answer))
+            return try JSONDecoder().decode(Out.self, from: Data(body))
         } catch {
             throw AgentClientError(message: "the agent's answer to \(path) is not what was expected: \(error)")
         }
     }
 
-    private func reset() {
-        if connection.fd >= 0 { close(connection.fd) }
-        connection.fd = -1
-    }
-
-    /// One request and its answer on the kept-alive connection (under the lock).
-    private func exchange(_ bytes: [UInt8]) throws -> (Int, [UInt8]) {
-        if connection.fd < 0 { connection.fd = try Self.connect(socketPath, timeout: timeout) }
-        do {
-            try Self.writeAll(connection.fd, bytes)
-            let (status, body, keepAlive) = try Self.readResponse(connection.fd, socketPath: socketPath)
-            if !keepAlive { reset() }
-            return (status, body)
-        } catch {
-            reset()
-            throw error
+    /// What a failure to reach or hear the agent means, in its terms.
+    private func transportError(_ error: any Error) -> AgentError {
+        switch error {
+        case let error as HTTPClientError where error == .remoteConnectionClosed:
+            return AgentClientError(
+                message: "the agent at \(socketPath) closed the connection without an answer",
+                hint: "it refuses connections from other users: run as the agent's user, or allow this uid when starting it", settings: ["allow-uid"])
+        case let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout:
+            return AgentClientError(message: "the agent at \(socketPath) did not answer within \(timeout) s")
+        default:
+            let reason = (error as? IOError).map { String(cString: strerror($0.errnoCode)) } ?? "\(error)"
+            return AgentClientError(
+                message: "cannot reach the agent at \(socketPath): \(reason)",
+                hint: "start the agent on \(socketPath), or unset P11JWT_AGENT_SOCK to use the token directly", settings: ["no-agent"])
         }
-    }
-
-    static func connect(_ path: String, timeout: Int) throws -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw AgentClientError(message: "socket(): \(String(cString: strerror(errno)))") }
-        var tv = timeval(tv_sec: timeout, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            close(fd)
-            throw AgentClientError(message: "the agent socket path is too long: \(path)")
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard result == 0 else {
-            let reason = String(cString: strerror(errno))
-            close(fd)
-            throw AgentClientError(
-                message: "cannot reach the agent at \(path): \(reason)",
-                hint: "start it with 'p11jwt agent --socket \(path)', or unset P11JWT_AGENT_SOCK / add --no-agent to use the token directly")
-        }
-        return fd
-    }
-
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw AgentClientError(message: "writing to the agent: \(String(cString: strerror(errno)))")
-            }
-            offset += n
-        }
-    }
-
-    /// Reads one answer: the head, then the body by Content-Length (or chunks, or to the end).
-    /// Returns the status, the body and whether the connection stays open.
-    static func readResponse(_ fd: Int32, socketPath: String) throws -> (Int, [UInt8], Bool) {
-        var data: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 16384)
-        func fill() throws -> Bool {
-            while true {
-                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw AgentClientError(message: "reading from the agent: \(String(cString: strerror(errno)))")
-                }
-                if n == 0 { return false }
-                data += buffer[0..<n]
-                return true
-            }
-        }
-        var split = data.firstRange(of: [13, 10, 13, 10])
-        while split == nil {
-            guard try fill() else {
-                throw AgentClientError(
-                    message: "the agent at \(socketPath) closed the connection without an answer",
-                    hint: "it refuses connections from other users: run as the agent's user, or start it with --allow-uid")
-            }
-            split = data.firstRange(of: [13, 10, 13, 10])
-        }
-        let head = String(decoding: data[..<split!.lowerBound], as: UTF8.self)
-        let lines = head.components(separatedBy: "\r\n")
-        let parts = lines[0].split(separator: " ")
-        guard parts.count >= 2, let status = Int(parts[1]) else { throw AgentClientError(message: "the agent's answer is not HTTP", code: "protocol") }
-        let headers = lines.dropFirst().map { $0.lowercased() }
-        func header(_ name: String) -> String? {
-            headers.first { $0.hasPrefix(name + ":") }.map { String($0.dropFirst(name.count + 1)).trimmingCharacters(in: .whitespaces) }
-        }
-        let keepAlive = header("connection") != "close"
-        let bodyStart = split!.upperBound
-        if let length = header("content-length").flatMap({ Int($0) }) {
-            while data.count - bodyStart < length {
-                guard try fill() else { throw AgentClientError(message: "the agent's answer was cut short") }
-            }
-            return (status, Array(data[bodyStart..<bodyStart + length]), keepAlive)
-        }
-        if header("transfer-encoding")?.contains("chunked") == true {
-            // One request at a time: the answer ends with the last chunk.
-            while !data[bodyStart...].suffix(5).elementsEqual("0\r\n\r\n".utf8) {
-                guard try fill() else { break }
-            }
-            return (status, try dechunk(Array(data[bodyStart...])), keepAlive)
-        }
-        while try fill() {}
-        return (status, Array(data[bodyStart...]), false)
-    }
-
-    static func dechunk(_ bytes: [UInt8]) throws -> [UInt8] {
-        var out: [UInt8] = []
-        var index = bytes.startIndex
-        while let lineEnd = bytes[index...].firstRange(of: [13, 10]) {
-            let sizeText = String(decoding: bytes[index..<lineEnd.lowerBound], as: UTF8.self).split(separator: ";").first ?? ""
-            guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16) else { throw AgentClientError(message: "bad chunk from the agent") }
-            if size == 0 { break }
-            let start = lineEnd.upperBound
-            guard start + size <= bytes.endIndex else { throw AgentClientError(message: "truncated answer from the agent") }
-            out += bytes[start..<start + size]
-            index = start + size + 2
-        }
-        return out
     }
 }
 
@@ -258,22 +186,25 @@ public struct AgentSigner: JWSSigner {
         guard let signature = Base64URL.decode(answer.value) else { throw AgentClientError(message: "the agent's signature is not base64url") }
         return signature
     }
+
+    public func sign(digest: [UInt8], algorithm: JWSAlgorithm) async throws -> [UInt8] {
+        let answer = try await client.sign(AgentAPI.SignRequest(key: info.uri, alg: algorithm.rawValue, value: Base64URL.encode(digest)))
+        guard let signature = Base64URL.decode(answer.value) else { throw AgentClientError(message: "the agent's signature is not base64url") }
+        return signature
+    }
 }
 
 /// A failure talking to the agent: what happened and what to do.
-public struct AgentClientError: Error, CustomStringConvertible, Sendable {
-    public var message: String
-    public var hint: String?
-    /// The agent's error code, when it answered with one.
-    public var code: String?
-    public var status: Int?
+/// What a client of the agent gets when a request fails: the agent's refusal (its code and HTTP
+/// status) or a connection failure (code `connection`).
+public typealias AgentClientError = AgentError
 
-    public init(message: String, hint: String? = nil, code: String? = nil, status: Int? = nil) {
-        self.message = message
-        self.hint = hint
-        self.code = code
-        self.status = status
+extension AgentError {
+    /// A client-side failure: `code` nil means the connection or the exchange failed.
+    init(message: String, hint: String? = nil, settings: [String] = [], code: String? = nil, status: Int? = nil, file: String = #fileID, line: Int = #line) {
+        self.init(code ?? Self.connection, message, hint: hint, settings: settings, status: status, file: file, line: line)
     }
 
-    public var description: String { message + (hint.map { "\nhint: \($0)" } ?? "") }
+    /// The code of failures to reach or talk to the agent.
+    public static let connection = "connection"
 }

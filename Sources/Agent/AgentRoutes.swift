@@ -1,3 +1,4 @@
+import Diagnostics
 import Entra
 import Foundation
 import Synchronization
@@ -40,10 +41,10 @@ struct AgentRoutes: Sendable {
             try await handle("sign", request, context) { (body: AgentAPI.SignRequest) in
                 let signer = try await agent.signer(body.key)
                 guard let algorithm = JWSAlgorithm(name: body.alg) else {
-                    throw AgentAPI.ErrorBody(error: "badRequest", message: "unknown alg '\(body.alg)'", hint: "RS256 … PS512, ES256 … ES512")
+                    throw AgentError("badRequest", "unknown alg '\(body.alg)'", hint: "RS256 … PS512, ES256 … ES512")
                 }
                 guard let digest = Base64URL.decode(body.value) else {
-                    throw AgentAPI.ErrorBody(error: "badRequest", message: "value is not base64url", hint: "send the digest base64url-encoded, without padding")
+                    throw AgentError("badRequest", "value is not base64url", hint: "send the digest base64url-encoded, without padding")
                 }
                 let signature = try await signer.sign(digest: digest, algorithm: algorithm)
                 return AgentAPI.SignResponse(kid: signer.key.uri, value: Base64URL.encode(signature))
@@ -54,7 +55,7 @@ struct AgentRoutes: Sendable {
                 let signer = try await agent.signer(body.key)
                 let entra = agent.configuration.entra
                 let algorithm: ClientAssertion.AlgorithmChoice = try body.alg.map { name in
-                    guard let a = JWSAlgorithm(name: name) else { throw AgentAPI.ErrorBody(error: "badRequest", message: "unknown alg '\(name)'") }
+                    guard let a = JWSAlgorithm(name: name) else { throw AgentError("badRequest", "unknown alg '\(name)'") }
                     return .fixed(a)
                 } ?? .auto
                 let parameters = ClientAssertion.Parameters(
@@ -76,7 +77,7 @@ struct AgentRoutes: Sendable {
                 let claims = try JSONObject(parsing: Array(body.claims.utf8), what: "claims")
                 let algorithm: JWSAlgorithm
                 if let name = body.alg {
-                    guard let a = JWSAlgorithm(name: name) else { throw AgentAPI.ErrorBody(error: "badRequest", message: "unknown alg '\(name)'") }
+                    guard let a = JWSAlgorithm(name: name) else { throw AgentError("badRequest", "unknown alg '\(name)'") }
                     algorithm = a
                 } else {
                     algorithm = signer.keyType.defaultAlgorithm
@@ -88,7 +89,7 @@ struct AgentRoutes: Sendable {
         router.post("/v1/token") { request, context -> Response in
             try await handle("token", request, context) { (body: AgentAPI.AccessTokenRequest) in
                 guard let broker = agent.broker else {
-                    throw AgentAPI.ErrorBody(error: "notConfigured", message: "this agent was started without a tenant and client id", hint: "start it with --tenant and --client-id")
+                    throw AgentError("notConfigured", "this agent was started without a tenant and client id", hint: "start it with a tenant and a client id")
                 }
                 let scope = body.scope ?? broker.graphScope
                 let token = try await agent.accessToken(broker: broker, scope: scope, keyURI: body.key)
@@ -112,7 +113,7 @@ struct AgentRoutes: Sendable {
             publicKey: (try? signer.key.publicKey?.subjectPublicKeyInfo()).map { Data($0).base64EncodedString() })
     }
 
-    /// Decodes the body, runs `body`, encodes the answer; errors become ``AgentAPI/ErrorBody``.
+    /// Decodes the body, runs `body`, encodes the answer; errors become ``AgentAPI/ErrorBody`` (see ``failure(_:_:_:)``).
     func handle<In: AgentKeyedRequest, Out: Encodable>(
         _ operation: String, _ request: Request, _ context: BasicRequestContext, _ body: (In) async throws -> Out
     ) async throws -> Response {
@@ -122,7 +123,7 @@ struct AgentRoutes: Sendable {
         do {
             input = try JSONDecoder().decode(In.self, from: Data(buffer: bytes))
         } catch {
-            return try Self.failure(AgentAPI.ErrorBody(error: "badRequest", message: "the \(operation) request is not valid JSON for it: \(error)"), status: .badRequest, operation, context)
+            return try Self.failure(AgentError("badRequest", "the \(operation) request is not valid JSON for it: \(error)"), operation, context)
         }
         return try await handle(operation, request, context, key: input.key ?? agent.configuration.defaultKey) { try await body(input) }
     }
@@ -140,36 +141,46 @@ struct AgentRoutes: Sendable {
             let elapsed = ContinuousClock.now - started
             logger.info("ok", metadata: ["ms": "\(elapsed.components.attoseconds / 1_000_000_000_000_000 + elapsed.components.seconds * 1000)"])
             return try json(output)
-        } catch let error as AgentAPI.ErrorBody {
-            let status: HTTPResponse.Status = ["tokenUnavailable", "stopped"].contains(error.error) ? .serviceUnavailable : .badRequest
-            return try Self.failure(error, status: status, operation, context)
         } catch let error as PKCS11Error where agent.keeper.noteFailure(error) {
             return try Self.failure(
-                AgentAPI.ErrorBody(
-                    error: "tokenUnavailable", message: "token '\(agent.keeper.label)' is gone: \(error)",
+                AgentError(
+                    "tokenUnavailable", "token '\(agent.keeper.label)' is gone: \(error)",
                     hint: "insert the token again / bring the HSM back: the agent logs in again by itself"),
-                status: .serviceUnavailable, operation, context)
-        } catch let error as PKCS11Error {
-            // The request's fault, or the token's (removed, logged out, failing): 400 or 503.
+                operation, context)
+        } catch let error as any DiagnosticError {
+            return try Self.failure(error, operation, context)
+        }
+    }
+
+    /// The one mapping from a library's error to the agent's answer: its code (the agent's own,
+    /// or the library's qualified one), message and hint, and an HTTP status saying whose fault
+    /// it is — the request's (400), the token's (503) or Entra's (502).
+    static func failure(_ error: any DiagnosticError, _ operation: String, _ context: BasicRequestContext) throws -> Response {
+        var message = error.message
+        if let function = error.details["function"] {
+            message += " (\(function)\(error.details["returnValue"].map { ": \($0)" } ?? ""))"
+        }
+        let body = AgentAPI.ErrorBody(error: error.domain == "agent" ? error.codeName : error.qualifiedCode, message: message, hint: error.hint)
+        context.logger.notice("refused", metadata: ["op": "\(operation)", "error": "\(body.error)"])
+        return try json(body, status: status(of: error))
+    }
+
+    static func status(of error: any DiagnosticError) -> HTTPResponse.Status {
+        switch error {
+        case let error as AgentError:
+            return error.meansUnavailable ? .serviceUnavailable : .badRequest
+        case let error as PKCS11Error:
+            // The request's fault, or the token's (removed, logged out, failing).
             let requestFaults: [PKCS11Error.Code] = [
                 .objectNotFound, .objectAmbiguous, .invalidURI, .invalidArgument, .mechanismUnsupported, .keyUnsuitable, .invalidDigest,
                 .certificateMismatch,
             ]
-            let status: HTTPResponse.Status = requestFaults.contains(error.code) ? .badRequest : .serviceUnavailable
-            var message = error.message
-            if let function = error.function { message += " (\(function)\(error.returnValue.map { ": \($0.name)" } ?? ""))" }
-            return try Self.failure(AgentAPI.ErrorBody(error: "pkcs11.\(error.code)", message: message, hint: error.hint), status: status, operation, context)
-        } catch let error as EntraError {
-            let status: HTTPResponse.Status = error.code == .invalidParameter || error.code == .unsupportedKey ? .badRequest : .badGateway
-            return try Self.failure(AgentAPI.ErrorBody(error: "entra.\(error.code)", message: error.message, hint: error.hint), status: status, operation, context)
-        } catch let error as JOSEError {
-            return try Self.failure(AgentAPI.ErrorBody(error: "jose.\(error.code)", message: "\(error)"), status: .badRequest, operation, context)
+            return requestFaults.contains(error.code) ? .badRequest : .serviceUnavailable
+        case let error as EntraError:
+            return error.code == .invalidParameter || error.code == .unsupportedKey ? .badRequest : .badGateway
+        default:
+            return .badRequest
         }
-    }
-
-    static func failure(_ error: AgentAPI.ErrorBody, status: HTTPResponse.Status, _ operation: String, _ context: BasicRequestContext) throws -> Response {
-        context.logger.notice("refused", metadata: ["op": "\(operation)", "error": "\(error.error)"])
-        return try json(error, status: status)
     }
 }
 

@@ -22,9 +22,8 @@ struct AssertionFileWriter: Service {
 
     func run() async throws {
         guard TimeInterval(lifetime) > Self.readerCache + Self.margin else {
-            throw AgentAPI.ErrorBody(
-                error: "invalidConfiguration", message: "an assertion file needs assertions living more than \(Int(Self.readerCache + Self.margin))s (readers cache them up to 5 minutes)",
-                hint: "raise --assertion-lifetime")
+            throw AgentError("invalidConfiguration", "an assertion file needs assertions living more than \(Int(Self.readerCache + Self.margin))s (readers cache them up to 5 minutes)",
+                hint: "give the assertions a longer lifetime", settings: ["assertion-lifetime"])
         }
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {

@@ -54,11 +54,10 @@ final class TokenKeeper: Sendable {
         case .ready(let token):
             return token
         case .unavailable(let reason, let since):
-            throw AgentAPI.ErrorBody(
-                error: "tokenUnavailable", message: "token '\(label)' is not available since \(ISO8601DateFormatter().string(from: since)) (\(reason))",
+            throw AgentError("tokenUnavailable", "token '\(label)' is not available since \(ISO8601DateFormatter().string(from: since)) (\(reason))",
                 hint: "insert the token again / bring the HSM back: the agent logs in again by itself")
         case .stopped(let reason):
-            throw AgentAPI.ErrorBody(error: "stopped", message: "the agent is stopping: \(reason)")
+            throw AgentError("stopped", "the agent is stopping: \(reason)")
         }
     }
 

@@ -1,3 +1,4 @@
+import Diagnostics
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -79,18 +80,25 @@ public enum DurableFile {
 }
 
 /// A file operation that failed: what was attempted, on which path, and the system's reason.
-public struct DurableFileError: Error, CustomStringConvertible, Sendable {
+public struct DurableFileError: DiagnosticError {
     public var operation: String
     public var path: String
     public var reason: String
+    public var location: SourceLocation
 
-    init(_ operation: String, _ path: String, cause: String? = nil) {
+    init(_ operation: String, _ path: String, cause: String? = nil, file: String = #fileID, line: Int = #line) {
         self.operation = operation
         self.path = path
         self.reason = cause ?? String(cString: strerror(errno))
+        self.location = SourceLocation(file: file, line: line)
     }
 
-    public var description: String { "\(operation) \(path): \(reason)" }
+    public var domain: String { "file" }
+    public var codeName: String { operation }
+    public var message: String { "\(operation) \(path): \(reason)" }
+    public var hint: String? { nil }
+    public var details: [String: String] { ["path": path] }
+    public var description: String { message }
 }
 
 /// The JSON form of state files: pretty, sorted keys, ISO 8601 dates.

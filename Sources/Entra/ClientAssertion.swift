@@ -57,7 +57,7 @@ public enum ClientAssertion {
             let tenant = try EntraValue.tenant(self.tenant)
             let clientID = try EntraValue.guid(
                 self.clientID, what: "client id",
-                hint: "give --client-id (or AZURE_CLIENT_ID): the application (client) id GUID from the app registration")
+                hint: "give the application (client) id GUID from the app registration", settings: ["client-id"])
             guard lifetime > 0, lifetime <= ClientAssertion.maximumLifetime else {
                 throw EntraError(
                     .invalidParameter, "assertion lifetime \(lifetime)s is outside 1…\(ClientAssertion.maximumLifetime)s",
@@ -87,8 +87,8 @@ public enum ClientAssertion {
                 throw EntraError(
                     .unsupportedKey, "the token cannot sign \(algorithm.rawValue) with this \(signer.keyType) key",
                     hint: signer.supportedAlgorithms.isEmpty
-                        ? "see 'p11jwt mechanisms' for what the token can do"
-                        : "it can do \(signer.supportedAlgorithms.map(\.rawValue).joined(separator: ", ")); use --alg auto")
+                        ? "the token's mechanism list says what it can do"
+                        : "it can do \(signer.supportedAlgorithms.map(\.rawValue).joined(separator: ", ")); let the algorithm be chosen automatically")
             }
             return algorithm
         case .auto:
@@ -98,7 +98,7 @@ public enum ClientAssertion {
                 if signer.canSign(.RS256) { return .RS256 }
                 throw EntraError(
                     .unsupportedKey, "the token can sign neither PS256 nor RS256 with this RSA key",
-                    hint: "it offers none of CKM_RSA_PKCS_PSS, CKM_RSA_X_509, CKM_RSA_PKCS: see 'p11jwt mechanisms'")
+                    hint: "it offers none of CKM_RSA_PKCS_PSS, CKM_RSA_X_509, CKM_RSA_PKCS")
             case .ec(let curve):
                 guard signer.canSign(curve.algorithm) else {
                     throw EntraError(.unsupportedKey, "the token cannot sign \(curve.algorithm.rawValue) with this EC key")
@@ -168,7 +168,7 @@ public enum ClientAssertion {
             throw EntraError(
                 .invalidParameter,
                 "claim\(conflicts.count > 1 ? "s" : "") \(conflicts.map { "'\($0)'" }.joined(separator: ", ")) set by p11jwt cannot be replaced",
-                hint: "add --override to replace required claims (Entra will refuse an assertion whose aud, iss, sub or times are wrong)")
+                hint: "allow overriding to replace required claims (Entra will refuse an assertion whose aud, iss, sub or times are wrong)", settings: ["override"])
         }
         claims = check
     }

@@ -44,7 +44,7 @@ public enum EntraValue {
         guard !tenant.isEmpty else {
             throw EntraError(
                 .invalidParameter, "the tenant is empty",
-                hint: "give --tenant (or AZURE_TENANT_ID): the directory (tenant) id GUID or a domain such as contoso.onmicrosoft.com")
+                hint: "give the directory (tenant) id GUID or a domain such as contoso.onmicrosoft.com", settings: ["tenant"])
         }
         // ASCII first (GUIDs and DNS names are), CharacterSet only for the rest: this runs for
         // every assertion.
@@ -66,11 +66,11 @@ public enum EntraValue {
     }
 
     /// A GUID identifier (`what` names it in the error: "client id", "object id").
-    public static func guid(_ text: String, what: String, hint: String) throws -> String {
+    public static func guid(_ text: String, what: String, hint: String, settings: [String] = []) throws -> String {
         let value = trimmed(text)
-        guard !value.isEmpty else { throw EntraError(.invalidParameter, "the \(what) is empty", hint: hint) }
+        guard !value.isEmpty else { throw EntraError(.invalidParameter, "the \(what) is empty", hint: hint, settings: settings) }
         guard isGUID(value) else {
-            throw EntraError(.invalidParameter, "the \(what) '\(value)' is not a GUID", hint: hint)
+            throw EntraError(.invalidParameter, "the \(what) '\(value)' is not a GUID", hint: hint, settings: settings)
         }
         return value.lowercased()
     }
@@ -96,7 +96,7 @@ public enum EntraValue {
         case "http":
             throw EntraError(
                 .invalidParameter, "\(what) '\(text)' is plain http on a non-loopback host",
-                hint: "use https; plain http is allowed only for 127.0.0.1, ::1 and localhost (e.g. the emulator with --http)")
+                hint: "use https; plain http is allowed only for 127.0.0.1, ::1 and localhost (e.g. the emulator over plain HTTP)")
         default:
             throw EntraError(.invalidParameter, "\(what) '\(text)' must be an https URL")
         }

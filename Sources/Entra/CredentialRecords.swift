@@ -55,7 +55,7 @@ public struct CredentialRecords: Sendable {
             try DurableFile.makeDirectory(directory)
             return try DurableFile.withExclusiveLock(lockFile, body)
         } catch let error as DurableFileError {
-            throw EntraError(.stateFile, "state directory: \(error)", hint: "give --state-dir a directory you can write")
+            throw EntraError(.stateFile, "state directory: \(error)", hint: "use a state directory you can write", settings: ["state-dir"])
         }
     }
 
@@ -64,7 +64,7 @@ public struct CredentialRecords: Sendable {
         do {
             return try StateJSON.decoder.decode([String: [Record]].self, from: data)
         } catch {
-            throw EntraError(.stateFile, "\(file.path) is damaged: \(error)", hint: "move it aside; rotate then needs --old-key-id")
+            throw EntraError(.stateFile, "\(file.path) is damaged: \(error)", hint: "move it aside; a rotation then needs the old credential's key id", settings: ["old-key-id"])
         }
     }
 

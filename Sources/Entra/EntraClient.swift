@@ -35,7 +35,7 @@ public final class EntraClient: Sendable {
         public func validated() throws -> (tenant: String, clientID: String) {
             let tenant = try EntraValue.tenant(tenant)
             let clientID = try EntraValue.guid(
-                clientID, what: "client id", hint: "give --client-id (or AZURE_CLIENT_ID): the application (client) id GUID")
+                clientID, what: "client id", hint: "give the application (client) id GUID", settings: ["client-id"])
             return (tenant, clientID)
         }
 
@@ -77,7 +77,7 @@ public final class EntraClient: Sendable {
     /// endpoint with a fresh assertion from `signer` (then cached).
     public func token(scope: String, signer: some JWSSigner, useCache: Bool = true) async throws -> AccessToken {
         guard let certificate = signer.certificate else {
-            throw EntraError(.invalidParameter, "the signing key has no certificate", hint: "store the key's certificate on the token or give --cert")
+            throw EntraError(.invalidParameter, "the signing key has no certificate", hint: "store the key's certificate on the token or give it", settings: ["cert"])
         }
         let key = TokenCache.Key(
             authority: configuration.endpoints.authorityHost.absoluteString, tenant: tenant, clientID: clientID, scope: scope,
@@ -92,7 +92,7 @@ public final class EntraClient: Sendable {
         } catch var error as EntraError where error.aadsts == 700027 && !error.message.contains("signature validation") {
             // Entra echoes the header's thumbprint (SHA-256 for x5t#S256); name the certificate as
             // the portal lists it, by SHA-1.
-            error.hint = "this certificate is not registered on the app: thumbprint \(certificate.thumbprint.hexSHA1) (SHA-1; SHA-256 \(certificate.thumbprint.hexSHA256)); register it (Certificates & secrets, or 'p11jwt add-key') or point --key at the registered one. Right after addKey, Entra may take minutes to replicate a new key."
+            error.hint = "this certificate is not registered on the app: thumbprint \(certificate.thumbprint.hexSHA1) (SHA-1; SHA-256 \(certificate.thumbprint.hexSHA256)); register it (Certificates & secrets, or addKey) or sign with the registered key. Right after addKey, Entra may take minutes to replicate a new key."
             throw error
         }
         if let cache { try cache.store(token, for: key) }
@@ -118,7 +118,7 @@ public final class EntraClient: Sendable {
         } catch let error as EntraError where error.code == .graphRefused {
             throw EntraError(
                 .invalidParameter, "the proof needs the object id of \(target), and Graph would not say it (\(error.message))",
-                hint: "give --object-id as well (the 'Object ID' of the application or service principal)")
+                hint: "give the object id as well (the 'Object ID' of the application or service principal)", settings: ["object-id"])
         }
     }
 
@@ -135,7 +135,7 @@ public final class EntraClient: Sendable {
     public func removeKey(
         _ target: GraphKeyTarget, objectID: String, keyID: String, signer: some JWSSigner
     ) async throws {
-        let keyID = try EntraValue.guid(keyID, what: "key id", hint: "give the keyId GUID of the credential (see 'p11jwt keys')")
+        let keyID = try EntraValue.guid(keyID, what: "key id", hint: "give the keyId GUID of the credential (the application's key credentials list it)", settings: ["key-id"])
         let bearer = try await token(scope: configuration.graphScope, signer: signer).accessToken
         let proof = try await ProofOfPossession.make(objectID: objectID, signer: signer, logger: logger).compact
         try await graph.removeKey(target, keyID: keyID, proof: proof, bearer: bearer)

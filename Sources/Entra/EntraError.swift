@@ -1,6 +1,8 @@
+import Diagnostics
+
 /// An error from the Entra layer: a stable ``Code``, a message naming the value concerned, what
 /// to do next, and where it was thrown.
-public struct EntraError: Error, Sendable, CustomStringConvertible {
+public struct EntraError: DiagnosticError {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         let name: String
         public var description: String { name }
@@ -17,10 +19,8 @@ public struct EntraError: Error, Sendable, CustomStringConvertible {
         public static let network = Code(name: "network")
         /// An answer that is not what the protocol defines.
         public static let protocolViolation = Code(name: "protocolViolation")
-        /// The token cache or the rotate journal could not be read or written.
+        /// The token cache or the credential records could not be read or written.
         public static let stateFile = Code(name: "stateFile")
-        /// A rotation cannot go on safely from where it is (see the message).
-        public static let rotation = Code(name: "rotation")
     }
 
     public var code: Code
@@ -31,26 +31,37 @@ public struct EntraError: Error, Sendable, CustomStringConvertible {
     /// Graph's error code (`Authorization_RequestDenied`, …), for ``Code/graphRefused``.
     public var graphCode: String?
     public var httpStatus: Int?
-    public var cause: String?
-    public var location: String
+    public var cause: (any Error & Sendable)?
+    public var location: SourceLocation
+    /// The settings the hint is about (`tenant`, `client-id`, `ca-file`, …).
+    public var settings: [String]
 
     public init(
-        _ code: Code, _ message: String, hint: String? = nil, aadsts: Int? = nil, graphCode: String? = nil,
-        httpStatus: Int? = nil, cause: String? = nil, file: String = #fileID, line: Int = #line
+        _ code: Code, _ message: String, hint: String? = nil, settings: [String] = [], aadsts: Int? = nil, graphCode: String? = nil,
+        httpStatus: Int? = nil, cause: (any Error & Sendable)? = nil, file: String = #fileID, line: Int = #line
     ) {
         self.code = code
         self.message = message
         self.hint = hint
+        self.settings = settings
         self.aadsts = aadsts
         self.graphCode = graphCode
         self.httpStatus = httpStatus
         self.cause = cause
-        self.location = "\(file):\(line)"
+        self.location = SourceLocation(file: file, line: line)
     }
 
-    public var description: String {
-        var text = message
-        if let hint { text += "\nhint: \(hint)" }
-        return text
+    public var domain: String { "entra" }
+    public var codeName: String { code.description }
+    public var underlying: (any Error & Sendable)? { cause }
+    /// A value the caller gave is wrong.
+    public var isUsageError: Bool { code == .invalidParameter }
+
+    public var details: [String: String] {
+        var details: [String: String] = [:]
+        details["aadsts"] = aadsts.map { "AADSTS\($0)" }
+        details["graphCode"] = graphCode
+        details["httpStatus"] = httpStatus.map(String.init)
+        return details
     }
 }

@@ -51,12 +51,12 @@ public final class EntraHTTP: Sendable {
         tls.certificateVerification = .fullVerification
         if let caFile {
             guard FileManager.default.isReadableFile(atPath: caFile) else {
-                throw EntraError(.invalidParameter, "cannot read the CA file \(caFile)", hint: "give --ca-file a PEM file of CA certificates (for the emulator: <state>/ca.pem)")
+                throw EntraError(.invalidParameter, "cannot read the CA file \(caFile)", hint: "give a PEM file of CA certificates (for the emulator: <state>/ca.pem)", settings: ["ca-file"])
             }
             do {
                 tls.additionalTrustRoots = [.certificates(try NIOSSLCertificate.fromPEMFile(caFile))]
             } catch {
-                throw EntraError(.invalidParameter, "the CA file \(caFile) holds no PEM certificate", cause: "\(error)")
+                throw EntraError(.invalidParameter, "the CA file \(caFile) holds no PEM certificate", cause: error)
             }
         }
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
@@ -110,14 +110,14 @@ public final class EntraHTTP: Sendable {
         } catch let error as NIOSSLError {
             throw EntraError(
                 .network, "\(operation): TLS with \(hostOf(url)) failed: \(error)",
-                hint: "the server's certificate is not trusted or does not name \(hostOf(url)); for the emulator give --ca-file <state>/ca.pem",
-                cause: "\(error)")
+                hint: "the server's certificate is not trusted or does not name \(hostOf(url)); for the emulator trust its CA, <state>/ca.pem", settings: ["ca-file"],
+                cause: error)
         } catch let error as EntraError {
             throw error
         } catch {
             throw EntraError(
                 .network, "\(operation): no answer from \(hostOf(url)) (\(error))",
-                hint: "check the network and the endpoint (--authority-host / --graph-endpoint / --cloud)", cause: "\(error)")
+                hint: "check the network and the endpoint", settings: ["authority-host", "graph-endpoint", "cloud"], cause: error)
         }
     }
 

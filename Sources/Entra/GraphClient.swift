@@ -120,7 +120,7 @@ public struct GraphClient: Sendable {
         do {
             return try JSONDecoder().decode(KeyCredentialInfo.self, from: Data(answer.body))
         } catch {
-            throw EntraError(.protocolViolation, "addKey answered 200 without a keyCredential", cause: "\(error)")
+            throw EntraError(.protocolViolation, "addKey answered 200 without a keyCredential", cause: error)
         }
     }
 
@@ -164,7 +164,7 @@ public struct GraphClient: Sendable {
             let object = try JSONDecoder().decode(Object.self, from: Data(answer.body))
             return (object.id, object.keyCredentials ?? [])
         } catch {
-            throw EntraError(.protocolViolation, "Graph's answer for \(target) has no keyCredentials", cause: "\(error)")
+            throw EntraError(.protocolViolation, "Graph's answer for \(target) has no keyCredentials", cause: error)
         }
     }
 
@@ -185,15 +185,19 @@ public struct GraphClient: Sendable {
         let code = error?["code"]?.stringValue
         let message = error?["message"]?.stringValue ?? "HTTP \(answer.status)"
         let hint: String?
+        var settings: [String] = []
         switch (answer.status, code) {
         case (401, "Authentication_MissingOrMalformed"?):
-            hint = "Graph refused the proof of possession: it must be signed by a key whose certificate is currently registered on this object, with iss = the object id (--object-id, not the appId)"
+            hint = "Graph refused the proof of possession: it must be signed by a key whose certificate is currently registered on this object, with iss = the object id (not the appId)"
+            settings = ["object-id"]
         case (401, _):
-            hint = "Graph refused the access token: it must be an app-only Graph token of this tenant (check --tenant / --cloud / --graph-endpoint)"
+            hint = "Graph refused the access token: it must be an app-only Graph token of this tenant (check the tenant, the cloud and the Graph endpoint)"
+            settings = ["tenant", "cloud", "graph-endpoint"]
         case (403, _):
             hint = "the app may only add/remove keys on itself without a permission; on other objects it needs Application.ReadWrite.OwnedBy (as owner) or Application.ReadWrite.All; reading key credentials needs Application.Read.All"
         case (404, _):
-            hint = "no such object or keyId: check --object-id / --app-id / --service-principal and --key-id"
+            hint = "no such object or keyId: check the object id (application or service principal) and the key id"
+            settings = ["object-id", "key-id"]
         case (400, _) where message.contains("PATCH") || message.lowercased().contains("no currently valid"):
             hint = "addKey/removeKey need a currently valid certificate on the object; add the first one in the portal or with PATCH (Update application)"
         case (400, _):
@@ -201,6 +205,6 @@ public struct GraphClient: Sendable {
         default:
             hint = answer.status == 429 || answer.status >= 500 ? "Graph is throttling or unavailable; try again later" : nil
         }
-        return EntraError(.graphRefused, "\(operation): \(code.map { "\($0): " } ?? "")\(message)", hint: hint, graphCode: code, httpStatus: answer.status)
+        return EntraError(.graphRefused, "\(operation): \(code.map { "\($0): " } ?? "")\(message)", hint: hint, settings: settings, graphCode: code, httpStatus: answer.status)
     }
 }

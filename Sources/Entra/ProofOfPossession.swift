@@ -50,7 +50,7 @@ public enum ProofOfPossession {
             throw EntraError(.invalidParameter, "a Graph proof is RS256 (or PS256 if forced), not \(algorithm.rawValue)")
         }
         guard signer.canSign(algorithm) else {
-            throw EntraError(.unsupportedKey, "the token cannot sign \(algorithm.rawValue) with this key", hint: "see 'p11jwt mechanisms'")
+            throw EntraError(.unsupportedKey, "the token cannot sign \(algorithm.rawValue) with this key", hint: "the token's mechanism list says what it can do")
         }
         let header = try JWSHeaderFields(type: "JWT", x5t: true, kid: .thumbprint)
             .header(algorithm: algorithm, certificateChain: signer.certificateChain)

@@ -88,7 +88,7 @@ public struct TokenCache: Sendable {
             try DurableFile.makeDirectory(file.deletingLastPathComponent())
             return try DurableFile.withExclusiveLock(lockFile, body)
         } catch let error as DurableFileError {
-            throw EntraError(.stateFile, "token cache: \(error)", hint: "use --no-cache, or fix the permissions of \(file.deletingLastPathComponent().path)")
+            throw EntraError(.stateFile, "token cache: \(error)", hint: "do without the cache, or fix the permissions of \(file.deletingLastPathComponent().path)", settings: ["no-cache"])
         }
     }
 

@@ -104,7 +104,21 @@ public struct TokenClient: Sendable {
         // Entra appends trace and correlation ids on new lines; the first line is the message.
         let message = description.components(separatedBy: CharacterSet.newlines).first ?? description
         return EntraError(.tokenRefused, message, hint: hint(aadsts: code, message: message, tenant: tenant, clientID: clientID, scope: scope),
-                          aadsts: code, httpStatus: status)
+                          settings: settings(aadsts: code), aadsts: code, httpStatus: status)
+    }
+
+    /// The settings an AADSTS refusal's hint asks the user to check.
+    static func settings(aadsts: Int?) -> [String] {
+        switch aadsts {
+        case 700027: return ["key"]
+        case 700023: return ["tenant", "authority-host", "cloud"]
+        case 90002: return ["tenant", "cloud"]
+        case 700016: return ["client-id", "tenant"]
+        case 500011, 70011, 1002012: return ["scope"]
+        case 5002730: return ["alg"]
+        case 50048, 700021: return ["client-id"]
+        default: return []
+        }
     }
 
     static func hint(aadsts: Int?, message: String, tenant: String, clientID: String, scope: String) -> String? {
@@ -113,35 +127,35 @@ public struct TokenClient: Sendable {
             let thumbprint = message.range(of: "Thumbprint of key used by client: '").map {
                 String(message[$0.upperBound...].prefix(while: { $0 != "'" }))
             }
-            return "this certificate is not registered on the app\(thumbprint.map { ": thumbprint \($0)" } ?? ""); register it (Certificates & secrets, or 'p11jwt add-key') or point --key at the registered one. Right after addKey, Entra may take minutes to replicate a new key."
+            return "this certificate is not registered on the app\(thumbprint.map { ": thumbprint \($0)" } ?? ""); register it (Certificates & secrets, or addKey) or sign with the registered key. Right after addKey, Entra may take minutes to replicate a new key."
         case 700024:
             return "the assertion's time window (nbf/exp) does not contain Entra's clock: check this machine's clock (NTP); the skew allowed is 5 minutes"
         case 700023:
-            return "the assertion's aud must be the token endpoint of the tenant: check --tenant and --authority-host / --cloud"
+            return "the assertion's aud must be the token endpoint of the tenant: check the tenant and the authority host / cloud"
         case 90002:
-            return "tenant '\(tenant)' was not found: check --tenant, and --cloud (a US Gov or China tenant is not on the public cloud)"
+            return "tenant '\(tenant)' was not found: check the tenant and the cloud (a US Gov or China tenant is not on the public cloud)"
         case 700016:
-            return "application '\(clientID)' was not found in tenant '\(tenant)': check --client-id (the appId) and --tenant"
+            return "application '\(clientID)' was not found in tenant '\(tenant)': check the client id (the appId) and the tenant"
         case 7000215, 7000222:
-            return "the credential is invalid or expired: p11jwt sends a client assertion, check that the app accepts certificate credentials"
+            return "the credential is invalid or expired: a client assertion was sent, check that the app accepts certificate credentials"
         case 500011:
-            return "no resource named by the scope '\(scope)' exists in tenant '\(tenant)': check --scope (an API's App ID URI or appId, then /.default) and that the API is registered in this tenant"
+            return "no resource named by the scope '\(scope)' exists in tenant '\(tenant)': check the scope (an API's App ID URI or appId, then /.default) and that the API is registered in this tenant"
         case 70011, 1002012:
             return "the scope '\(scope)' is not valid: app-only tokens need '<resource>/.default', e.g. https://graph.microsoft.com/.default"
         case 50027:
             return "Entra could not read the assertion as a JWT with a certificate thumbprint: check that the key has its certificate (x5t / x5t#S256)"
         case 5002730:
-            return "Entra refused the signing algorithm: use an RSA key; try --alg RS256 if PS256 is refused"
+            return "Entra refused the signing algorithm: use an RSA key; try RS256 if PS256 is refused"
         case 1000502:
-            return "the registered certificate is outside its validity dates: rotate to a new certificate ('p11jwt rotate')"
+            return "the registered certificate is outside its validity dates: rotate to a new certificate"
         case 50048, 700021:
-            return "iss and sub must both be the client id: check --client-id"
+            return "iss and sub must both be the client id: check the client id"
         case 7000218:
-            return "the request carried no client assertion, or the wrong client_assertion_type: this is a p11jwt bug if you see it, please report it"
+            return "the request carried no client assertion, or the wrong client_assertion_type: this is a bug in p11jwt if you see it, please report it"
         case 70003, 900144, 900561:
-            return "the token request is not a client-credentials request Entra accepts: this is a p11jwt bug if you see it, please report it"
+            return "the token request is not a client-credentials request Entra accepts: this is a bug in p11jwt if you see it, please report it"
         case 50013:
-            return "Entra refused the assertion as reused or invalid: run the command again: p11jwt makes a fresh assertion with a new jti for each request"
+            return "Entra refused the assertion as reused or invalid: try again: each request gets a fresh assertion with a new jti"
         case 90033, 50196:
             return "Entra is temporarily unavailable or throttling: try again in a minute"
         default:

@@ -1,8 +1,9 @@
 import Foundation
+import Synchronization
 
 /// Faults the emulator injects, set at start and changed at run time through
 /// `POST /_emulator/faults` (so tests can flip them).
-public final class Faults: @unchecked Sendable {
+public final class Faults: Sendable {
     public struct Settings: Codable, Sendable, Equatable {
         /// Added to every response's latency, in milliseconds.
         public var latencyMilliseconds: Int = 0
@@ -47,15 +48,18 @@ public final class Faults: @unchecked Sendable {
         }
     }
 
-    private let lock = NSLock()
-    private var current: Settings
-    private var seenJTIs: [String: Double] = [:]
+    private struct State {
+        var current: Settings
+        var seenJTIs: [String: Double] = [:]
+    }
 
-    public init(_ settings: Settings = Settings()) { current = settings }
+    private let state: Mutex<State>
+
+    public init(_ settings: Settings = Settings()) { state = Mutex(State(current: settings)) }
 
     public var settings: Settings {
-        get { lock.withLock { current } }
-        set { lock.withLock { current = newValue } }
+        get { state.withLock { $0.current } }
+        set { state.withLock { $0.current = newValue } }
     }
 
     var propagationDelay: TimeInterval { settings.propagationDelaySeconds }
@@ -65,22 +69,22 @@ public final class Faults: @unchecked Sendable {
     /// Takes one injected failure for `route`, if any is pending: an error status before the
     /// request is handled, or (`afterApply`) a connection drop after it was applied.
     func takeFailure(_ route: String, afterApply: Bool = false) -> Failure? {
-        lock.withLock {
-            guard let i = current.failures.firstIndex(where: {
+        state.withLock { state in
+            guard let i = state.current.failures.firstIndex(where: {
                 $0.route == route && $0.count > 0 && ($0.dropAfterApply ?? false) == afterApply
             }) else { return nil }
-            current.failures[i].count -= 1
-            return current.failures[i]
+            state.current.failures[i].count -= 1
+            return state.current.failures[i]
         }
     }
 
     /// Records a `jti`; false when it was already used and has not expired.
     func recordAssertion(jti: String, until exp: Double) -> Bool {
-        lock.withLock {
+        state.withLock { state in
             let now = Date().timeIntervalSince1970
-            seenJTIs = seenJTIs.filter { $0.value + 300 > now }
-            if seenJTIs[jti] != nil { return false }
-            seenJTIs[jti] = exp
+            state.seenJTIs = state.seenJTIs.filter { $0.value + 300 > now }
+            if state.seenJTIs[jti] != nil { return false }
+            state.seenJTIs[jti] = exp
             return true
         }
     }

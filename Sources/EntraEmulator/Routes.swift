@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import HTTPTypes
 import Hummingbird
 import JOSE
@@ -329,13 +330,12 @@ public struct EmulatorRequestContext: RequestContext {
 }
 
 /// The listening URL, known once the server is bound.
-final class BaseURL: @unchecked Sendable {
-    private let lock = NSLock()
-    private var url: String?
-    init(_ url: String?) { self.url = url }
+final class BaseURL: Sendable {
+    private let url: Mutex<String?>
+    init(_ url: String?) { self.url = Mutex(url) }
     var value: String? {
-        get { lock.withLock { url } }
-        set { lock.withLock { url = newValue } }
+        get { url.withLock { $0 } }
+        set { url.withLock { $0 = newValue } }
     }
 }
 

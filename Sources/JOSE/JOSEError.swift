@@ -1,6 +1,8 @@
+import Diagnostics
+
 /// An error from building, parsing or verifying a JWS: a stable ``Code``, a message naming the
 /// thing concerned, what to do next, and where it was thrown.
-public struct JOSEError: Error, Sendable, CustomStringConvertible {
+public struct JOSEError: DiagnosticError {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         let name: String
         public var description: String { name }
@@ -25,22 +27,23 @@ public struct JOSEError: Error, Sendable, CustomStringConvertible {
     public var message: String
     public var hint: String?
     public var cause: (any Error & Sendable)?
-    public var location: String
+    public var location: SourceLocation
+    /// The settings the hint is about (`certificate`, `alg`).
+    public var settings: [String]
 
     public init(
-        _ code: Code, _ message: String, hint: String? = nil, cause: (any Error & Sendable)? = nil,
+        _ code: Code, _ message: String, hint: String? = nil, settings: [String] = [], cause: (any Error & Sendable)? = nil,
         file: String = #fileID, line: Int = #line
     ) {
         self.code = code
         self.message = message
         self.hint = hint
+        self.settings = settings
         self.cause = cause
-        self.location = "\(file):\(line)"
+        self.location = SourceLocation(file: file, line: line)
     }
 
-    public var description: String {
-        var text = message
-        if let hint { text += "\nhint: \(hint)" }
-        return text
-    }
+    public var domain: String { "jose" }
+    public var codeName: String { code.description }
+    public var underlying: (any Error & Sendable)? { cause }
 }

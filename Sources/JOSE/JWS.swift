@@ -164,7 +164,7 @@ public struct JWSHeaderFields: Sendable {
         if needsCertificate && leaf == nil {
             throw JOSEError(
                 .certificateMissing, "the header needs the signing certificate (for x5t, x5t#S256, kid or x5c) and there is none",
-                hint: "store the certificate on the token with the key's CKA_ID, or give it with --cert / --cert-file")
+                hint: "store the certificate on the token with the key's CKA_ID, or give it", settings: ["cert"])
         }
         switch kid {
         case .none: break
@@ -178,7 +178,7 @@ public struct JWSHeaderFields: Sendable {
             if let existing = header[key], existing != value {
                 throw JOSEError(
                     .invalidValue, "header member \"\(key)\" is set by p11jwt (\(existing.serialized)); it cannot be \(value.serialized)",
-                    hint: key == "alg" ? "choose the algorithm with --alg" : nil)
+                    hint: key == "alg" ? "choose the algorithm" : nil, settings: key == "alg" ? ["alg"] : [])
             }
             header[key] = value
         }

@@ -61,11 +61,11 @@ extension Token {
     /// extractable (so it can never leave again), with its public key object, both labelled
     /// `label` with `id`.
     public func importPrivateKey(_ material: PrivateKeyMaterial, label: String, id: [UInt8]) throws -> PrivateKeyObject {
-        guard !label.isEmpty else { throw PKCS11Error(.invalidArgument, "an imported key needs a label (--label)") }
+        guard !label.isEmpty else { throw PKCS11Error(.invalidArgument, "an imported key needs a label", settings: ["label"]) }
         if let clash = try privateKeys().first(where: { $0.label == label || $0.id == id }) {
             throw PKCS11Error(
                 .invalidArgument, "token '\(info.label)' already has a private key with this \(clash.label == label ? "label" : "id"): \(clash.uri)",
-                hint: "choose another --label")
+                hint: "choose another label", settings: ["label"])
         }
         var privateTemplate: [Attribute] = [
             .objectClass(.privateKey), .token(true), .bool(CKA_PRIVATE, true), .bool(CKA_SENSITIVE, true),

@@ -74,23 +74,22 @@ public final class Module: @unchecked Sendable {
     let logger: Logger
     private let handle: UnsafeMutableRawPointer
     private let state = Mutex(State())
-    /// Object-store access: reads (find, attributes) shared, writes (keygen, create, destroy)
-    /// exclusive. SoftHSM's file store has failed with CKR_GENERAL_ERROR when a key pair was
+    /// Object-store access (find, attributes, keygen, create, destroy), one call at a time per
+    /// module: SoftHSM's file store has failed with CKR_GENERAL_ERROR when a key pair was
     /// written while another thread rescanned the token. Signing does not take this lock.
-    private let objectStoreLock = ReadWriteLock()
+    private let objectStoreLock = Mutex(())
 
     /// Logins, one at a time: login state is per application and token, and modules race
     /// on concurrent C_Login calls (tpm2-pkcs11 answers one of them CKR_GENERAL_ERROR).
-    private let loginLock = NSLock()
+    private let loginLock = Mutex(())
 
     func serializingLogins<R>(_ body: () throws -> R) rethrows -> R {
-        loginLock.lock()
-        defer { loginLock.unlock() }
-        return try body()
+        try loginLock.withLock { _ in try body() }
     }
 
+    /// `writing` marks calls that change objects (kept for the day a module allows shared reads).
     func withObjectStore<R>(writing: Bool, _ body: () throws -> R) rethrows -> R {
-        writing ? try objectStoreLock.withWriteLock(body) : try objectStoreLock.withReadLock(body)
+        try objectStoreLock.withLock { _ in try body() }
     }
 
     private struct State {
@@ -121,7 +120,8 @@ public final class Module: @unchecked Sendable {
             guard FileManager.default.fileExists(atPath: expanded) else {
                 throw PKCS11Error(
                     .moduleNotFound, "PKCS#11 module not found: no file at \(expanded)",
-                    hint: "pass --module with the path of the module's .so file, or a p11-kit module name (see 'p11-kit list-modules'); registered here: \(registeredModules().map(\.name).joined(separator: ", "))")
+                    hint: "give the path of the module's .so file, or a p11-kit module name (see 'p11-kit list-modules'); registered here: \(registeredModules().map(\.name).joined(separator: ", "))",
+                    settings: ["module"])
             }
             return (expanded, nil)
         case .name(let name):
@@ -130,8 +130,9 @@ public final class Module: @unchecked Sendable {
                 throw PKCS11Error(
                     .moduleNotFound, "no PKCS#11 module named '\(name)' is registered with p11-kit",
                     hint: registered.isEmpty
-                        ? "no modules are registered (see /usr/share/p11-kit/modules); pass --module with a .so path"
-                        : "registered modules: \(registered.map(\.name).joined(separator: ", ")); or pass --module with a .so path")
+                        ? "no modules are registered (see /usr/share/p11-kit/modules); give the module's .so path"
+                        : "registered modules: \(registered.map(\.name).joined(separator: ", ")); or give a module's .so path",
+                    settings: ["module"])
             }
             return (match.file, name)
         }

@@ -47,7 +47,7 @@ public enum PINOrigin: Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .uriValue: return "pin-value in the URI"
         case .uriSource(let path): return "pin-source \(path)"
-        case .file(let path): return "--pin-file \(path)"
+        case .file(let path): return "the PIN file \(path)"
         case .environment(let name): return "$\(name)"
         case .prompt: return "the terminal prompt"
         case .protectedPath: return "the token's PIN pad (protected authentication path)"
@@ -101,7 +101,7 @@ public struct PINProvider: Sendable {
 
     /// What to tell a user who gave no PIN.
     public var howToGiveAPIN: String {
-        "give the PIN with --pin-file FILE, the \(environmentVariable) environment variable, or pin-source=file:PATH in the URI (or run on a terminal to be prompted)"
+        "give the PIN in a PIN file, the \(environmentVariable) environment variable, or pin-source=file:PATH in the URI (or run on a terminal to be prompted)"
     }
 
     /// The most a PIN file may hold: one line of a PIN (PKCS#11 tokens take at most a few dozen

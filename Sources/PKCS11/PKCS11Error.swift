@@ -1,11 +1,12 @@
 import CP11Kit
+import Diagnostics
 
 /// An error from the PKCS#11 layer: what failed, the PKCS#11 function and `CKR_*` value when a
 /// module call failed, and what to do next.
 ///
 /// Modelled on swift-nio's `FileSystemError`: a stable ``Code`` to switch on, a message written
 /// for the person at the terminal, an optional hint, and where in the source it was thrown.
-public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
+public struct PKCS11Error: DiagnosticError {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         enum Base: String, Hashable, Sendable {
             case moduleNotFound, moduleLoadFailed, functionFailed, invalidURI
@@ -72,15 +73,12 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
     /// The underlying error, if any.
     public var cause: (any Error & Sendable)?
     public var location: SourceLocation
-
-    public struct SourceLocation: Sendable, Hashable {
-        public var file: String
-        public var line: Int
-    }
+    /// The settings the hint is about (`module`, `pin-file`, `label`, …).
+    public var settings: [String]
 
     public init(
         _ code: Code, _ message: String, function: String? = nil, returnValue: ReturnValue? = nil,
-        hint: String? = nil, cause: (any Error & Sendable)? = nil,
+        hint: String? = nil, settings: [String] = [], cause: (any Error & Sendable)? = nil,
         file: String = #fileID, line: Int = #line
     ) {
         self.code = code
@@ -88,8 +86,21 @@ public struct PKCS11Error: Error, Sendable, CustomStringConvertible {
         self.function = function
         self.returnValue = returnValue
         self.hint = hint
+        self.settings = settings
         self.cause = cause
         self.location = SourceLocation(file: file, line: line)
+    }
+
+    public var domain: String { "pkcs11" }
+    public var codeName: String { code.description }
+    public var underlying: (any Error & Sendable)? { cause }
+
+    /// The failing PKCS#11 function and the `CKR_*` name it returned.
+    public var details: [String: String] {
+        var details: [String: String] = [:]
+        details["function"] = function
+        details["returnValue"] = returnValue?.name
+        return details
     }
 
     /// One line for the terminal: message, then `(C_Function: CKR_NAME)`, then the hint.
@@ -146,13 +157,13 @@ extension PKCS11Error {
     static func defaultHint(_ rv: ReturnValue) -> String? {
         switch rv.rawValue {
         case CK_RV(CKR_USER_NOT_LOGGED_IN):
-            return "log in first: give the PIN with --pin-file, P11JWT_PIN or pin-source in the URI"
+            return "log in first: give the PIN in a PIN file, the environment or pin-source in the URI"
         case CK_RV(CKR_TOKEN_NOT_PRESENT), CK_RV(CKR_DEVICE_REMOVED):
             return "the token was removed: insert it again and retry"
         case CK_RV(CKR_KEY_FUNCTION_NOT_PERMITTED):
             return "the key does not allow this operation (CKA_SIGN is false?)"
         case CK_RV(CKR_MECHANISM_INVALID):
-            return "the token does not support this mechanism: see 'p11jwt mechanisms'"
+            return "the token does not support this mechanism: its mechanism list says what it can do"
         case CK_RV(CKR_SESSION_READ_ONLY), CK_RV(CKR_TOKEN_WRITE_PROTECTED):
             return "the token is write-protected"
         default:

@@ -2,9 +2,11 @@ import CP11Kit
 
 /// A PKCS#11 session: a thin, typed wrapper of the session functions.
 ///
-/// Like rust-cryptoki's `Session`, it may move between threads but is used by one at a time:
-/// ``Token`` hands sessions out of its pool to one caller at a time.
-public final class Session: @unchecked Sendable {
+/// Like rust-cryptoki's `Session`, it is used by one caller at a time: ``Token`` keeps its
+/// persistent session under a `Mutex` and hands pool sessions to one caller at a time. Internal
+/// and not `Sendable`: only `Token` and its pool hold sessions. A session not closed by then is
+/// closed when it goes away.
+final class Session {
     public let module: Module
     public let slotID: CK_SLOT_ID
     public let handle: CK_SESSION_HANDLE
@@ -23,10 +25,16 @@ public final class Session: @unchecked Sendable {
         self.handle = handle
     }
 
-    /// `C_CloseSession`; errors are ignored (the session is gone either way).
+    private var isClosed = false
+
+    /// `C_CloseSession` (once); errors are ignored (the session is gone either way).
     public func close() {
+        guard !isClosed else { return }
+        isClosed = true
         _ = f.C_CloseSession(handle)
     }
+
+    deinit { close() }
 
     /// `C_Login`. `pin` nil logs in through a protected authentication path (PIN pad).
     /// `CKR_USER_ALREADY_LOGGED_IN` is success: login state is per application.

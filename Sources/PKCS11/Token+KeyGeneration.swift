@@ -38,14 +38,14 @@ extension Token {
     /// Generates a key pair on the token: private key sensitive, never extractable, for signing.
     /// `id` defaults to 16 random bytes. Refuses a label or id another private key already has.
     public func generateKeyPair(_ spec: KeySpec, label: String, id: [UInt8]? = nil) throws -> PrivateKeyObject {
-        guard !label.isEmpty else { throw PKCS11Error(.invalidArgument, "a key needs a label (--label)") }
+        guard !label.isEmpty else { throw PKCS11Error(.invalidArgument, "a key needs a label", settings: ["label"]) }
         let id = id ?? Self.randomID()
         let existing = try privateKeys()
         if let clash = existing.first(where: { $0.label == label || $0.id == id }) {
             throw PKCS11Error(
                 .invalidArgument,
                 "token '\(info.label)' already has a private key with this \(clash.label == label ? "label" : "id"): \(clash.uri)",
-                hint: "choose another --label / --id, or remove the old key with 'p11jwt destroy'")
+                hint: "choose another label or id, or destroy the old key first", settings: ["label", "id"])
         }
         let mechanism: MechanismType
         var publicTemplate: [Attribute] = [.token(true), .bool(CKA_VERIFY, true), .label(label), .id(id)]
@@ -64,7 +64,7 @@ extension Token {
         guard let info = mechanisms.info(mechanism), info.canGenerateKeyPair else {
             throw PKCS11Error(
                 .mechanismUnsupported, "token '\(self.info.label)' cannot generate \(spec) keys (no \(mechanism))",
-                hint: "see 'p11jwt mechanisms' for what it can do")
+                hint: "its mechanism list says what it can do", settings: ["key-type"])
         }
         // The mechanism's key-size range (bits, for RSA): a clear refusal before the token's
         // own (tpm2-pkcs11 answers RSA-4096 with a bare CKR_ATTRIBUTE_VALUE_INVALID).
@@ -73,7 +73,7 @@ extension Token {
                 .mechanismUnsupported,
                 "token '\(self.info.label)' makes RSA keys of \(info.minKeySize)–\(info.maxKeySize) bits, not \(bits)",
                 function: "C_GetMechanismInfo",
-                hint: "choose --type rsa:\(info.maxKeySize >= 3072 ? 3072 : 2048) (Entra accepts RSA keys of 2048 bits and more)")
+                hint: "choose rsa:\(info.maxKeySize >= 3072 ? 3072 : 2048) (Entra accepts RSA keys of 2048 bits and more)", settings: ["key-type"])
         }
         // Writes are serialised per module (see Module.withObjectStore).
         let (publicHandle, handle) = try withPrimary(writing: true) { session in
@@ -84,7 +84,7 @@ extension Token {
         // verifiable signature: remove the pair rather than leave a trap (tpm2-pkcs11 1.9 makes
         // P-521 keys like that, and then fails C_SignInit with CKR_HOST_MEMORY).
         if key.publicKey == nil {
-            try? withPrimary(writing: true) { session in
+            withPrimary(writing: true) { session in
                 try? session.destroyObject(handle)
                 try? session.destroyObject(publicHandle)
             }
@@ -92,7 +92,7 @@ extension Token {
                 .moduleAnswerInvalid,
                 "token '\(self.info.label)' made a \(spec) key pair but gives back no usable public key for it; the pair was removed",
                 function: "C_GetAttributeValue",
-                hint: "this token cannot use such keys: choose another --type (rsa:2048, ec:p256 or ec:p384)")
+                hint: "this token cannot use such keys: choose another key type (rsa:2048, ec:p256 or ec:p384)", settings: ["key-type"])
         }
         logger.info("generated key pair", metadata: ["type": "\(spec)", "label": "\(label)"])
         return key

@@ -50,7 +50,7 @@ extension Token {
         } else {
             throw PKCS11Error(
                 .pinUnavailable, "token '\(current.label)' needs a PIN and none was given",
-                hint: pins.howToGiveAPIN)
+                hint: pins.howToGiveAPIN, settings: ["pin-file"])
         }
         credentials.withLock {
             $0.loggedIn = true

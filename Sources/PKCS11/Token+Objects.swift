@@ -133,7 +133,7 @@ extension Token {
         if found.isEmpty {
             throw PKCS11Error(
                 .objectNotFound, "no certificate matches \(uri.redacted) on token '\(info.label)'",
-                hint: "list certificates with 'p11jwt objects --token pkcs11:token=\(info.label)'")
+                hint: "the object listing of token '\(info.label)' shows its certificates")
         }
         throw PKCS11Error(
             .objectAmbiguous, "\(found.count) certificates match \(uri.redacted) on token '\(info.label)'",
@@ -194,7 +194,7 @@ extension Token {
             throw PKCS11Error(
                 .certificateMismatch,
                 "certificate \(cert.uri) does not belong to key \(key.uri): its public key is a different key",
-                hint: "store the key's own certificate with the key's CKA_ID, or point at the right one (--cert)")
+                hint: "store the key's own certificate with the key's CKA_ID, or give the right one", settings: ["cert"])
         }
     }
 

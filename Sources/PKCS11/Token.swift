@@ -33,7 +33,7 @@ public final class Token: Sendable {
     let logger: Logger
     /// Runs the blocking calls of the async methods.
     public let executor: BlockingExecutor
-    let primary: Mutex<Session>
+    let primary: GuardedSession
     let pool: SessionPool
     let credentials = Mutex<Credentials>(Credentials())
 
@@ -103,7 +103,7 @@ public final class Token: Sendable {
         self.uri = PKCS11URI.format(token: info, module: slot.module)
         self.logger = logger
         self.executor = options.executor
-        self.primary = Mutex(session)
+        self.primary = GuardedSession(session)
         do {
             self.mechanisms = MechanismSet(try slot.mechanisms())
         } catch {
@@ -142,5 +142,18 @@ public final class Token: Sendable {
     /// A URI for an object on this token.
     public func objectURI(label: String?, id: [UInt8]?, objectClass: ObjectClass) -> String {
         PKCS11URI.format(token: info, label: label, id: id, objectClass: objectClass, module: module)
+    }
+}
+
+/// The token's persistent session, used by one caller at a time under its lock: the one place
+/// a `Session` (not `Sendable`) is shared between threads.
+final class GuardedSession: @unchecked Sendable {
+    private let lock = Mutex(())
+    private let session: Session
+
+    init(_ session: Session) { self.session = session }
+
+    func withLock<R>(_ body: (Session) throws -> R) rethrows -> R {
+        try lock.withLock { _ in try body(session) }
     }
 }

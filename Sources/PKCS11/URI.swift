@@ -21,7 +21,7 @@ public final class PKCS11URI: @unchecked Sendable, CustomStringConvertible {
             let reason = p11_kit_uri_message(result).map { String(cString: $0) } ?? "error \(result)"
             throw PKCS11Error(
                 .invalidURI, "not a valid PKCS#11 URI: '\(Self.redact(trimmed))': \(reason)",
-                hint: "a URI looks like pkcs11:token=MyToken;object=my-key;type=private — copy one from 'p11jwt tokens' or 'p11jwt objects'")
+                hint: "a URI looks like pkcs11:token=MyToken;object=my-key;type=private — copy one from the token and object listings")
         }
         if p11_kit_uri_any_unrecognized(uri) != 0 {
             p11_kit_uri_free(uri)

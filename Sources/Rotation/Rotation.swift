@@ -5,10 +5,8 @@ import Logging
 import PKCS11
 import TokenSigning
 import SwiftASN1
+import Diagnostics
 import X509
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Rotates an application's certificate credential to a new key made in the token, safely:
 ///
@@ -42,28 +40,72 @@ public struct Rotation: Sendable {
         public var ifExpiringWithin: TimeInterval?
         public var oldKeyID: String?
         public var dryRun = false
-        /// Test hook: the process kills itself (SIGKILL) on reaching this point (see
-        /// ``Rotation/crashPoints``), to prove resumption after a real crash.
-        public var crashAt: String?
+        /// Called at each point of ``Rotation/checkpoints`` as the run passes it: after each
+        /// change, before and after it is journaled. Tests stop the process there to prove that
+        /// a run killed anywhere resumes.
+        public var checkpoint: (@Sendable (String) -> Void)?
 
         public init() {}
     }
 
-    /// Where `crashAt` may stop the process: after each change, before and after it is journaled.
-    public static let crashPoints = [
+    /// The points ``Options/checkpoint`` is called at: after each change, before and after it is journaled.
+    public static let checkpoints = [
         "planned", "keygen", "keygen.recorded", "certificate", "certificate.recorded", "addKey", "addKey.recorded",
         "verified", "relabel", "relabel.recorded", "removeKey", "removeKey.recorded", "retire.old", "retire.recorded",
     ]
 
+    /// One step of a run: its name, what it did (``outcome``, for people) and the facts a
+    /// program reads (attempts, keyId, disposition), and how long it took.
     public struct StepReport: Codable, Sendable {
         public var step: String
         public var outcome: String
         public var seconds: Double
+        /// Token requests the verify step made until Entra accepted the new key.
+        public var attempts: Int?
+        /// The credential's keyId (addKey: the new one; removeKey: the old one).
+        public var keyId: String?
+        /// removeKey: removed, kept, notRemoved; retire: what became of the old key.
+        public var disposition: String?
+
+        /// What a step function returns.
+        public struct Result: Sendable {
+            var summary: String
+            var attempts: Int?
+            var keyId: String?
+            var disposition: String?
+        }
+
+        init(step: String, result: Result, seconds: Double) {
+            self.step = step
+            outcome = result.summary
+            self.seconds = (seconds * 1000).rounded() / 1000
+            attempts = result.attempts
+            keyId = result.keyId
+            disposition = result.disposition
+        }
+    }
+
+    /// Something left for the user to do, in the rotation's terms; a front end says how (the
+    /// CLI prints the command).
+    public enum Action: Codable, Sendable, Hashable {
+        /// Remove a credential from the object, with a proof signed by `signingKey` (a key URI).
+        case removeCredential(objectID: String, keyID: String?, signingKey: String?)
+        /// Destroy a key and its certificate on the token (an object URI without a type).
+        case destroyObjects(uri: String)
+    }
+
+    /// How a run ended.
+    public enum Outcome: String, Codable, Sendable {
+        /// The application now uses the new key.
+        case rotated
+        /// The current certificate does not expire within the window: nothing done.
+        case notNeeded
+        /// A dry run: ``Report/plan`` says what a run would do.
+        case planned
     }
 
     public struct Report: Codable, Sendable {
-        /// rotated, notNeeded, planned.
-        public var outcome: String
+        public var outcome: Outcome
         public var resumed: Bool
         public var objectID: String
         public var steps: [StepReport] = []
@@ -77,6 +119,8 @@ public struct Rotation: Sendable {
         public var oldDisposition: String?
         /// What the user still has to do (e.g. remove the old credential by hand).
         public var instructions: [String] = []
+        /// The same as actions a front end can spell out.
+        public var actions: [Action] = []
         public var plan: [String] = []
     }
 
@@ -95,9 +139,9 @@ public struct Rotation: Sendable {
         progress: @escaping @Sendable (String) -> Void = { _ in }
     ) throws {
         guard !target.isServicePrincipal else {
-            throw EntraError(
-                .invalidParameter, "rotate works on an application's credentials: the token endpoint authenticates the app with those",
-                hint: "use add-key / remove-key with --service-principal for service principal credentials")
+            throw RotationError(
+                .invalidRequest, "rotation works on an application's credentials: the token endpoint authenticates the app with those",
+                hint: "add and remove a service principal's key credentials one by one")
         }
         self.client = client
         self.token = token
@@ -111,19 +155,19 @@ public struct Rotation: Sendable {
 
     /// Runs or resumes the rotation. `currentSigner` is asked for only when no rotation is in
     /// progress (a resumed run finds both keys by the ids in the journal).
-    public func run(options: Options, currentSigner: () throws -> TokenSigner) async throws -> Report {
+    public func run(options: Options, currentSigner: @escaping @Sendable () throws -> TokenSigner) async throws -> Report {
         // One rotation per app at a time: a second run would plan its own key, and whichever lost
         // would keep resuming a journal whose credential the winner removed.
         let lock = try journals.lock(objectID: objectID)
         defer { lock.release() }
-        var report = Report(outcome: "rotated", resumed: false, objectID: objectID)
+        var report = Report(outcome: .rotated, resumed: false, objectID: objectID)
         var journal: RotationJournal
         var found = try journals.load(objectID: objectID)
         if let planned = found, planned.step == .planned, let given = options.keySpec, given.description != planned.new.keySpec {
             // Nothing has acted on that plan: another key type replaces it (a token that refused
             // the planned key would otherwise be asked for it again on every run).
             progress("replacing the planned rotation (a \(planned.new.keySpec) key, not made) with one for a \(given) key")
-            try dropPlan(planned)
+            try await onToken { try dropPlan(planned) }
             found = nil
         }
         if let existing = found {
@@ -131,20 +175,21 @@ public struct Rotation: Sendable {
             report.resumed = true
             progress("resuming the rotation of \(objectID) started \(ISO8601DateFormatter().string(from: existing.startedAt)); last step done: \(existing.step)")
             if options.dryRun {
-                report.outcome = "planned"
+                report.outcome = .planned
                 report.plan = Self.plan(after: existing.step, options: options, journal: existing)
                 return report
             }
         } else {
-            let current = try currentSigner()
+            let current = try await onToken(currentSigner)
             guard let certificate = current.certificate else {
-                throw EntraError(.invalidParameter, "the current key \(current.key.uri) has no certificate", hint: "give --cert, or store the key's certificate on the token")
+                throw RotationError(.currentKeyUnusable, "the current key \(current.key.uri) has no certificate",
+                                    hint: "give its certificate, or store it on the token with the key's CKA_ID", settings: ["cert"])
             }
             report.oldThumbprint = certificate.thumbprint.hexSHA1
             if let window = options.ifExpiringWithin {
                 let notAfter = certificate.certificate.notValidAfter
                 if notAfter > Date().addingTimeInterval(window) {
-                    report.outcome = "notNeeded"
+                    report.outcome = .notNeeded
                     progress("certificate \(certificate.thumbprint.hexSHA1) is valid until \(ISO8601DateFormatter().string(from: notAfter)): no rotation needed")
                     return report
                 }
@@ -153,15 +198,16 @@ public struct Rotation: Sendable {
             progress("preflight: getting a token with the current key \(current.key.uri)")
             _ = try await client.token(scope: client.configuration.graphScope, signer: current, useCache: false)
             let oldKeyID = try await findOldKeyID(options: options, signer: current, thumbprint: certificate.thumbprint.hexSHA1)
-            report.steps.append(StepReport(step: "preflight", outcome: "current credential works", seconds: Date().timeIntervalSince(started)))
-            journal = try plan(current: current, certificate: certificate, oldKeyID: oldKeyID, options: options)
+            report.steps.append(StepReport(step: "preflight", result: .init(summary: "current credential works"), seconds: Date().timeIntervalSince(started)))
+            let planOptions = options
+            journal = try await onToken { try plan(current: current, certificate: certificate, oldKeyID: oldKeyID, options: planOptions) }
             if options.dryRun {
-                report.outcome = "planned"
+                report.outcome = .planned
                 report.plan = Self.plan(after: nil, options: options, journal: journal)
                 return report
             }
             try journals.save(journal)
-            crash("planned", options)
+            checkpoint("planned", options)
         }
         report.oldThumbprint = journal.old.thumbprint
         try await proceed(&journal, report: &report, options: options)
@@ -178,6 +224,8 @@ public struct Rotation: Sendable {
         /// What stays: objects on the token and credentials on the application, each with what
         /// to do if it is not wanted.
         public var leftBehind: [String] = []
+        /// What to do about them, if unwanted.
+        public var actions: [Action] = []
     }
 
     /// Gives up the rotation in progress and removes its journal. Before `addKey` the new key is
@@ -188,15 +236,15 @@ public struct Rotation: Sendable {
         let lock = try journals.lock(objectID: objectID)
         defer { lock.release() }
         guard let journal = try journals.load(objectID: objectID) else {
-            throw EntraError(.rotation, "no rotation of \(objectID) is in progress (no journal in \(journals.directory.path))")
+            throw RotationError(.notInProgress, "no rotation of \(objectID) is in progress (no journal in \(journals.directory.path))")
         }
         guard journal.step < .oldRemoved else {
-            throw EntraError(
-                .rotation, "the rotation of \(objectID) is past removing the old credential; it cannot be abandoned",
+            throw RotationError(
+                .cannotAbandon, "the rotation of \(objectID) is past removing the old credential; it cannot be abandoned",
                 hint: "run rotate again to finish it: only the old key's label or its destruction is left")
         }
         guard let newID = Hex.decode(journal.new.idHex), !newID.isEmpty else {
-            throw EntraError(.stateFile, "the rotation journal names a CKA_ID that is not hex", hint: Self.journalHint(journals, journal))
+            throw RotationError(.journal, "the rotation journal names a CKA_ID that is not hex", hint: Self.journalHint(journals, journal))
         }
         var report = AbandonReport(objectID: objectID, step: journal.step.description)
         let newKeyURI = token.objectURI(label: nil, id: newID, objectClass: .privateKey)
@@ -212,11 +260,14 @@ public struct Rotation: Sendable {
             report.destroyed = objects.map { "\($0.objectClass) '\($0.label ?? "")' (CKA_ID \($0.idHex ?? "none"))" }
             if journal.step == .certificateStored, let thumbprint = journal.new.thumbprint {
                 report.leftBehind.append(
-                    "The run may have sent addKey before it stopped: if the application lists a credential with thumbprint \(thumbprint), remove it with: p11jwt remove-key --object-id \(objectID) --key-id <keyId> (its key is destroyed; the proof is signed by the current key)")
+                    "The run may have sent addKey before it stopped: if the application lists a credential with thumbprint \(thumbprint), remove it (its key is destroyed; sign the proof with the current key)")
+                report.actions.append(.removeCredential(objectID: objectID, keyID: nil, signingKey: nil))
             }
         } else {
             report.leftBehind.append(
-                "The new key \(newKeyURI) and its credential \(journal.new.thumbprint ?? "?") (keyId \(journal.new.keyId ?? "unknown")) stay registered and work. If unwanted: p11jwt remove-key --object-id \(objectID) --key-id \(journal.new.keyId ?? "<keyId>"), then p11jwt destroy '\(newKeyURI.replacingOccurrences(of: ";type=private", with: ""))'")
+                "The new key \(newKeyURI) and its credential \(journal.new.thumbprint ?? "?") (keyId \(journal.new.keyId ?? "unknown")) stay registered and work. If unwanted: remove the credential, then destroy the key.")
+            report.actions.append(.removeCredential(objectID: objectID, keyID: journal.new.keyId, signingKey: nil))
+            report.actions.append(.destroyObjects(uri: newKeyURI.replacingOccurrences(of: ";type=private", with: "")))
             report.leftBehind.append(
                 "The old credential \(journal.old.thumbprint)\(journal.old.keyId.map { " (keyId \($0))" } ?? "") stays registered and works.")
             if journal.step >= .relabelled {
@@ -235,9 +286,9 @@ public struct Rotation: Sendable {
 
     private func plan(current: TokenSigner, certificate: JWSCertificate, oldKeyID: String?, options: Options) throws -> RotationJournal {
         guard let oldID = current.key.id, !oldID.isEmpty else {
-            throw EntraError(
-                .invalidParameter, "the current key \(current.key.uri) has no CKA_ID",
-                hint: "rotate finds keys by CKA_ID; give the key one (keys made by p11jwt keygen have one)")
+            throw RotationError(
+                .currentKeyUnusable, "the current key \(current.key.uri) has no CKA_ID",
+                hint: "rotation finds keys by CKA_ID; give the key one (keys generated here have one)")
         }
         let spec: Token.KeySpec
         if let given = options.keySpec {
@@ -266,186 +317,249 @@ public struct Rotation: Sendable {
         return journal
     }
 
+    /// The state one run carries from step to step: the journal (saved after each step), the
+    /// report and what the steps learnt.
+    struct Run {
+        var journal: RotationJournal
+        var report: Report
+        let options: Options
+        let newID: [UInt8]
+        let oldID: [UInt8]
+        var newCertificate: JWSCertificate?
+        var newSigner: TokenSigner?
+        var instructions: [String] = []
+    }
+
     private func proceed(_ journal: inout RotationJournal, report: inout Report, options: Options) async throws {
         guard let newID = Hex.decode(journal.new.idHex), !newID.isEmpty, let oldID = Hex.decode(journal.old.idHex), !oldID.isEmpty else {
-            throw EntraError(.stateFile, "the rotation journal names a CKA_ID that is not hex", hint: Self.journalHint(journals, journal))
+            throw RotationError(.journal, "the rotation journal names a CKA_ID that is not hex", hint: Self.journalHint(journals, journal))
         }
-        let resumed = report.resumed
-        var instructions: [String] = []
-        defer { report.instructions += instructions }
-
-        // 2a. The new key pair, in the token.
-        if journal.step < .keyGenerated {
-            try await timed("keygen", &report) {
-                if let existing = try key(id: newID) {
-                    progress("new key already in the token (interrupted run): \(existing.uri)")
-                } else {
-                    if resumed { try removeHalfMadeObjects(journal, newID: newID) }
-                    progress("generating a \(journal.new.keySpec) key pair in the token")
-                    do {
-                        _ = try token.generateKeyPair(try Token.KeySpec(journal.new.keySpec), label: journal.new.temporaryLabel, id: newID)
-                    } catch var error as PKCS11Error where journal.step == .planned && Self.refusesTheKey(error) {
-                        // The token will not make this key: the plan had no effect, so it goes.
-                        try? dropPlan(journal)
-                        error.hint = (error.hint.map { $0 + ". " } ?? "")
-                            + "Nothing was changed (the rotation plan was dropped): run rotate again with another --key-type"
-                        throw error
-                    }
-                }
-                crash("keygen", options)
-                journal.step = .keyGenerated
-                try journals.save(journal)
-                crash("keygen.recorded", options)
-                return "key generated"
+        var run = Run(journal: journal, report: report, options: options, newID: newID, oldID: oldID)
+        defer {
+            journal = run.journal
+            report = run.report
+            report.instructions += run.instructions
+        }
+        // One function per journal step; each is skipped once the journal records it.
+        let steps: [(RotationJournal.Step, String, (inout Run) async throws -> StepReport.Result)] = [
+            (.keyGenerated, "keygen", generateKey),
+            (.certificateStored, "certificate", makeCertificate),
+            (.added, "addKey", addKey),
+            (.verified, "verify", verifyNewKey),
+            (.relabelled, "relabel", moveLabel),
+            (.oldRemoved, "removeKey", removeOldCredential),
+            (.retired, "retire", retireOldKey),
+        ]
+        for (step, name, body) in steps {
+            if run.journal.step < step {
+                let started = Date()
+                let result = try await body(&run)
+                run.report.steps.append(StepReport(step: name, result: result, seconds: Date().timeIntervalSince(started)))
+            } else if step == .certificateStored {
+                try await loadNewSigner(&run)
+            }
+            switch step {
+            case .certificateStored:
+                run.report.newThumbprint = run.newCertificate?.thumbprint.hexSHA1
+                run.report.newNotAfter = run.newCertificate?.certificate.notValidAfter
+            case .added:
+                run.report.newKeyId = run.journal.new.keyId
+            case .oldRemoved:
+                run.report.oldKeyId = run.journal.old.keyId
+                run.report.oldRemoved = run.journal.oldRemoved
+            default:
+                break
             }
         }
-        guard let newKey = try key(id: newID) else {
-            throw EntraError(.rotation, "the new key (CKA_ID \(journal.new.idHex)) recorded in the journal is not on the token", hint: Self.journalHint(journals, journal))
-        }
-
-        // 2b. Its self-signed certificate, made by the token, stored next to it.
-        let newCertificate: JWSCertificate
-        if journal.step < .certificateStored {
-            newCertificate = try await timedValue("certificate", &report) {
-                let certificate: JWSCertificate
-                if let stored = try token.certificates(matching: try uri(id: newID, type: .certificate)).first {
-                    certificate = try JWSCertificate(der: stored.der)
-                } else {
-                    progress("making a self-signed certificate for it, signed in the token")
-                    let subject = try DistinguishedName(derEncoded: Array(Data(base64Encoded: journal.new.subject) ?? Data()))
-                    certificate = try TokenCertificates.selfSigned(
-                        signer: try TokenSigner(token: token, key: newKey, certificateChain: []), subject: subject, days: journal.new.days)
-                    _ = try token.storeCertificate(der: certificate.der, label: journal.new.temporaryLabel, id: newID)
-                }
-                crash("certificate", options)
-                journal.new.thumbprint = certificate.thumbprint.hexSHA1
-                journal.new.certificate = Data(certificate.der).base64EncodedString()
-                journal.step = .certificateStored
-                try journals.save(journal)
-                crash("certificate.recorded", options)
-                return (certificate, "certificate \(certificate.thumbprint.hexSHA1)")
-            }
-        } else {
-            newCertificate = try JWSCertificate(der: Array(Data(base64Encoded: journal.new.certificate ?? "") ?? Data()))
-        }
-        let newSigner = try TokenSigner(token: token, key: newKey, certificateChain: [newCertificate])
-        report.newThumbprint = newCertificate.thumbprint.hexSHA1
-        report.newNotAfter = newCertificate.certificate.notValidAfter
-
-        // 3. addKey, proven by the current key.
-        if journal.step < .added {
-            try await timed("addKey", &report) {
-                let oldSigner = try signer(id: oldID, what: "current")
-                progress("addKey: registering certificate \(newCertificate.thumbprint.hexSHA1) (proof signed by the current key)")
-                var keyID: String?
-                do {
-                    let added = try await client.addKey(
-                        target, objectID: objectID, certificateDER: newCertificate.der, displayName: journal.new.displayName, signer: oldSigner)
-                    keyID = added.keyId
-                } catch let error as EntraError where error.code == .graphRefused && error.httpStatus == 400 && resumed {
-                    // The interrupted run may have sent it: then the certificate is already there.
-                    keyID = try await confirmAlreadyAdded(newCertificate, signer: oldSigner, newSigner: newSigner, refusal: error)
-                }
-                crash("addKey", options)
-                journal.new.keyId = keyID
-                journal.step = .added
-                try journals.save(journal)
-                if let keyID { try records.record(objectID: objectID, thumbprint: newCertificate.thumbprint.hexSHA1, keyID: keyID, displayName: journal.new.displayName) }
-                crash("addKey.recorded", options)
-                return "keyId \(keyID ?? "(not reported)")"
-            }
-        }
-        report.newKeyId = journal.new.keyId
-
-        // 4. The new key gets a token (Entra replicates new credentials with a delay).
-        if journal.step < .verified {
-            try await timed("verify", &report) {
-                let attempts = try await verify(newSigner, options: options, journal: journal)
-                journal.step = .verified
-                try journals.save(journal)
-                crash("verified", options)
-                return "token acquired with the new key (attempt \(attempts))"
-            }
-        }
-
-        // 5. The label moves to the new key, while both credentials work: first the new key takes
-        //    it, then the old key is relabelled as retired.
-        if journal.step < .relabelled {
-            try await timed("relabel", &report) {
-                let retiredLabel = journal.old.retiredLabel ?? "\(journal.old.label ?? "p11jwt")-retired-\(Self.dateStamp(Date()))"
-                journal.old.retiredLabel = retiredLabel
-                try moveLabel(journal, newID: newID, oldID: oldID)
-                journal.oldDisposition = "kept as '\(retiredLabel)'"
-                crash("relabel", options)
-                journal.step = .relabelled
-                try journals.save(journal)
-                crash("relabel.recorded", options)
-                return "new key labelled '\(journal.new.finalLabel)'; old key labelled '\(retiredLabel)'"
-            }
-        }
-
-        // 6. removeKey of the old credential, proven by the new key.
-        if journal.step < .oldRemoved {
-            try await timed("removeKey", &report) {
-                let outcome: String
-                if options.keepOld {
-                    outcome = "kept (--keep-old)"
-                } else if let oldKeyID = journal.old.keyId {
-                    progress("removeKey: removing the old credential \(oldKeyID) (proof signed by the new key)")
-                    do {
-                        try await client.removeKey(target, objectID: objectID, keyID: oldKeyID, signer: newSigner)
-                    } catch let error as EntraError where error.code == .graphRefused && error.httpStatus == 404 && resumed {
-                        progress("the old credential was already removed (interrupted run)")
-                    }
-                    crash("removeKey", options)
-                    journal.oldRemoved = true
-                    try? records.forget(objectID: objectID, keyID: oldKeyID)
-                    try? client.forgetToken(scope: client.configuration.graphScope, thumbprint: journal.old.thumbprint)
-                    outcome = "removed \(oldKeyID)"
-                } else {
-                    outcome = "not removed: its keyId is unknown"
-                    instructions.append(
-                        "The old credential (certificate \(journal.old.thumbprint)) is still registered. Find its keyId in the portal (App registrations → Certificates & secrets) or with GET /v1.0/applications/\(objectID)?$select=keyCredentials, then run: p11jwt remove-key --object-id \(objectID) --key '\(token.objectURI(label: journal.new.finalLabel, id: newID, objectClass: .privateKey))' --key-id <keyId>")
-                }
-                journal.step = .oldRemoved
-                try journals.save(journal)
-                crash("removeKey.recorded", options)
-                return outcome
-            }
-        }
-        report.oldKeyId = journal.old.keyId
-        report.oldRemoved = journal.oldRemoved
-
-        // 7. The old key is destroyed (--delete-old, once its credential is gone) or kept retired.
-        if journal.step < .retired {
-            try await timed("retire", &report) {
-                // Journals written before the label moved ahead of removeKey reach here unmoved.
-                try moveLabel(journal, newID: newID, oldID: oldID)
-                let oldObjects = try token.objects(matching: try uri(id: oldID))
-                let disposition: String
-                if options.deleteOld && journal.oldRemoved {
-                    try token.destroy(oldObjects)
-                    disposition = "destroyed"
-                } else if oldObjects.isEmpty {
-                    disposition = journal.oldDisposition ?? "already retired"
-                } else {
-                    disposition = "kept as '\(journal.old.retiredLabel ?? "")'"
-                    if options.deleteOld {
-                        instructions.append("The old key was not destroyed: its credential is still registered on the application.")
-                    }
-                }
-                journal.oldDisposition = disposition
-                crash("retire.old", options)
-                journal.step = .retired
-                try journals.save(journal)
-                crash("retire.recorded", options)
-                return "old key \(disposition); new key labelled '\(journal.new.finalLabel)'"
-            }
-        }
-        report.oldDisposition = journal.oldDisposition
-        report.newKeyURI = token.objectURI(label: journal.new.finalLabel, id: nil, objectClass: .privateKey)
+        run.report.oldDisposition = run.journal.oldDisposition
+        run.report.newKeyURI = token.objectURI(label: run.journal.new.finalLabel, id: nil, objectClass: .privateKey)
         try journals.remove(objectID: objectID)
-        progress("done: the application now uses certificate \(newCertificate.thumbprint.hexSHA1) (key \(report.newKeyURI ?? ""))")
+        progress("done: the application now uses certificate \(run.newCertificate?.thumbprint.hexSHA1 ?? "?") (key \(run.report.newKeyURI ?? ""))")
+    }
+
+    /// Records `step` as done: the checkpoint before, the journal write, the checkpoint after.
+    private func record(_ step: RotationJournal.Step, _ point: String, _ run: inout Run) throws {
+        checkpoint(point, run.options)
+        run.journal.step = step
+        try journals.save(run.journal)
+        checkpoint(point + ".recorded", run.options)
+    }
+
+    /// 2a. The new key pair, in the token.
+    private func generateKey(_ run: inout Run) async throws -> StepReport.Result {
+        let (newID, journal, resumed) = (run.newID, run.journal, run.report.resumed)
+        let existing = try await onToken { try key(id: newID) }
+        if let existing {
+            progress("new key already in the token (interrupted run): \(existing.uri)")
+        } else {
+            if resumed { try await onToken { try removeHalfMadeObjects(journal, newID: newID) } }
+            progress("generating a \(journal.new.keySpec) key pair in the token")
+            do {
+                let spec = try Token.KeySpec(journal.new.keySpec)
+                _ = try await token.run { try $0.generateKeyPair(spec, label: journal.new.temporaryLabel, id: newID) }
+            } catch var error as PKCS11Error where journal.step == .planned && Self.refusesTheKey(error) {
+                // The token will not make this key: the plan had no effect, so it goes.
+                try? await onToken { try dropPlan(journal) }
+                error.hint = (error.hint.map { $0 + ". " } ?? "")
+                    + "Nothing was changed (the rotation plan was dropped): rotate again with another key type"
+                error.settings.append("key-type")
+                throw error
+            }
+        }
+        try record(.keyGenerated, "keygen", &run)
+        return .init(summary: "key generated")
+    }
+
+    /// 2b. Its self-signed certificate, made by the token, stored next to it.
+    private func makeCertificate(_ run: inout Run) async throws -> StepReport.Result {
+        let (newID, journal) = (run.newID, run.journal)
+        let newKey = try await requireNewKey(run)
+        let stored = try await onToken { try token.certificates(matching: try uri(id: newID, type: .certificate)).first }
+        let certificate: JWSCertificate
+        if let stored {
+            certificate = try JWSCertificate(der: stored.der)
+        } else {
+            progress("making a self-signed certificate for it, signed in the token")
+            let subject = try DistinguishedName(derEncoded: Array(Data(base64Encoded: journal.new.subject) ?? Data()))
+            let signer = try await TokenSigner.make(token: token, key: newKey, certificateChain: [])
+            certificate = try await TokenCertificates.selfSigned(signer: signer, subject: subject, days: journal.new.days)
+            _ = try await token.run { try $0.storeCertificate(der: certificate.der, label: journal.new.temporaryLabel, id: newID) }
+        }
+        run.journal.new.thumbprint = certificate.thumbprint.hexSHA1
+        run.journal.new.certificate = Data(certificate.der).base64EncodedString()
+        try record(.certificateStored, "certificate", &run)
+        run.newCertificate = certificate
+        run.newSigner = try await TokenSigner.make(token: token, key: newKey, certificateChain: [certificate])
+        return .init(summary: "certificate \(certificate.thumbprint.hexSHA1)")
+    }
+
+    /// The new key's signer from what the journal recorded (a resumed run past 2b).
+    private func loadNewSigner(_ run: inout Run) async throws {
+        let certificate = try JWSCertificate(der: Array(Data(base64Encoded: run.journal.new.certificate ?? "") ?? Data()))
+        let newKey = try await requireNewKey(run)
+        run.newCertificate = certificate
+        run.newSigner = try await TokenSigner.make(token: token, key: newKey, certificateChain: [certificate])
+    }
+
+    private func requireNewKey(_ run: Run) async throws -> PrivateKeyObject {
+        let newID = run.newID
+        guard let newKey = try await onToken({ try key(id: newID) }) else {
+            throw RotationError(
+                .keyMissing, "the new key (CKA_ID \(run.journal.new.idHex)) recorded in the journal is not on the token",
+                hint: Self.journalHint(journals, run.journal))
+        }
+        return newKey
+    }
+
+    /// 3. addKey, proven by the current key.
+    private func addKey(_ run: inout Run) async throws -> StepReport.Result {
+        guard let certificate = run.newCertificate, let newSigner = run.newSigner else { throw Self.stepOrder() }
+        let oldID = run.oldID
+        let oldSigner = try await onToken { try signer(id: oldID, what: "current") }
+        progress("addKey: registering certificate \(certificate.thumbprint.hexSHA1) (proof signed by the current key)")
+        var keyID: String?
+        do {
+            let added = try await client.addKey(
+                target, objectID: objectID, certificateDER: certificate.der, displayName: run.journal.new.displayName, signer: oldSigner)
+            keyID = added.keyId
+        } catch let error as EntraError where error.code == .graphRefused && error.httpStatus == 400 && run.report.resumed {
+            // The interrupted run may have sent it: then the certificate is already there.
+            keyID = try await confirmAlreadyAdded(certificate, signer: oldSigner, newSigner: newSigner, refusal: error)
+        }
+        checkpoint("addKey", run.options)
+        run.journal.new.keyId = keyID
+        run.journal.step = .added
+        try journals.save(run.journal)
+        if let keyID { try records.record(objectID: objectID, thumbprint: certificate.thumbprint.hexSHA1, keyID: keyID, displayName: run.journal.new.displayName) }
+        checkpoint("addKey.recorded", run.options)
+        return .init(summary: "keyId \(keyID ?? "(not reported)")", keyId: keyID)
+    }
+
+    /// 4. The new key gets a token (Entra replicates new credentials with a delay).
+    private func verifyNewKey(_ run: inout Run) async throws -> StepReport.Result {
+        guard let newSigner = run.newSigner else { throw Self.stepOrder() }
+        let attempts = try await verify(newSigner, options: run.options, journal: run.journal)
+        run.journal.step = .verified
+        try journals.save(run.journal)
+        checkpoint("verified", run.options)
+        return .init(summary: "token acquired with the new key (attempt \(attempts))", attempts: attempts)
+    }
+
+    /// 5. The label moves to the new key, while both credentials work: first the new key takes
+    ///    it, then the old key is relabelled as retired.
+    private func moveLabel(_ run: inout Run) async throws -> StepReport.Result {
+        let retiredLabel = run.journal.old.retiredLabel ?? "\(run.journal.old.label ?? "p11jwt")-retired-\(Self.dateStamp(Date()))"
+        run.journal.old.retiredLabel = retiredLabel
+        let (journal, newID, oldID) = (run.journal, run.newID, run.oldID)
+        try await onToken { try moveLabel(journal, newID: newID, oldID: oldID) }
+        run.journal.oldDisposition = "kept as '\(retiredLabel)'"
+        try record(.relabelled, "relabel", &run)
+        return .init(summary: "new key labelled '\(run.journal.new.finalLabel)'; old key labelled '\(retiredLabel)'")
+    }
+
+    /// 6. removeKey of the old credential, proven by the new key.
+    private func removeOldCredential(_ run: inout Run) async throws -> StepReport.Result {
+        guard let newSigner = run.newSigner else { throw Self.stepOrder() }
+        let result: StepReport.Result
+        if run.options.keepOld {
+            result = .init(summary: "kept (keep old)", disposition: "kept")
+        } else if let oldKeyID = run.journal.old.keyId {
+            progress("removeKey: removing the old credential \(oldKeyID) (proof signed by the new key)")
+            do {
+                try await client.removeKey(target, objectID: objectID, keyID: oldKeyID, signer: newSigner)
+            } catch let error as EntraError where error.code == .graphRefused && error.httpStatus == 404 && run.report.resumed {
+                progress("the old credential was already removed (interrupted run)")
+            }
+            checkpoint("removeKey", run.options)
+            run.journal.oldRemoved = true
+            try? records.forget(objectID: objectID, keyID: oldKeyID)
+            try? client.forgetToken(scope: client.configuration.graphScope, thumbprint: run.journal.old.thumbprint)
+            result = .init(summary: "removed \(oldKeyID)", keyId: oldKeyID, disposition: "removed")
+        } else {
+            result = .init(summary: "not removed: its keyId is unknown", disposition: "notRemoved")
+            let newKeyURI = token.objectURI(label: run.journal.new.finalLabel, id: run.newID, objectClass: .privateKey)
+            run.instructions.append(
+                "The old credential (certificate \(run.journal.old.thumbprint)) is still registered. Find its keyId in the portal (App registrations → Certificates & secrets) or with GET /v1.0/applications/\(objectID)?$select=keyCredentials, then remove it with a proof signed by the new key.")
+            run.report.actions.append(.removeCredential(objectID: objectID, keyID: nil, signingKey: newKeyURI))
+        }
+        run.journal.step = .oldRemoved
+        try journals.save(run.journal)
+        checkpoint("removeKey.recorded", run.options)
+        return result
+    }
+
+    /// 7. The old key is destroyed (delete old, once its credential is gone) or kept retired.
+    private func retireOldKey(_ run: inout Run) async throws -> StepReport.Result {
+        let (journal, newID, oldID, deleteOld) = (run.journal, run.newID, run.oldID, run.options.deleteOld)
+        let (disposition, kept): (String, Bool) = try await onToken {
+            // Journals written before the label moved ahead of removeKey reach here unmoved.
+            try moveLabel(journal, newID: newID, oldID: oldID)
+            let oldObjects = try token.objects(matching: try uri(id: oldID))
+            if deleteOld && journal.oldRemoved {
+                try token.destroy(oldObjects)
+                return ("destroyed", false)
+            }
+            if oldObjects.isEmpty { return (journal.oldDisposition ?? "already retired", false) }
+            return ("kept as '\(journal.old.retiredLabel ?? "")'", true)
+        }
+        if deleteOld && kept {
+            run.instructions.append("The old key was not destroyed: its credential is still registered on the application.")
+        }
+        run.journal.oldDisposition = disposition
+        checkpoint("retire.old", run.options)
+        run.journal.step = .retired
+        try journals.save(run.journal)
+        checkpoint("retire.recorded", run.options)
+        return .init(summary: "old key \(disposition); new key labelled '\(run.journal.new.finalLabel)'", disposition: disposition)
+    }
+
+    static func stepOrder() -> RotationError {
+        RotationError(.journal, "a rotation step ran before the new key's certificate was known (a bug: please report it)")
+    }
+
+    /// Blocking token work on the token's executor.
+    private func onToken<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await token.run { _ in try body() }
     }
 
     /// Acquires tokens with the new key until Entra accepts it or the propagation timeout passes.
@@ -461,10 +575,11 @@ public struct Rotation: Sendable {
                 return attempt
             } catch let error as EntraError where error.code == .tokenRefused && error.aadsts == 700027 {
                 guard Date().addingTimeInterval(wait) < deadline else {
-                    throw EntraError(
-                        .rotation,
+                    throw RotationError(
+                        .notPropagated,
                         "the new certificate \(journal.new.thumbprint ?? "") was added but Entra still refuses it after \(Int(options.propagationTimeout))s (AADSTS700027)",
-                        hint: "the old credential is untouched and still works; run 'p11jwt rotate' again later to resume, or raise --propagation-timeout")
+                        hint: "the old credential is untouched and still works; run the rotation again later to resume, or allow a longer propagation timeout",
+                        settings: ["propagation-timeout"], cause: error)
                 }
                 progress("the new key is not accepted yet (Entra replication, AADSTS700027); retrying in \(Int(wait.rounded()))s")
                 try await Task.sleep(for: .seconds(wait))
@@ -485,14 +600,14 @@ public struct Rotation: Sendable {
             progress("the interrupted run had already added the certificate (the new key gets tokens)")
             return nil
         }
-        throw EntraError(
-            .rotation, "addKey was refused (\(refusal.message)); the interrupted run may have added the certificate and Entra not replicated it yet",
-            hint: "run 'p11jwt rotate' again in a few minutes to resume; the old credential is untouched")
+        throw RotationError(
+            .addKeyUncertain, "addKey was refused (\(refusal.message)); the interrupted run may have added the certificate and Entra not replicated it yet",
+            hint: "run the rotation again in a few minutes to resume; the old credential is untouched", cause: refusal)
     }
 
     private func findOldKeyID(options: Options, signer: TokenSigner, thumbprint: String) async throws -> String? {
         if let given = options.oldKeyID {
-            return try EntraValue.guid(given, what: "old key id", hint: "give --old-key-id as the keyId GUID of the current credential")
+            return try EntraValue.guid(given, what: "old key id", hint: "give the keyId GUID of the current credential", settings: ["old-key-id"])
         }
         if let recorded = try records.keyID(objectID: objectID, thumbprint: thumbprint) { return recorded }
         do {
@@ -501,7 +616,7 @@ public struct Rotation: Sendable {
         } catch let error as EntraError where error.code == .graphRefused {
             logger.info("cannot read the application's key credentials", metadata: ["reason": "\(error.message)"])
         }
-        progress("the current credential's keyId is unknown (no --old-key-id, no record, no Graph read permission): the old credential will be left for you to remove")
+        progress("the current credential's keyId is unknown (none given, no record, no Graph read permission): the old credential will be left for you to remove")
         return nil
     }
 
@@ -543,7 +658,7 @@ public struct Rotation: Sendable {
     /// on the token, then the journal.
     private func dropPlan(_ journal: RotationJournal) throws {
         guard journal.step == .planned, let newID = Hex.decode(journal.new.idHex), !newID.isEmpty else {
-            throw EntraError(.stateFile, "the rotation journal names a CKA_ID that is not hex", hint: Self.journalHint(journals, journal))
+            throw RotationError(.journal, "the rotation journal names a CKA_ID that is not hex", hint: Self.journalHint(journals, journal))
         }
         try removeHalfMadeObjects(journal, newID: newID)
         try journals.remove(objectID: objectID)
@@ -587,7 +702,7 @@ public struct Rotation: Sendable {
 
     private func signer(id: [UInt8], what: String) throws -> TokenSigner {
         guard let key = try key(id: id) else {
-            throw EntraError(.rotation, "the \(what) key (CKA_ID \(Self.hex(id))) is not on the token any more", hint: "check the token; the journal is in \(journals.directory.path)")
+            throw RotationError(.keyMissing, "the \(what) key (CKA_ID \(Self.hex(id))) is not on the token any more", hint: "check the token; the journal is in \(journals.directory.path)")
         }
         return try TokenSigner(token: token, key: key)
     }
@@ -596,23 +711,8 @@ public struct Rotation: Sendable {
         try PKCS11URI(PKCS11URI.format(token: token.info, id: id, objectClass: type))
     }
 
-    private func crash(_ point: String, _ options: Options) {
-        guard options.crashAt == point else { return }
-        logger.warning("test hook: killing the process at \(point)")
-        kill(getpid(), SIGKILL)
-    }
-
-    private func timed(_ step: String, _ report: inout Report, _ body: () async throws -> String) async throws {
-        let started = Date()
-        let outcome = try await body()
-        report.steps.append(StepReport(step: step, outcome: outcome, seconds: Date().timeIntervalSince(started)))
-    }
-
-    private func timedValue<T>(_ step: String, _ report: inout Report, _ body: () async throws -> (T, String)) async throws -> T {
-        let started = Date()
-        let (value, outcome) = try await body()
-        report.steps.append(StepReport(step: step, outcome: outcome, seconds: Date().timeIntervalSince(started)))
-        return value
+    private func checkpoint(_ point: String, _ options: Options) {
+        options.checkpoint?(point)
     }
 
     static func plan(after step: RotationJournal.Step?, options: Options, journal: RotationJournal) -> [String] {
@@ -627,7 +727,7 @@ public struct Rotation: Sendable {
             lines.append("give the new key the label '\(journal.new.finalLabel)' and relabel the old key as retired")
         }
         if done < .oldRemoved {
-            lines.append(options.keepOld ? "keep the old credential (--keep-old)"
+            lines.append(options.keepOld ? "keep the old credential"
                 : journal.old.keyId.map { "removeKey \($0) (the old credential), proof signed by the new key" } ?? "leave the old credential (keyId unknown) and say how to remove it")
         }
         if done < .retired {

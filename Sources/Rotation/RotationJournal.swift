@@ -93,12 +93,13 @@ public struct RotationJournalStore: Sendable {
         do {
             try DurableFile.makeDirectory(directory)
             guard let held = try DurableFile.tryExclusiveLock(url) else {
-                throw EntraError(.rotation, "another rotate of \(objectID) is running (it holds \(url.path))",
+                throw RotationError(.alreadyRunning, "another rotate of \(objectID) is running (it holds \(url.path))",
                     hint: "let it finish; nothing was changed by this run")
             }
             return held
         } catch let error as DurableFileError {
-            throw EntraError(.stateFile, "cannot lock the rotation of \(objectID): \(error)", hint: "give a state directory you can write")
+            throw RotationError(.journal, "cannot lock the rotation of \(objectID): \(error)", hint: "use a state directory you can write",
+                                settings: ["state-dir"], cause: error)
         }
     }
 
@@ -108,8 +109,8 @@ public struct RotationJournalStore: Sendable {
         do {
             return try StateJSON.decoder.decode(RotationJournal.self, from: data)
         } catch {
-            throw EntraError(
-                .stateFile, "the rotation journal \(url.path) is damaged: \(error)",
+            throw RotationError(
+                .journal, "the rotation journal \(url.path) is damaged: \(error)",
                 hint: "inspect it: it names the new key's CKA_ID and the credentials involved; move it aside only once the app's credentials are checked")
         }
     }
@@ -121,7 +122,8 @@ public struct RotationJournalStore: Sendable {
             try DurableFile.makeDirectory(directory)
             try DurableFile.writeAtomically(try StateJSON.encoder.encode(journal), to: file(journal.objectID), mode: 0o600)
         } catch let error as DurableFileError {
-            throw EntraError(.stateFile, "cannot write the rotation journal: \(error)", hint: "give --state-dir a directory you can write")
+            throw RotationError(.journal, "cannot write the rotation journal: \(error)", hint: "use a state directory you can write",
+                                settings: ["state-dir"], cause: error)
         }
     }
 
@@ -129,7 +131,7 @@ public struct RotationJournalStore: Sendable {
         let url = file(objectID)
         guard FileManager.default.fileExists(atPath: url.path) else { return }
         do { try FileManager.default.removeItem(at: url) } catch {
-            throw EntraError(.stateFile, "cannot remove the finished journal \(url.path): \(error)")
+            throw RotationError(.journal, "cannot remove the finished journal \(url.path): \(error)", cause: error)
         }
     }
 }

@@ -17,7 +17,7 @@ public struct TokenCertificateKey: CustomPrivateKey {
         guard let publicKey = signer.publicKey else {
             throw PKCS11Error(
                 .objectNotFound, "the key has no public key on the token to put in a certificate",
-                hint: "keys made by 'p11jwt keygen' have one; otherwise import the public key object with the same CKA_ID")
+                hint: "keys generated here have one; otherwise import the public key object with the same CKA_ID")
         }
         self.signer = signer
         self.publicKey = publicKey

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 import JOSE
 import Logging
 import PKCS11
@@ -46,11 +47,10 @@ struct ModuleOptions: ParsableArguments {
 
 /// Logging is configured once per process, by the executable only.
 enum LoggingBootstrap {
-    nonisolated(unsafe) private static var done = false
-    private static let lock = NSLock()
+    private static let done = Mutex(false)
 
     static func once(level: Logger.Level) {
-        lock.withLock {
+        done.withLock { done in
             guard !done else { return }
             done = true
             LoggingSystem.bootstrap { label in
@@ -113,8 +113,20 @@ struct TokenContext {
         let logger = try moduleOptions.makeLogger()
         let uri = try PKCS11URI(uriText)
         try refusePINInArguments(uri, uriText)
-        let module = try Module.load(moduleOptions.spec(for: uri), logger: logger)
-        let token = try Token.open(uri, module: module, logger: logger)
+        let spec = try moduleOptions.spec(for: uri)
+        var module = try Module.load(spec, logger: logger)
+        let token: Token
+        do {
+            token = try Token.open(uri, module: module, logger: logger)
+        } catch let error as PKCS11Error where error.code == .tokenNotFound {
+            // A module reads its tokens when initialised: SoftHSM loses a token whose store
+            // another process is rewriting at that moment. This process is the module's only
+            // user, so initialise it once more and look again.
+            module.finalize()
+            Thread.sleep(forTimeInterval: Token.labelSettleTime)
+            module = try Module.load(spec, logger: logger)
+            token = try Token.open(uri, module: module, logger: logger)
+        }
         if login, let pins {
             do {
                 try token.login(pins: pins.provider, uri: uri)

@@ -1,4 +1,5 @@
 import Agent
+import Diagnostics
 import ArgumentParser
 import Entra
 import Foundation
@@ -45,23 +46,10 @@ struct P11JWT: AsyncParsableCommand {
                 var command = command
                 try command.run()
             }
-        } catch let error as PKCS11Error {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            Foundation.exit(1)
-        } catch let error as EntraError {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            Foundation.exit(error.code == .invalidParameter ? 2 : 1)
-        } catch let error as AgentClientError {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            Foundation.exit(1)
-        } catch let error as AgentAPI.ErrorBody {
-            FileHandle.standardError.write(Data("error: \(error.message)\(error.hint.map { "\nhint: \($0)" } ?? "")\n".utf8))
-            Foundation.exit(1)
-        } catch let error as CLIError {
-            FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
-            Foundation.exit(error.exitCode)
         } catch let error as ExitCode {
             Foundation.exit(error.rawValue)
+        } catch let error as any DiagnosticError {
+            Foundation.exit(ErrorReport.write(error))
         } catch {
             let code = exitCode(for: error)
             if code == .success {
@@ -80,10 +68,25 @@ struct P11JWT: AsyncParsableCommand {
 }
 
 /// An error from the command-line layer itself.
-struct CLIError: Error {
+struct CLIError: DiagnosticError {
     var message: String
     /// 1: the operation failed; 2: usage.
     var exitCode: Int32 = 1
+    var hint: String?
+    var location: SourceLocation
 
-    static func usage(_ message: String) -> CLIError { CLIError(message: message, exitCode: 2) }
+    init(message: String, exitCode: Int32 = 1, hint: String? = nil, file: String = #fileID, line: Int = #line) {
+        self.message = message
+        self.exitCode = exitCode
+        self.hint = hint
+        self.location = SourceLocation(file: file, line: line)
+    }
+
+    static func usage(_ message: String, file: String = #fileID, line: Int = #line) -> CLIError {
+        CLIError(message: message, exitCode: 2, file: file, line: line)
+    }
+
+    var domain: String { "cli" }
+    var codeName: String { exitCode == 2 ? "usage" : "failed" }
+    var isUsageError: Bool { exitCode == 2 }
 }

@@ -33,7 +33,7 @@ struct RefusalHintTests {
 
     @Test(arguments: [
         (401, "Authentication_MissingOrMalformed", "proof"), (401, "InvalidAuthenticationToken", "access token"),
-        (403, "Authorization_RequestDenied", "Application.ReadWrite"), (404, "Request_ResourceNotFound", "--object-id"),
+        (403, "Authorization_RequestDenied", "Application.ReadWrite"), (404, "Request_ResourceNotFound", "object id"),
         (400, "Request_BadRequest", "message"), (429, "TooManyRequests", "later"), (503, "ServiceUnavailable", "later"),
     ])
     func eachGraphRefusalNamesItsCodeAndTheNextStep(status: Int, code: String, needle: String) {

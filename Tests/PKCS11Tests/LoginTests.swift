@@ -15,7 +15,7 @@ struct LoginTests {
             let error = try #require(throws: PKCS11Error.self) { try token.login(pins: noPrompt) }
             #expect(error.code == .pinUnavailable)
             #expect(error.message.contains("login-wrong"))
-            #expect(error.hint?.contains("--pin-file") == true)
+            #expect(error.hint?.contains("PIN file") == true && error.settings.contains("pin-file"))
             #expect(error.hint?.contains("P11JWT_PIN") == true)
             #expect(!token.isLoggedIn)
         }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Entra
 import Foundation
+import Logging
 import JOSE
 import PKCS11
 import TokenSigning
@@ -78,8 +79,18 @@ struct RotateCommand: AsyncParsableCommand {
         options.keepOld = keepOld
         options.deleteOld = deleteOld
         options.dryRun = dryRun
-        // Test hook (see Rotation.crashPoints): the process kills itself there.
-        options.crashAt = ProcessInfo.processInfo.environment["P11JWT_TEST_CRASH_AT"]
+        #if DEBUG
+        // Test hook, in debug builds only (see Rotation.checkpoints): the process kills itself
+        // at the named point, to prove that a run killed anywhere resumes.
+        if let point = ProcessInfo.processInfo.environment["P11JWT_TEST_CRASH_AT"] {
+            let logger = Logger(label: "p11jwt.test-hook")
+            options.checkpoint = { reached in
+                guard reached == point else { return }
+                logger.warning("test hook: killing the process at \(reached)")
+                kill(getpid(), SIGKILL)
+            }
+        }
+        #endif
         let signing = graph.signing
         let keyURI = try signing.keyURI(fallback: prepared.configFile["key"])
         let context = try TokenContext.open(keyURI, moduleOptions: signing.moduleOptions, pins: signing.pinOptions, login: true)
@@ -113,6 +124,7 @@ struct RotateCommand: AsyncParsableCommand {
                 print("abandoned the rotation of \(abandoned.objectID) (last step done: \(abandoned.step))")
                 for line in abandoned.destroyed { print("destroyed: \(line)") }
                 for line in abandoned.leftBehind { print("left: \(line)") }
+                for action in abandoned.actions { print("if unwanted, run: \(Self.command(action))") }
             }
             return
         }
@@ -121,9 +133,9 @@ struct RotateCommand: AsyncParsableCommand {
             try printJSON(report)
         case .text:
             switch report.outcome {
-            case "notNeeded":
+            case .notNeeded:
                 print("no rotation needed: the current certificate does not expire within the window")
-            case "planned":
+            case .planned:
                 print("plan\(report.resumed ? " (resuming)" : ""):")
                 for line in report.plan { print("  - \(line)") }
             default:
@@ -133,7 +145,18 @@ struct RotateCommand: AsyncParsableCommand {
                 print("new key: \(report.newKeyURI ?? "?")")
                 print("new certificate: \(report.newThumbprint ?? "?") keyId \(report.newKeyId ?? "(not reported)")")
                 for line in report.instructions { print("todo: \(line)") }
+                for action in report.actions { print("run: \(Self.command(action))") }
             }
+        }
+    }
+
+    /// The command that carries out what a rotation leaves to do.
+    static func command(_ action: Rotation.Action) -> String {
+        switch action {
+        case .removeCredential(let objectID, let keyID, let signingKey):
+            return "p11jwt remove-key --object-id \(objectID)" + (signingKey.map { " --key '\($0)'" } ?? "") + " --key-id \(keyID ?? "<keyId>")"
+        case .destroyObjects(let uri):
+            return "p11jwt destroy '\(uri)'"
         }
     }
 
