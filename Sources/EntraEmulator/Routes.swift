@@ -50,11 +50,11 @@ public struct EmulatorRoutes: Sendable {
                 let body = try await request.collectBody(upTo: 1 << 20)
                 // Entra reads a form body only: any other content type is a request without parameters.
                 let isForm = request.headers[.contentType].map { Self.mediaType($0) == "application/x-www-form-urlencoded" } ?? false
-                let form = isForm ? Self.parseForm(String(buffer: body)) : [:]
                 let tenant = context.parameters.get("tenant") ?? "common"
                 let authorities = authorities(request)
                 let now = faults.now
                 do throws(OAuthError) {
+                    let form = isForm ? try Self.parseForm(String(buffer: body)) : [:]
                     return Self.json(try token.issue(tenant: tenant, form: form, authorities: authorities, now: now, endpoint: version))
                 } catch {
                     context.logger.info("token request refused", metadata: ["aadsts": "\(error.code)"])
@@ -297,17 +297,46 @@ public struct EmulatorRoutes: Sendable {
     }
 
     /// `application/x-www-form-urlencoded`.
-    static func parseForm(_ text: String) -> [String: String] {
-        var form: [String: String] = [:]
-        for pair in text.split(separator: "&") {
-            // "=" alone, or "=x", has an empty name: ignored, like any parameter Entra does not know.
-            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map {
-                String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0)
-            }
-            guard let name = parts.first, !name.isEmpty else { continue }
-            form[name] = parts.count > 1 ? parts[1] : ""
+    /// The token request's parameters, decoded by Hummingbird's URL-encoded form decoder into
+    /// the ones the endpoint reads; unknown parameters are ignored, as Entra ignores them.
+    struct TokenForm: Decodable {
+        var grant_type: String?
+        var client_id: String?
+        var scope: String?
+        var resource: String?
+        var client_secret: String?
+        var client_assertion: String?
+        var client_assertion_type: String?
+
+        var fields: [String: String] {
+            var fields: [String: String] = [:]
+            fields["grant_type"] = grant_type
+            fields["client_id"] = client_id
+            fields["scope"] = scope
+            fields["resource"] = resource
+            fields["client_secret"] = client_secret
+            fields["client_assertion"] = client_assertion
+            fields["client_assertion_type"] = client_assertion_type
+            return fields
         }
-        return form
+    }
+
+    /// A parameter given twice is refused as Entra refuses it (AADSTS9000411, e.g. MSAL
+    /// Android's duplicated `login_hint`); parameters with an empty name (`=`, `=x`) are dropped
+    /// first, like any parameter Entra does not know.
+    static func parseForm(_ text: String) throws(OAuthError) -> [String: String] {
+        let named = text.split(separator: "&", omittingEmptySubsequences: true).filter { !$0.hasPrefix("=") }.joined(separator: "&")
+        do {
+            return try URLEncodedFormDecoder().decode(TokenForm.self, from: named).fields
+        } catch let error as URLEncodedFormError where error.code == .duplicateKeys {
+            throw OAuthError(400, "invalid_request", 9000411, "The request is not properly formatted. The parameter '\(error.value)' is duplicated.")
+        } catch let error as URLEncodedFormError {
+            // Uncertain: Entra's answer to a body that does not decode (bad percent-encoding,
+            // a known parameter given as a[b]); the same code, naming the parameter.
+            throw OAuthError(400, "invalid_request", 9000411, "The request is not properly formatted. The parameter '\(error.value)' is malformed.")
+        } catch {
+            throw OAuthError(400, "invalid_request", 9000411, "The request is not properly formatted.")
+        }
     }
 
     static func json(_ object: JSONObject, status: Int = 200) -> Response {

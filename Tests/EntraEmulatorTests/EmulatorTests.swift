@@ -115,6 +115,28 @@ struct TokenEndpointTests {
         }
     }
 
+    /// A parameter given twice is refused with Entra's AADSTS9000411 (as Entra answered MSAL
+    /// Android's duplicated login_hint and Spring's duplicated scope), not silently resolved.
+    @Test func aParameterGivenTwiceIsRefusedAsEntraRefusesIt() async throws {
+        let f = try EmulatorFixture()
+        let good = String(buffer: f.form(f.tokenForm(try f.assertion())))
+        try await f.test { client in
+            for extra in ["scope=https%3A%2F%2Fgraph.microsoft.com%2F.default", "client_id=\(f.app.appId)"] {
+                let answer = try await client.execute(
+                    uri: f.tokenURL, method: .post, headers: [.contentType: "application/x-www-form-urlencoded"],
+                    body: ByteBuffer(string: good + "&" + extra)
+                ) { response in
+                    (Int(response.status.code), try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any] ?? [:])
+                }
+                #expect(answer.0 == 400)
+                #expect(answer.1["error"] as? String == "invalid_request")
+                #expect((answer.1["error_codes"] as? [Int])?.first == 9000411, "\(answer.1)")
+                let name = String(extra.prefix(while: { $0 != "=" }))
+                #expect((answer.1["error_description"] as? String)?.contains("The parameter '\(name)' is duplicated") == true)
+            }
+        }
+    }
+
     /// Each case breaks exactly one rule of a request that otherwise succeeds.
     /// Found by FuzzEmulator: a form field with an empty name ("=") trapped the emulator.
     @Test func formsWithEmptyNamesAreAnsweredNotTrappedOn() async throws {

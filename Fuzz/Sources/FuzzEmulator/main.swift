@@ -24,7 +24,7 @@ runFuzzer { data, size in
     let now = Date()
     switch selector % 7 {
     case 0, 1:
-        var form = EmulatorRoutes.parseForm(text)
+        var form = (try? EmulatorRoutes.parseForm(text)) ?? [:]
         if selector % 7 == 1 {
             // Reach the assertion checks: a well-formed request around the fuzzed assertion.
             form = ["grant_type": "client_credentials", "client_id": app.appId, "scope": "https://graph.microsoft.com/.default",
