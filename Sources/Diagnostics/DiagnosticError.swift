@@ -59,3 +59,43 @@ public struct SourceLocation: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { "\(file):\(line)" }
 }
+
+/// A library's error codes: stable names, and the library's domain.
+public protocol DiagnosticCode: Hashable, Sendable, CustomStringConvertible {
+    /// The library's name for its errors (`jose`, `rotation`).
+    static var domain: String { get }
+    /// Whether errors with this code are the caller's fault (a usage error).
+    var isUsageError: Bool { get }
+}
+
+extension DiagnosticCode {
+    public var isUsageError: Bool { false }
+}
+
+/// The error of a library whose errors need nothing beyond the common shape: JOSE's and the
+/// rotation's (`JOSEError`, `RotationError`).
+public struct LibraryError<Code: DiagnosticCode>: DiagnosticError {
+    public var code: Code
+    public var message: String
+    public var hint: String?
+    public var settings: [String]
+    public var cause: (any Error & Sendable)?
+    public var location: SourceLocation
+
+    public init(
+        _ code: Code, _ message: String, hint: String? = nil, settings: [String] = [], cause: (any Error & Sendable)? = nil,
+        file: String = #fileID, line: Int = #line
+    ) {
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.settings = settings
+        self.cause = cause
+        self.location = SourceLocation(file: file, line: line)
+    }
+
+    public var domain: String { Code.domain }
+    public var codeName: String { code.description }
+    public var underlying: (any Error & Sendable)? { cause }
+    public var isUsageError: Bool { code.isUsageError }
+}

@@ -142,6 +142,11 @@ struct TokenContext {
         token.close()
         module.finalize()
     }
+
+    /// ``open(_:moduleOptions:pins:login:)`` for async commands, on the token executor's threads.
+    static func open(_ uriText: String, moduleOptions: ModuleOptions, pins: PINOptions?, login: Bool) async throws -> TokenContext {
+        try await BlockingExecutor.shared.run { try open(uriText, moduleOptions: moduleOptions, pins: pins, login: login) }
+    }
 }
 
 extension Array where Element == UInt8 {

@@ -9,7 +9,7 @@ import X509
 
 /// The signer a command uses, and what to release after: the agent's key when
 /// `P11JWT_AGENT_SOCK` is set (and not `--no-agent`), else the token opened in this process.
-struct SignerSession {
+struct SignerSession: Sendable {
     let signer: any JWSSigner
     let logger: Logger
     /// The token, when this process opened it (nil through the agent).
@@ -79,6 +79,15 @@ struct SigningOptions: ParsableArguments {
         }
         logger.debug("signing through the agent", metadata: ["socket": "\(socket)"])
         return SignerSession(signer: signer, logger: logger, context: nil)
+    }
+
+    /// ``open(requireCertificate:chainFile:configKey:)`` for async commands: the token is opened,
+    /// logged in to and read on the token executor's threads, not a cooperative one.
+    func open(requireCertificate: Bool, chainFile: String? = nil, configKey: String? = nil) async throws -> SignerSession {
+        let options = self
+        return try await BlockingExecutor.shared.run {
+            try options.open(requireCertificate: requireCertificate, chainFile: chainFile, configKey: configKey)
+        }
     }
 
     /// --key, then $P11JWT_KEY, then `fallback` (the config file's `key`).

@@ -81,7 +81,7 @@ struct AgentCommand: AsyncParsableCommand {
         let socketPath = socket ?? Self.defaultSocket()
         let keyURI = try signing.keyURI(fallback: file["key"])
         // The PIN is asked for here, once.
-        let context = try TokenContext.open(keyURI, moduleOptions: signing.moduleOptions, pins: signing.pinOptions, login: true)
+        let context = try await TokenContext.open(keyURI, moduleOptions: signing.moduleOptions, pins: signing.pinOptions, login: true)
         // Read once: the PIN no longer sits in the environment block (/proc/PID/environ).
         _ = p11jwt_scrub_environment(signing.pinOptions.provider.environmentVariable)
         let agent: Agent

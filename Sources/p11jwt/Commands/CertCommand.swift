@@ -14,6 +14,7 @@ struct CertCommand: ParsableCommand {
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "create",
             abstract: "Make a self-signed X.509 v3 certificate for a token key (sha256WithRSA or ecdsa-with-SHA*), signed by the token.")
 
         @Option(name: .long, help: "The subject, e.g. \"CN=my-app,O=Contoso\".")
@@ -73,6 +74,7 @@ struct CertCommand: ParsableCommand {
 
     struct Import: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "import",
             abstract: "Store a CA-issued certificate on the token next to its key (same CKA_ID and label).")
 
         @Option(name: .long, help: ArgumentHelp("The token (a pkcs11: URI; object attributes narrow the key search).", valueName: "uri"))

@@ -56,8 +56,8 @@ struct GraphOptions: ParsableArguments {
     }
 
     /// The signing key (the agent's, or the token's after a login), which must have a certificate.
-    func open(_ prepared: Prepared) throws -> SignerSession {
-        try signing.open(requireCertificate: true, configKey: prepared.configFile["key"])
+    func open(_ prepared: Prepared) async throws -> SignerSession {
+        try await signing.open(requireCertificate: true, configKey: prepared.configFile["key"])
     }
 }
 
@@ -94,7 +94,7 @@ struct AddKeyCommand: AsyncParsableCommand {
     func run() async throws {
         let prepared = try graph.prepare()
         let certificate = try readCertificate(newCert, moduleOptions: graph.signing.moduleOptions)
-        let session = try graph.open(prepared)
+        let session = try await graph.open(prepared)
         defer { session.close() }
         let signer = session.signer
         let added = try await withEntraClient(prepared.configuration, logger: session.logger) { client in
@@ -131,9 +131,9 @@ struct RemoveKeyCommand: AsyncParsableCommand {
 
     func run() async throws {
         let prepared = try graph.prepare()
-        let keyID = try EntraValue.guid(keyID, what: "key id", hint: "give --key-id as the credential's keyId GUID")
+        let keyID = try EntraValue.guid(keyID, what: "key id", hint: "give the credential's keyId GUID", settings: ["key-id"])
         let target = prepared.target
-        let session = try graph.open(prepared)
+        let session = try await graph.open(prepared)
         defer { session.close() }
         let signer = session.signer
         let records = CredentialRecords(directory: graph.state.stateDirectory)
@@ -172,7 +172,7 @@ struct CredentialsCommand: AsyncParsableCommand {
 
     func run() async throws {
         let prepared = try graph.prepare()
-        let session = try graph.open(prepared)
+        let session = try await graph.open(prepared)
         defer { session.close() }
         let signer = session.signer
         let credentials = try await withEntraClient(prepared.configuration, logger: session.logger) { client in

@@ -93,7 +93,7 @@ struct RotateCommand: AsyncParsableCommand {
         #endif
         let signing = graph.signing
         let keyURI = try signing.keyURI(fallback: prepared.configFile["key"])
-        let context = try TokenContext.open(keyURI, moduleOptions: signing.moduleOptions, pins: signing.pinOptions, login: true)
+        let context = try await TokenContext.open(keyURI, moduleOptions: signing.moduleOptions, pins: signing.pinOptions, login: true)
         defer { context.close() }
         let showProgress = outputOptions.output == .text
         let outcome = try await withEntraClient(prepared.configuration, logger: context.logger) { client in
@@ -101,7 +101,7 @@ struct RotateCommand: AsyncParsableCommand {
             if let given = prepared.objectID {
                 objectID = given
             } else {
-                let (_, signer) = try currentSigner(context)
+                let (_, signer) = try await BlockingExecutor.shared.run { try currentSigner(context) }
                 objectID = try await client.objectID(of: target, signer: signer)
             }
             let rotation = try Rotation(

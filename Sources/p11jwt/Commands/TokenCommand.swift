@@ -45,7 +45,7 @@ struct TokenCommand: AsyncParsableCommand {
         }
         // The tenant and client id are checked before a PIN is asked for.
         _ = try configuration.validated()
-        let session = try signing.open(requireCertificate: true, configKey: file["key"])
+        let session = try await signing.open(requireCertificate: true, configKey: file["key"])
         defer { session.close() }
         func exchange(_ signer: some JWSSigner) async throws -> AccessToken {
             try await withEntraClient(configuration, logger: session.logger) { client in
