@@ -22,7 +22,7 @@ enum ErrorReport {
         }
         if let hint = error.hint { text += "\nhint: \(hint)" }
         let settings = error.settings.compactMap(SettingNames.wording)
-        if !settings.isEmpty { text += "\n      (\(settings.joined(separator: "; ")))" }
+        if !settings.isEmpty { text += "\nset with: \(settings.joined(separator: "; "))" }
         if let next = nextStep(error) { text += "\nnext: \(next)" }
         return text
     }

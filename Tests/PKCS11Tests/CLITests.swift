@@ -206,6 +206,26 @@ struct CLITests {
         #expect(result.status == 2, "\(arguments): \(result.stderr)")
     }
 
+    /// One error layer: text names the setting's flag and environment variable and the next
+    /// command; under --output json the same error is a JSON object with a stable code.
+    @Test func errorsRenderAsTextOrJSONFromOnePlace() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-error-layer"])
+        let text = try p11jwt(["tokens", "--module", "/nonexistent/module.so"], hsm: hsm)
+        #expect(text.status == 1)
+        #expect(text.stderr.contains("set with: --module or $P11JWT_MODULE"), "\(text.stderr)")
+        let json = try p11jwt(["tokens", "--module", "/nonexistent/module.so", "--output", "json"], hsm: hsm)
+        #expect(json.status == 1)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(json.stderr.utf8)) as? [String: Any], "\(json.stderr)")
+        let error = try #require(object["error"] as? [String: Any])
+        #expect(error["code"] as? String == "pkcs11.moduleNotFound")
+        #expect((error["message"] as? String)?.contains("/nonexistent/module.so") == true)
+        #expect(error["settings"] as? [String] == ["--module"])
+        #expect((error["location"] as? String)?.hasPrefix("PKCS11/") == true)
+        let missing = try p11jwt(["objects", "--token", "pkcs11:token=absent"], hsm: hsm)
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains("next: list tokens with 'p11jwt tokens'"), "\(missing.stderr)")
+    }
+
     @Test func operationalErrorsExitWith1AndNameTheCause() throws {
         let hsm = try SoftHSMDirectory(labels: ["cli-errors"])
         let pin = ["--pin-file", hsm.pinFile]
