@@ -43,6 +43,8 @@ let package = Package(
         ),
         // The one error shape (code, message, hint, cause, location, settings) of every library.
         .target(name: "Diagnostics"),
+        // The version (for --version and User-Agent) and the exit statuses, shared by the executables.
+        .target(name: "BuildInfo"),
         // JWS compact tokens over an external signer: algorithms, base64url, JSON, thumbprints,
         // verification. Knows nothing of PKCS#11 or Entra.
         .target(
@@ -90,6 +92,7 @@ let package = Package(
             name: "Entra",
             dependencies: [
                 "Diagnostics",
+                "BuildInfo",
                 "JOSE",
                 "DurableFiles",
                 .product(name: "Logging", package: "swift-log"),
@@ -186,6 +189,7 @@ let package = Package(
         .executableTarget(
             name: "entra-emulator",
             dependencies: [
+                "BuildInfo",
                 "ShutdownSignals",
                 "EntraEmulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -197,6 +201,7 @@ let package = Package(
             name: "p11jwt",
             dependencies: [
                 "Diagnostics",
+                "BuildInfo",
                 "Agent",
                 "ShutdownSignals",
                 "CProcessHardening",

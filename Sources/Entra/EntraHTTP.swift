@@ -1,3 +1,4 @@
+import BuildInfo
 import AsyncHTTPClient
 import Foundation
 import Logging
@@ -92,7 +93,7 @@ public final class EntraHTTP: Sendable {
     func sendOnce(_ method: HTTPMethod, _ url: String, headers: [(String, String)], body: [UInt8]?, operation: String) async throws -> HTTPAnswer {
         var request = HTTPClientRequest(url: url)
         request.method = method
-        request.headers.add(name: "User-Agent", value: "p11jwt")
+        request.headers.add(name: "User-Agent", value: BuildInfo.userAgent)
         request.headers.add(name: "client-request-id", value: UUID().uuidString.lowercased())
         for (name, value) in headers { request.headers.add(name: name, value: value) }
         if let body { request.body = .bytes(ByteBuffer(bytes: body)) }

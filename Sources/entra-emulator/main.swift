@@ -1,4 +1,5 @@
 import ArgumentParser
+import BuildInfo
 import EntraEmulator
 import Foundation
 import Hummingbird
@@ -11,7 +12,42 @@ struct EntraEmulatorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "entra-emulator",
         abstract: "An offline stand-in for the Entra ID token endpoint and Graph's key-credential API.",
+        version: BuildInfo.version,
         subcommands: [Serve.self, App.self, Grant.self])
+
+    /// p11jwt's exit statuses: 0 success, 1 failed, 2 usage (ArgumentParser's default for a
+    /// usage error is 64).
+    static func main() async {
+        let command: ParsableCommand
+        do {
+            command = try parseAsRoot()
+        } catch {
+            if exitCode(for: error) == .success {
+                print(fullMessage(for: error))
+                Foundation.exit(ExitStatus.success)
+            }
+            FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+            Foundation.exit(ExitStatus.usage)
+        }
+        do {
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                var command = command
+                try command.run()
+            }
+        } catch let error as ExitCode {
+            Foundation.exit(error.rawValue)
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                print(fullMessage(for: error))
+                Foundation.exit(ExitStatus.success)
+            }
+            FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+            Foundation.exit(code == .validationFailure ? ExitStatus.usage : ExitStatus.failure)
+        }
+    }
 }
 
 struct StateOption: ParsableArguments {

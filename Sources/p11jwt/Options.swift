@@ -67,6 +67,17 @@ struct PINOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Read the user PIN from this file (first line).", valueName: "file"))
     var pinFile: String?
 
+    /// Not an option: there so that `--pin VALUE` gets an answer that says why not and what to do.
+    @Option(name: .long, help: .hidden)
+    var pin: String?
+
+    func validate() throws {
+        if pin != nil {
+            throw ValidationError(
+                "there is no --pin: a PIN on the command line is readable by every user of the machine (ps, /proc). Give it with --pin-file FILE (mode 0600), $P11JWT_PIN, pin-source=file:PATH in the URI, or at the prompt")
+        }
+    }
+
     var provider: PINProvider { PINProvider(pinFile: pinFile) }
 }
 

@@ -1,4 +1,5 @@
 import Agent
+import BuildInfo
 import Diagnostics
 import ArgumentParser
 import Entra
@@ -17,6 +18,7 @@ struct P11JWT: AsyncParsableCommand {
             never from a command-line value.
             Exit status: 0 success, 1 the operation failed, 2 usage error.
             """,
+        version: BuildInfo.version,
         subcommands: [
             TokensCommand.self, ObjectsCommand.self, MechanismsCommand.self, KeygenCommand.self,
             SignCommand.self, DestroyCommand.self, AssertionCommand.self, PopCommand.self, JWTCommand.self,
@@ -37,7 +39,7 @@ struct P11JWT: AsyncParsableCommand {
             }
             // Every parse error is a usage error: exit 2.
             FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
-            Foundation.exit(2)
+            Foundation.exit(ExitStatus.usage)
         }
         do {
             if var asyncCommand = command as? AsyncParsableCommand {

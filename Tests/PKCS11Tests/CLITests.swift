@@ -192,6 +192,26 @@ struct CLITests {
         #expect(result.stderr.contains("--pin-file"))
     }
 
+    /// `--pin` is answered with why there is none and what to use, never echoing the value.
+    @Test func aPINOnTheCommandLineIsRefusedWithTheWaysToGiveOne() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-pin"])
+        let result = try p11jwt(["sign", "--key", "pkcs11:token=cli-pin;object=k", "--alg", "RS256", "--digest", base64url(randomBytes(32)), "--pin", "8647215"], hsm: hsm)
+        #expect(result.status == 2)
+        #expect(result.stderr.contains("there is no --pin") && result.stderr.contains("--pin-file") && result.stderr.contains("P11JWT_PIN"), "\(result.stderr)")
+        #expect(!result.stderr.contains("8647215") && !result.stdout.contains("8647215"))
+    }
+
+    /// One version for both executables (also sent as User-Agent), and one exit-status map.
+    @Test func bothExecutablesSayTheirVersionAndShareExitStatuses() throws {
+        let version = try run(try p11jwtBinary, ["--version"])
+        #expect(version.status == 0)
+        #expect(version.stdout.trimmingCharacters(in: .whitespacesAndNewlines).range(of: #"^\d+\.\d+\.\d+$"#, options: .regularExpression) != nil, "\(version.stdout)")
+        let emulatorVersion = try run(try entraEmulatorBinary, ["--version"])
+        #expect(emulatorVersion.status == 0 && emulatorVersion.stdout == version.stdout)
+        #expect(try run(try entraEmulatorBinary, ["serve"]).status == 2)  // missing --state: usage
+        #expect(try run(try entraEmulatorBinary, ["no-such-command"]).status == 2)
+    }
+
     @Test(arguments: [
         ["sign", "--key", "pkcs11:token=t", "--alg", "RS256", "--digest", "AAAA", "--pin", "1234"],
         ["sign", "--key", "pkcs11:token=t", "--digest", "AAAA"],
@@ -240,9 +260,16 @@ struct CLITests {
         #expect(result.status == 1)
         #expect(result.stderr.contains("not a valid PKCS#11 URI"))
         #expect(try p11jwt(["keygen", "--token", "pkcs11:token=cli-errors", "--label", "ec", "--type", "ec:p256"] + pin, hsm: hsm).status == 0)
+        // A digest of the wrong length is a usage error, like one that is not base64url: exit 2
+        // for both, before any token is opened.
         result = try p11jwt(["sign", "--key", "pkcs11:token=cli-errors;object=ec", "--alg", "ES256", "--digest", base64url(randomBytes(20))] + pin, hsm: hsm)
-        #expect(result.status == 1)
-        #expect(result.stderr.contains("got 20 bytes"))
+        #expect(result.status == 2)
+        #expect(result.stderr.contains("--digest is 20 bytes; ES256 signs a SHA-256 digest of 32 bytes"), "\(result.stderr)")
+        result = try p11jwt(["sign", "--key", "pkcs11:token=cli-errors;object=ec", "--alg", "ES256", "--digest", "abc="] + pin, hsm: hsm)
+        #expect(result.status == 2)
+        // Algorithms in any case, as jwt --alg takes them.
+        result = try p11jwt(["sign", "--key", "pkcs11:token=cli-errors;object=ec", "--alg", "es256", "--digest", digest] + pin, hsm: hsm)
+        #expect(result.status == 0, "\(result.stderr)")
         result = try p11jwt(["sign", "--key", "pkcs11:token=cli-errors;object=ec", "--alg", "PS256", "--digest", digest] + pin, hsm: hsm)
         #expect(result.status == 1)
         #expect(result.stderr.contains("needs an RSA key"))

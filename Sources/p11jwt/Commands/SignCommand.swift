@@ -5,7 +5,10 @@ import JOSE
 import PKCS11
 import TokenSigning
 
-extension JWSAlgorithm: ExpressibleByArgument {}
+extension JWSAlgorithm: ExpressibleByArgument {
+    /// Any case, as `jwt --alg` takes it: `ps256` is PS256.
+    public init?(argument: String) { self.init(name: argument) }
+}
 
 struct SignCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -45,8 +48,11 @@ struct SignCommand: ParsableCommand {
     }
 
     func validate() throws {
-        guard Base64URL.decode(digest) != nil else {
-            throw ValidationError("--digest is not base64url: '\(digest)'")
+        guard let bytes = Base64URL.decode(digest) else {
+            throw ValidationError("--digest is not base64url (no '=' padding): '\(digest)'")
+        }
+        guard bytes.count == alg.digestLength else {
+            throw ValidationError("--digest is \(bytes.count) bytes; \(alg.rawValue) signs a \(alg.hash.rawValue) digest of \(alg.digestLength) bytes")
         }
     }
 
