@@ -361,3 +361,36 @@ func rsaComponents(_ spki: Data) throws -> ([UInt8], [UInt8])? {
     return (Array(n.drop(while: { $0 == 0 })), Array(e))
 }
 
+
+/// Every subcommand's `--help`, walked from the root's list: it exits 0, and no default is shown
+/// as a Swift value dump (`DurationArgument(seconds: 600.0)`).
+@Suite("Help text")
+struct HelpTextTests {
+    static func subcommands(of path: [String]) throws -> [String] {
+        let help = try run(try p11jwtBinary, path + ["--help"]).stdout
+        guard let start = help.range(of: "SUBCOMMANDS:") else { return [] }
+        return help[start.upperBound...].split(separator: "\n").compactMap { line in
+            // "  name    abstract": a name at two spaces' indent.
+            guard line.hasPrefix("  "), !line.hasPrefix("   ") else { return nil }
+            return line.split(separator: " ").first.map(String.init)
+        }.filter { $0 != "help" }
+    }
+
+    @Test func everySubcommandsHelpShowsNoTypeDump() throws {
+        var paths: [[String]] = []
+        for name in try Self.subcommands(of: []) {
+            paths.append([name])
+            for child in try Self.subcommands(of: [name]) { paths.append([name, child]) }
+        }
+        #expect(paths.count >= 20, "\(paths)")
+        #expect(paths.contains(["cert", "create"]) && paths.contains(["rotate"]))
+        for path in paths {
+            let result = try run(try p11jwtBinary, path + ["--help"])
+            #expect(result.status == 0, "\(path)")
+            let dump = result.stdout.range(of: #"default: [A-Z][A-Za-z]*\("#, options: .regularExpression)
+            #expect(dump == nil, "\(path): \(result.stdout)")
+        }
+        let rotate = try run(try p11jwtBinary, ["rotate", "--help"]).stdout
+        #expect(rotate.contains("(default: 10m)"), "\(rotate)")
+    }
+}

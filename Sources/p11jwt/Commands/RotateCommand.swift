@@ -179,6 +179,14 @@ struct RotateCommand: AsyncParsableCommand {
 struct DurationArgument: ExpressibleByArgument {
     var seconds: TimeInterval
 
+    /// How `--help` shows a default: `600s`, `10m`, `12h`, `30d` (the largest whole unit).
+    var defaultValueDescription: String {
+        for (unit, size) in [("d", 86400.0), ("h", 3600.0), ("m", 60.0)] where seconds >= size && seconds.truncatingRemainder(dividingBy: size) == 0 {
+            return "\(Int(seconds / size))\(unit)"
+        }
+        return "\(Int(seconds))s"
+    }
+
     init(seconds: TimeInterval) { self.seconds = seconds }
 
     init?(argument: String) {
