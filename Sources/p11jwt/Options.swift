@@ -163,3 +163,9 @@ struct TokenContext {
 extension Array where Element == UInt8 {
     var hex: String { Hex.encode(self) }
 }
+
+/// A POSIX shell word for `text`: single-quoted, each `'` as `'\''`, so `eval` of it (the
+/// agent's `--print-env`) or a paste of it (a URI with `;` and `?`) runs nothing.
+func shellQuoted(_ text: String) -> String {
+    "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}

@@ -394,3 +394,79 @@ struct HelpTextTests {
         #expect(rotate.contains("(default: 10m)"), "\(rotate)")
     }
 }
+
+/// Findings of a new user's walk through the CLI (issue 16), each fixed and checked here.
+@Suite("CLI coherence")
+struct CLICoherenceTests {
+    /// `objects` without --token lists the one token present; its JSON has uppercase SHA-1
+    /// thumbprints (as Entra and `thumbprint` show them) and PEM for certificates and public keys,
+    /// which openssl reads.
+    @Test func objectsFindsTheOneTokenAndExportsPEM() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-export"])
+        let pin = ["--pin-file", hsm.pinFile]
+        #expect(try p11jwt(["keygen", "--token", "pkcs11:token=cli-export", "--label", "k", "--type", "rsa:2048"] + pin, hsm: hsm).status == 0)
+        let dir = TemporaryDirectory("p11jwt-export")
+        let pem = dir.file("k.pem")
+        #expect(try p11jwt(["cert", "create", "--key", "pkcs11:token=cli-export;object=k", "--subject", "CN=k", "--store", "--out", pem] + pin, hsm: hsm).status == 0)
+        let listing = try p11jwt(["objects", "--output", "json"] + pin, hsm: hsm)
+        #expect(listing.status == 0, "\(listing.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(listing.stdout.utf8)) as? [String: Any])
+        let certificate = try #require((report["certificates"] as? [[String: Any]])?.first)
+        let opensslSHA1 = try run("openssl", ["x509", "-in", pem, "-noout", "-fingerprint", "-sha1"]).stdout
+            .split(separator: "=").last.map { $0.replacingOccurrences(of: ":", with: "").trimmingCharacters(in: .whitespacesAndNewlines) }
+        #expect(certificate["sha1"] as? String == opensslSHA1)
+        let exported = dir.file("exported.pem")
+        try (certificate["pem"] as? String ?? "").write(toFile: exported, atomically: true, encoding: .utf8)
+        let exportedSHA1 = try run("openssl", ["x509", "-in", exported, "-noout", "-fingerprint", "-sha1"]).stdout.replacingOccurrences(of: ":", with: "")
+        #expect(exportedSHA1.contains(opensslSHA1 ?? "?"), "\(exportedSHA1)")
+        let key = try #require((report["privateKeys"] as? [[String: Any]])?.first)
+        let publicKey = dir.file("public.pem")
+        try (key["publicKeyPEM"] as? String ?? "").write(toFile: publicKey, atomically: true, encoding: .utf8)
+        let fromCertificate = try run("openssl", ["x509", "-in", pem, "-noout", "-pubkey"]).stdout
+        let fromToken = try run("openssl", ["pkey", "-pubin", "-in", publicKey]).stdout
+        #expect(!fromToken.isEmpty && fromToken == fromCertificate)
+    }
+
+    /// With two tokens present, `objects` without --token says which there are.
+    @Test func objectsWithoutATokenListsThemWhenThereAreSeveral() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-one", "cli-two"])
+        let result = try p11jwt(["objects"], hsm: hsm)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("token=cli-one") && result.stderr.contains("token=cli-two"), "\(result.stderr)")
+    }
+
+    /// A second `cert create --store` for a key would leave two certificates with one CKA_ID:
+    /// refused, or with --replace the old one goes.
+    @Test func aSecondStoredCertificateIsRefusedUnlessReplaced() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-dup"])
+        let pin = ["--pin-file", hsm.pinFile]
+        let key = "pkcs11:token=cli-dup;object=k"
+        #expect(try p11jwt(["keygen", "--token", "pkcs11:token=cli-dup", "--label", "k", "--type", "ec:p256"] + pin, hsm: hsm).status == 0)
+        #expect(try p11jwt(["cert", "create", "--key", key, "--subject", "CN=first", "--store"] + pin, hsm: hsm).status == 0)
+        let again = try p11jwt(["cert", "create", "--key", key, "--subject", "CN=second", "--store"] + pin, hsm: hsm)
+        #expect(again.status == 1)
+        #expect(again.stderr.contains("already has a certificate") && again.stderr.contains("--replace"), "\(again.stderr)")
+        func subjects() throws -> [String] {
+            let listing = try p11jwt(["objects", "--token", "pkcs11:token=cli-dup", "--output", "json"] + pin, hsm: hsm).stdout
+            let report = try JSONSerialization.jsonObject(with: Data(listing.utf8)) as? [String: Any]
+            return (report?["certificates"] as? [[String: Any]] ?? []).compactMap { $0["subject"] as? String }
+        }
+        #expect(try subjects() == ["CN=first"])
+        #expect(try p11jwt(["cert", "create", "--key", key, "--subject", "CN=second", "--store", "--replace"] + pin, hsm: hsm).status == 0)
+        #expect(try subjects() == ["CN=second"])
+    }
+
+    /// keygen's URI, on a terminal, is quoted for pasting into a shell; to a pipe it is as is.
+    @Test func keygenQuotesTheURIOnATerminalOnly() throws {
+        let hsm = try SoftHSMDirectory(labels: ["cli-quote"])
+        let piped = try p11jwt(["keygen", "--token", "pkcs11:token=cli-quote", "--label", "piped", "--type", "ec:p256", "--pin-file", hsm.pinFile], hsm: hsm)
+        #expect(piped.stdout.hasPrefix("pkcs11:"), "\(piped.stdout)")
+        // util-linux `script` gives the command a pseudo-terminal.
+        let command = [try p11jwtBinary, "keygen", "--token", "pkcs11:token=cli-quote", "--label", "tty", "--type", "ec:p256", "--pin-file", hsm.pinFile]
+            .map { "'" + $0 + "'" }.joined(separator: " ")
+        let onTTY = try run("script", ["-qec", command, "/dev/null"], environment: hsm.environment)
+        #expect(onTTY.status == 0, "\(onTTY.stdout) \(onTTY.stderr)")
+        let line = onTTY.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(line.hasPrefix("'pkcs11:") && line.hasSuffix("'"), "\(line)")
+    }
+}

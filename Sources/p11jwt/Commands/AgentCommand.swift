@@ -101,7 +101,7 @@ struct AgentCommand: AsyncParsableCommand {
                 guard printEnv else { return }
                 var lines = ""
                 for (name, value) in environment.sorted(by: { $0.key < $1.key }) {
-                    lines += "export \(name)=\(Self.shellQuoted(value))\n"
+                    lines += "export \(name)=\(shellQuoted(value))\n"
                 }
                 FileHandle.standardOutput.write(Data(lines.utf8))
             }
@@ -112,11 +112,5 @@ struct AgentCommand: AsyncParsableCommand {
             throw error
         }
         await agent.shutdown()
-    }
-
-    /// A POSIX shell word for `value`: single-quoted, each `'` as `'\''`, so `eval` of the
-    /// output assigns the value and runs nothing, whatever a path contains.
-    static func shellQuoted(_ value: String) -> String {
-        "'" + value.replacingOccurrences(of: "'", with: "'\\''") + "'"
     }
 }

@@ -26,6 +26,9 @@ struct CertCommand: ParsableCommand {
         @Flag(name: .long, help: "Store it on the token with the key's CKA_ID and label.")
         var store = false
 
+        @Flag(name: .long, help: "With --store: replace the certificate the key has on the token (else that is refused).")
+        var replace = false
+
         @Option(name: .long, help: ArgumentHelp("Write the PEM here instead of standard output.", valueName: "file"))
         var out: String?
 
@@ -39,13 +42,25 @@ struct CertCommand: ParsableCommand {
             if store && session.context == nil {
                 throw CLIError.usage("--store writes to the token itself: add --no-agent (the agent only signs)")
             }
-            let certificate = try TokenCertificates.selfSigned(signer: session.signer, subject: subject, days: days)
+            // A second certificate with the key's CKA_ID would be ambiguous (which one signs
+            // names the key?): refused unless --replace, checked before anything is signed.
+            var existing: [CertificateObject] = []
             if store, let context = session.context, let key = (session.signer as? TokenSigner)?.key {
                 guard let id = key.id, !id.isEmpty else {
                     throw CLIError(message: "key \(key.uri) has no CKA_ID to store the certificate under")
                 }
+                existing = try context.token.certificates().filter { $0.id == id }
+                if !existing.isEmpty && !replace {
+                    throw CLIError(
+                        message: "key \(key.uri) already has a certificate on the token: \(existing.map(\.uri).joined(separator: ", "))",
+                        hint: "add --replace to replace it, or export it and keep it (p11jwt objects lists it)")
+                }
+            }
+            let certificate = try TokenCertificates.selfSigned(signer: session.signer, subject: subject, days: days)
+            if store, let context = session.context, let key = (session.signer as? TokenSigner)?.key, let id = key.id {
                 let stored = try context.token.storeCertificate(der: certificate.der, label: key.label ?? "certificate", id: id)
-                FileHandle.standardError.write(Data("stored \(stored.uri)\n".utf8))
+                if !existing.isEmpty { try context.token.destroy(existing.map(\.identity)) }
+                FileHandle.standardError.write(Data("stored \(stored.uri)\(existing.isEmpty ? "" : " (replacing \(existing.count))")\n".utf8))
             }
             try writeOutput(certificate.pem, to: out)
         }

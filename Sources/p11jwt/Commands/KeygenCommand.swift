@@ -58,6 +58,8 @@ struct KeygenCommand: ParsableCommand {
             uri: key.uri, label: key.label, id: key.identity.idHex, type: key.typeDescription,
             publicKey: try key.publicKey?.pem())
         if outputOptions.output == .json { return try printJSON(report) }
-        print(key.uri)
+        // On a terminal, quoted for pasting into a shell (the URI has ';' and '?'); to a pipe or
+        // file, as is, for `uri=$(p11jwt keygen …)`.
+        print(isatty(STDOUT_FILENO) == 1 ? shellQuoted(key.uri) : key.uri)
     }
 }

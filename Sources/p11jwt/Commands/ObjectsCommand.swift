@@ -1,7 +1,9 @@
 import ArgumentParser
 import Crypto
 import Foundation
+import JOSE
 import PKCS11
+import SwiftASN1
 import TokenSigning
 import X509
 
@@ -11,8 +13,8 @@ struct ObjectsCommand: ParsableCommand {
         abstract: "List keys and certificates on a token, with their URIs and whether key and certificate pair up.",
         discussion: "Private keys are listed only after login; with no PIN available the public objects are listed and a warning says so.")
 
-    @Option(name: .long, help: ArgumentHelp("The token (a pkcs11: URI; object attributes narrow the listing).", valueName: "uri"))
-    var token: String
+    @Option(name: .long, help: ArgumentHelp("The token (a pkcs11: URI; object attributes narrow the listing). Default: the one token present.", valueName: "uri"))
+    var token: String = "pkcs11:"
 
     @OptionGroup var moduleOptions: ModuleOptions
     @OptionGroup var pinOptions: PINOptions
@@ -38,6 +40,8 @@ struct ObjectsCommand: ParsableCommand {
         var certificate: String?
         var pairing: String
         var algorithms: [String]
+        /// The public key as PEM (`PUBLIC KEY`), when the token gives it.
+        var publicKeyPEM: String?
     }
 
     struct PublicKeyReport: Encodable {
@@ -45,6 +49,7 @@ struct ObjectsCommand: ParsableCommand {
         var label: String?
         var id: String?
         var type: String?
+        var publicKeyPEM: String?
     }
 
     struct CertificateReport: Encodable {
@@ -55,7 +60,9 @@ struct ObjectsCommand: ParsableCommand {
         var issuer: String?
         var notBefore: Date?
         var notAfter: Date?
+        /// Uppercase hex, as Entra and `p11jwt thumbprint` show it.
         var sha1: String
+        var pem: String
     }
 
     func run() throws {
@@ -81,17 +88,20 @@ struct ObjectsCommand: ParsableCommand {
                     uri: key.uri, label: key.label, id: key.identity.idHex, type: key.typeDescription,
                     canSign: key.canSign, alwaysAuthenticate: key.alwaysAuthenticate, sensitive: key.sensitive,
                     extractable: key.extractable, certificate: cert?.uri, pairing: token.pairing(key, cert).rawValue,
-                    algorithms: possible.map(\.rawValue))
+                    algorithms: possible.map(\.rawValue), publicKeyPEM: try? key.publicKey?.pem())
             },
             publicKeys: try token.publicKeys(matching: filter).map {
-                PublicKeyReport(uri: $0.identity.uri, label: $0.identity.label, id: $0.identity.idHex, type: $0.publicKey?.description)
+                PublicKeyReport(
+                    uri: $0.identity.uri, label: $0.identity.label, id: $0.identity.idHex, type: $0.publicKey?.description,
+                    publicKeyPEM: try? $0.publicKey?.pem())
             },
             certificates: certificates.map { cert in
                 CertificateReport(
                     uri: cert.uri, label: cert.label, id: cert.identity.idHex,
                     subject: cert.certificate.map { "\($0.subject)" }, issuer: cert.certificate.map { "\($0.issuer)" },
                     notBefore: cert.certificate?.notValidBefore, notAfter: cert.certificate?.notValidAfter,
-                    sha1: Array(Insecure.SHA1.hash(data: cert.der)).hex)
+                    sha1: Hex.encode(Insecure.SHA1.hash(data: cert.der), uppercase: true),
+                    pem: PEMDocument(type: "CERTIFICATE", derBytes: cert.der).pemString)
             })
         if outputOptions.output == .json { return try printJSON(report) }
         print("token: \(report.token)")
