@@ -104,31 +104,37 @@ struct SigningOptions: ParsableArguments {
     func openSigner(requireCertificate: Bool, chainFile: String? = nil, configKey: String? = nil) throws -> (TokenContext, TokenSigner) {
         let context = try TokenContext.open(try keyURI(fallback: configKey), moduleOptions: moduleOptions, pins: pinOptions, login: true)
         do {
-            let key = try context.token.signingKey(context.uri)
-            var chain: [JWSCertificate]?
-            if let file = certFile ?? cert.flatMap({ $0.hasPrefix("pkcs11:") ? nil : $0 }) {
-                chain = try readCertificates(file)
-            } else if let uri = cert {
-                let leaf = try certificate(uri: uri, context: context)
-                chain = try context.token.certificateChain(startingWith: leaf)
-            }
-            if let chainFile {
-                let extra = try readCertificates(chainFile)
-                let leaf = try chain?.first ?? context.token.certificateChain(for: key).first
-                chain = (leaf.map { [$0] } ?? []) + extra.filter { $0.der != leaf?.der }
-            }
-            let signer = try TokenSigner(token: context.token, key: key, certificateChain: chain)
-            if requireCertificate && signer.certificate == nil {
-                throw CLIError(message: """
-                    no certificate for key \(key.uri) on token '\(context.token.info.label)'
-                    hint: store the key's certificate on the token with the same CKA_ID, or give it with --cert pkcs11:… or --cert-file FILE.pem
-                    """)
-            }
-            return (context, signer)
+            return (context, try signer(in: context, requireCertificate: requireCertificate, chainFile: chainFile))
         } catch {
             context.close()
             throw error
         }
+    }
+
+    /// The signer for the key `context` was opened for, with its certificate chain: from --cert
+    /// (a certificate object's URI or a file) / --cert-file (plus `chainFile`), else from the token.
+    func signer(in context: TokenContext, requireCertificate: Bool, chainFile: String? = nil) throws -> TokenSigner {
+        let key = try context.token.signingKey(context.uri)
+        var chain: [JWSCertificate]?
+        if let file = certFile ?? cert.flatMap({ $0.hasPrefix("pkcs11:") ? nil : $0 }) {
+            chain = try readCertificates(file)
+        } else if let uri = cert {
+            let leaf = try certificate(uri: uri, context: context)
+            chain = try context.token.certificateChain(startingWith: leaf)
+        }
+        if let chainFile {
+            let extra = try readCertificates(chainFile)
+            let leaf = try chain?.first ?? context.token.certificateChain(for: key).first
+            chain = (leaf.map { [$0] } ?? []) + extra.filter { $0.der != leaf?.der }
+        }
+        let signer = try TokenSigner(token: context.token, key: key, certificateChain: chain)
+        if requireCertificate && signer.certificate == nil {
+            throw CLIError(message: """
+                no certificate for key \(key.uri) on token '\(context.token.info.label)'
+                hint: store the key's certificate on the token with the same CKA_ID, or give it with --cert pkcs11:… or --cert-file FILE.pem
+                """)
+        }
+        return signer
     }
 
     /// The one certificate object a URI selects, on the key's token when the URI names it (or

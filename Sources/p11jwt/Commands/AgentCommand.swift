@@ -78,6 +78,10 @@ struct AgentCommand: AsyncParsableCommand {
         if assertionFile != nil && (assertionLifetime <= 330 || assertionLifetime > ClientAssertion.maximumLifetime) {
             throw CLIError.usage("--assertion-lifetime must be 331…\(ClientAssertion.maximumLifetime) seconds: readers cache the file up to 5 minutes")
         }
+        if signing.cert != nil || signing.certFile != nil {
+            // The agent serves every key on the token, each with the certificate stored with it.
+            throw CLIError.usage("the agent signs with the certificate stored with each key on the token; --cert / --cert-file are not used by it: store the certificate with 'p11jwt cert import'")
+        }
         let socketPath = socket ?? Self.defaultSocket()
         let keyURI = try signing.keyURI(fallback: file["key"])
         // The PIN is asked for here, once.

@@ -165,13 +165,10 @@ struct RotateCommand: AsyncParsableCommand {
         case abandoned(Rotation.AbandonReport)
     }
 
+    /// The current key with its certificate as --cert / --cert-file give it (a certificate
+    /// object's URI too), else the one stored with the key.
     private func currentSigner(_ context: TokenContext) throws -> (TokenContext, TokenSigner) {
-        let key = try context.token.signingKey(context.uri)
-        var chain: [JWSCertificate]?
-        if let file = graph.signing.certFile ?? graph.signing.cert.flatMap({ $0.hasPrefix("pkcs11:") ? nil : $0 }) {
-            chain = try readCertificates(file)
-        }
-        return (context, try TokenSigner(token: context.token, key: key, certificateChain: chain))
+        (context, try graph.signing.signer(in: context, requireCertificate: false))
     }
 }
 
