@@ -45,6 +45,11 @@ let package = Package(
         .target(name: "Diagnostics"),
         // The version (for --version and User-Agent) and the exit statuses, shared by the executables.
         .target(name: "BuildInfo"),
+        // Both executables' main: parse, run, exit 0 / 1 / 2.
+        .target(
+            name: "CommandLineSupport",
+            dependencies: ["BuildInfo", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         // JWS compact tokens over an external signer: algorithms, base64url, JSON, thumbprints,
         // verification. Knows nothing of PKCS#11 or Entra.
         .target(
@@ -190,6 +195,7 @@ let package = Package(
             name: "entra-emulator",
             dependencies: [
                 "BuildInfo",
+                "CommandLineSupport",
                 "ShutdownSignals",
                 "EntraEmulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -202,6 +208,7 @@ let package = Package(
             dependencies: [
                 "Diagnostics",
                 "BuildInfo",
+                "CommandLineSupport",
                 "Agent",
                 "ShutdownSignals",
                 "CProcessHardening",

@@ -1,5 +1,6 @@
 import ArgumentParser
 import BuildInfo
+import CommandLineSupport
 import EntraEmulator
 import Foundation
 import Hummingbird
@@ -18,35 +19,7 @@ struct EntraEmulatorCommand: AsyncParsableCommand {
     /// p11jwt's exit statuses: 0 success, 1 failed, 2 usage (ArgumentParser's default for a
     /// usage error is 64).
     static func main() async {
-        let command: ParsableCommand
-        do {
-            command = try parseAsRoot()
-        } catch {
-            if exitCode(for: error) == .success {
-                print(fullMessage(for: error))
-                Foundation.exit(ExitStatus.success)
-            }
-            FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
-            Foundation.exit(ExitStatus.usage)
-        }
-        do {
-            if var asyncCommand = command as? AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                var command = command
-                try command.run()
-            }
-        } catch let error as ExitCode {
-            Foundation.exit(error.rawValue)
-        } catch {
-            let code = exitCode(for: error)
-            if code == .success {
-                print(fullMessage(for: error))
-                Foundation.exit(ExitStatus.success)
-            }
-            FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
-            Foundation.exit(code == .validationFailure ? ExitStatus.usage : ExitStatus.failure)
-        }
+        await runWithExitStatuses()
     }
 }
 

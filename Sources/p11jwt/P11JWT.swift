@@ -1,5 +1,6 @@
 import Agent
 import BuildInfo
+import CommandLineSupport
 import Diagnostics
 import ArgumentParser
 import Entra
@@ -26,45 +27,11 @@ struct P11JWT: AsyncParsableCommand {
             CredentialsCommand.self, CertCommand.self, ImportCommand.self, RotateCommand.self, AgentCommand.self,
         ])
 
-    /// Runs the command and maps errors to the documented exit codes (0 / 1 / 2).
+    /// Runs the command with the documented exit statuses (0 / 1 / 2); library errors are
+    /// rendered by ``ErrorReport``.
     static func main() async {
-        let command: ParsableCommand
-        do {
-            command = try parseAsRoot()
-        } catch {
-            if exitCode(for: error) == .success {
-                // --help, --version: the text on standard output, exit 0.
-                print(fullMessage(for: error))
-                Foundation.exit(0)
-            }
-            // Every parse error is a usage error: exit 2.
-            FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
-            Foundation.exit(ExitStatus.usage)
-        }
-        do {
-            if var asyncCommand = command as? AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                var command = command
-                try command.run()
-            }
-        } catch let error as ExitCode {
-            Foundation.exit(error.rawValue)
-        } catch let error as any DiagnosticError {
-            Foundation.exit(ErrorReport.write(error))
-        } catch {
-            let code = exitCode(for: error)
-            if code == .success {
-                // --help parses as the built-in help command, whose run() throws the request.
-                print(fullMessage(for: error))
-                Foundation.exit(0)
-            }
-            if code == .validationFailure {
-                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
-                Foundation.exit(2)
-            }
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            Foundation.exit(1)
+        await runWithExitStatuses { error in
+            (error as? any DiagnosticError).map { ErrorReport.write($0) }
         }
     }
 }
