@@ -104,7 +104,7 @@ public enum TokenCertificates {
         signer: any JWSSigner, subject: DistinguishedName, days: Int, now: Date = Date()
     ) async throws -> JWSCertificate {
         let (key, fields) = try unsigned(signer: signer, subject: subject, days: days, now: now)
-        return try serialize(try await fields.certificate(issuerPrivateKey: Certificate.PrivateKey(key)))
+        return try serialize(try await fields.certificate(issuerAsyncPrivateKey: Certificate.PrivateKey(key)))
     }
 
     /// A PKCS#10 certificate request for the key, signed by it, as DER.
@@ -135,12 +135,14 @@ public enum TokenCertificates {
                 extensions: extensions, issuerPrivateKey: issuerPrivateKey)
         }
 
-        func certificate(issuerPrivateKey: Certificate.PrivateKey) async throws -> Certificate {
+        /// The same, with swift-certificates awaiting the key's `signAsynchronously` (a token
+        /// key signs on its executor).
+        func certificate(issuerAsyncPrivateKey: Certificate.PrivateKey) async throws -> Certificate {
             try await Certificate(
                 version: .v3, serialNumber: Certificate.SerialNumber(bytes: serial), publicKey: key.publicKey,
                 notValidBefore: now.addingTimeInterval(-60), notValidAfter: now.addingTimeInterval(Double(days) * 86400),
                 issuer: subject, subject: subject, signatureAlgorithm: key.defaultSignatureAlgorithm,
-                extensions: extensions, issuerPrivateKey: issuerPrivateKey)
+                extensions: extensions, issuerAsyncPrivateKey: issuerAsyncPrivateKey)
         }
     }
 

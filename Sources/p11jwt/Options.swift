@@ -124,7 +124,7 @@ struct TokenContext {
         let logger = try moduleOptions.makeLogger()
         let uri = try PKCS11URI(uriText)
         try refusePINInArguments(uri, uriText)
-        let spec = try moduleOptions.spec(for: uri)
+        let spec = moduleOptions.spec(for: uri)
         var module = try Module.load(spec, logger: logger)
         let token: Token
         do {

@@ -6,6 +6,7 @@ import JOSE
 import Testing
 @testable import TokenSigning
 import TestSupport
+import X509
 
 /// Keys generated once on each implementation's "signing" token for the whole suite. A key the
 /// implementation cannot make (P-521 on tpm2) is absent, and its refusal is what is recorded.
@@ -220,5 +221,44 @@ struct MechanismSelectionTests {
         let verifyOnly = MechanismSet([info(.rsaPKCS, sign: false), info(.ecdsa, sign: false)])
         #expect(verifyOnly.path(for: .RS256) == nil)
         #expect(verifyOnly.path(for: .ES256) == nil)
+    }
+}
+
+/// Async callers of the certificate builder reach the signer's async `sign` (a token key's runs
+/// on the token executor), never the blocking one; the certificate verifies with openssl.
+@Suite("Certificates signed asynchronously")
+struct AsyncCertificateTests {
+    final class Counting: JWSSigner, @unchecked Sendable {
+        let inner: ReferenceSigner
+        let lock = NSLock()
+        var syncCalls = 0
+        var asyncCalls = 0
+        init(_ inner: ReferenceSigner) { self.inner = inner }
+        var keyType: JWSKeyType { inner.keyType }
+        var publicKey: Certificate.PublicKey? { inner.publicKey }
+        var certificateChain: [JWSCertificate] { inner.certificateChain }
+        func canSign(_ algorithm: JWSAlgorithm) -> Bool { inner.canSign(algorithm) }
+        func sign(digest: [UInt8], algorithm: JWSAlgorithm) throws -> [UInt8] {
+            lock.withLock { syncCalls += 1 }
+            return try inner.sign(digest: digest, algorithm: algorithm)
+        }
+        func sign(digest: [UInt8], algorithm: JWSAlgorithm) async throws -> [UInt8] {
+            lock.withLock { asyncCalls += 1 }
+            let signNow = { try self.inner.sign(digest: digest, algorithm: algorithm) }
+            return try signNow()
+        }
+    }
+
+    @Test(arguments: [JWSKeyType.rsa(bits: 2048), .ec(.p256)])
+    func selfSignedAwaitsTheSigner(_ type: JWSKeyType) async throws {
+        let signer = Counting(try ReferenceSigner.make(type))
+        let certificate = try await TokenCertificates.selfSigned(
+            signer: signer, subject: try TokenCertificates.distinguishedName("CN=async"), days: 2)
+        #expect(signer.asyncCalls == 1 && signer.syncCalls == 0)
+        let dir = TemporaryDirectory("p11jwt-async-cert")
+        let pem = dir.file("c.pem")
+        try certificate.pem.write(toFile: pem, atomically: true, encoding: .utf8)
+        let verified = try run("openssl", ["verify", "-CAfile", pem, pem])
+        #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
     }
 }
