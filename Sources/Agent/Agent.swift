@@ -53,15 +53,11 @@ public final class Agent: Sendable {
     public let configuration: Configuration
     let keeper: TokenKeeper
     let logger: Logger
-    let signers = Mutex<[String: HeldSigner]>([:])
-    /// How long a signer resolved from a URI that does not pin `id=` is used before the URI is
-    /// looked up again (a `rotate` moves the label to the new key).
+    /// The signers resolved so far, by the key URI a request named.
+    let signers = Mutex<[String: TokenSigner]>([:])
+    /// How often ``KeyWatcher`` looks up again the keys chosen by a URI that does not pin `id=`
+    /// (a `rotate` moves the label to the new key).
     static let keyRecheckInterval: Duration = .seconds(1)
-
-    struct HeldSigner {
-        var signer: TokenSigner
-        var checkedAt: ContinuousClock.Instant
-    }
     let broker: TokenBroker?
     /// The secret the managed-identity endpoint requires in `X-IDENTITY-HEADER`, new per start.
     public let identitySecret: String
@@ -81,7 +77,7 @@ public final class Agent: Sendable {
         keeper = TokenKeeper(
             token: token, module: module, uri: try PKCS11URI(configuration.defaultKey), logger: logger,
             onFatal: { continuation.yield($0) })
-        signers.withLock { $0[configuration.defaultKey] = HeldSigner(signer: defaultSigner, checkedAt: .now) }
+        signers.withLock { $0[configuration.defaultKey] = defaultSigner }
         var rng = SystemRandomNumberGenerator()
         identitySecret = Base64URL.encode((0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })
         broker = try configuration.entra.map { try TokenBroker(configuration: $0, logger: logger) }
@@ -98,15 +94,14 @@ public final class Agent: Sendable {
     func signer(_ keyURI: String?, recheck: Bool = false) async throws -> TokenSigner {
         let text = keyURI ?? configuration.defaultKey
         let token = try keeper.current()
-        guard let held = signers.withLock({ $0[text] }), held.signer.token === token else {
+        guard let held = signers.withLock({ $0[text] }), held.token === token else {
             let signer = try await token.run { try Self.resolve(text, on: $0) }
-            signers.withLock { $0[text] = HeldSigner(signer: signer, checkedAt: .now) }
+            signers.withLock { $0[text] = signer }
             return signer
         }
         let uri = try PKCS11URI(text)
-        guard uri.objectID == nil else { return held.signer }
-        if recheck { return try await self.recheck(text, uri: uri, held: held.signer) }
-        return held.signer
+        guard recheck, uri.objectID == nil else { return held }
+        return try await self.recheck(text, uri: uri, held: held)
     }
 
     /// Looks up again every held key chosen without `id=` (``KeyWatcher`` calls this once per
@@ -114,9 +109,9 @@ public final class Agent: Sendable {
     func recheckHeldKeys() async {
         guard let token = try? keeper.current() else { return }
         let held = signers.withLock { $0 }
-        for (text, entry) in held where entry.signer.token === token {
+        for (text, signer) in held where signer.token === token {
             guard let uri = try? PKCS11URI(text), uri.objectID == nil else { continue }
-            _ = try? await recheck(text, uri: uri, held: entry.signer)
+            _ = try? await recheck(text, uri: uri, held: signer)
         }
     }
 
@@ -124,7 +119,6 @@ public final class Agent: Sendable {
     /// selects, if that is another single key.
     private func recheck(_ text: String, uri: PKCS11URI, held: TokenSigner) async throws -> TokenSigner {
         let token = held.token
-        let now = ContinuousClock.now
         let found: [PrivateKeyObject]
         do {
             found = try await token.run { try $0.privateKeys(matching: uri) }
@@ -137,17 +131,19 @@ public final class Agent: Sendable {
             if found.count != 1 {
                 logger.debug("key lookup found \(found.count) keys; keeping the key already resolved", metadata: ["key": "\(uri.redacted)"])
             }
-            signers.withLock { $0[text]?.checkedAt = now }
             return held
         }
         let signer = try await TokenSigner.make(token: token, key: found[0])
         logger.notice(
             "the key URI now selects another key (rotated); signing with it from now on",
             metadata: ["key": "\(uri.redacted)", "id": "\(Hex.encode(found[0].id ?? []))", "thumbprint": "\(signer.certificate?.thumbprint.hexSHA1 ?? "none")"])
-        signers.withLock { $0[text] = HeldSigner(signer: signer, checkedAt: now) }
+        signers.withLock { $0[text] = signer }
         return signer
     }
 
+    /// An access token from the broker with the signer for `keyURI`; when Entra refuses the key
+    /// (AADSTS700027: its credential was removed, as a `rotate` does), the URI is looked up again
+    /// and, if it now names another key, the exchange is tried once with that key.
     func accessToken(broker: TokenBroker, scope: String, keyURI: String?) async throws -> AccessToken {
         let signer = try await signer(keyURI)
         do {
