@@ -23,6 +23,7 @@ let package = Package(
             name: "FuzzAgent",
             dependencies: [
                 "FuzzSupport", .product(name: "Agent", package: "p11jwt"), .product(name: "PKCS11", package: "p11jwt"),
+                .product(name: "TokenSigning", package: "p11jwt"),
                 .product(name: "Hummingbird", package: "hummingbird"), .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import NIOEmbedded
 import PKCS11
+import TokenSigning
 @testable import Agent
 
 // The agent's request path as a client reaches it: the real router and handlers of the
