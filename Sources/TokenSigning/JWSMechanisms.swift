@@ -16,16 +16,6 @@ public enum SigningPath: String, Sendable, Hashable, Codable {
     /// `CKM_ECDSA` over the raw digest (ES*).
     case ecdsa = "CKM_ECDSA"
 
-    /// The mechanism type on the token.
-    public var mechanismType: MechanismType {
-        switch self {
-        case .rsaPKCS1: return .rsaPKCS
-        case .rsaPSS: return .rsaPKCSPSS
-        case .rsaPSSOverX509: return .rsaX509
-        case .ecdsa: return .ecdsa
-        }
-    }
-
     /// The mechanism with its parameters for `algorithm`.
     func mechanism(_ algorithm: JWSAlgorithm) -> Mechanism {
         switch self {
