@@ -76,7 +76,7 @@ def main():
                 f.write("123456\n")
             os.chmod(pin_file, 0o600)
             for label, kind in ((args.rsa_key, "rsa:2048"), (args.ec_key, "ec:p256")):
-                run([p11jwt, "keygen", "--module", args.module, "--token", f"pkcs11:token={token}", "--label", label, "--type", kind, "--pin-file", pin_file], env)
+                run([p11jwt, "keygen", "--module", args.module, "--token", f"pkcs11:token={token}", "--label", label, "--key-type", kind, "--pin-file", pin_file], env)
                 run([p11jwt, "cert", "create", "--module", args.module, "--key", f"pkcs11:token={token};object={label}", "--subject", f"CN={label}",
                      "--store", "--out", os.path.join(work, f"{label}.pem"), "--pin-file", pin_file], env)
         labels = {"rsa": args.rsa_key, "ec": args.ec_key}
@@ -107,7 +107,7 @@ def main():
 
         # ---- The agent over its socket, with the emulator for tokens.
         state = os.path.join(work, "emulator")
-        emu = subprocess.Popen([emulator, "serve", "--state", state], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        emu = subprocess.Popen([emulator, "serve", "--state-dir", state], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         processes.append(emu)
         for _ in range(300):
             if os.path.exists(os.path.join(state, "url")):
@@ -122,7 +122,7 @@ def main():
             run(["pkcs11-tool", "--module", args.module, "--token-label", token, "--read-object", "--type", "cert",
                  "--label", labels["rsa"], "-o", der], env)
             run(["openssl", "x509", "-inform", "DER", "-in", der, "-out", rsa_pem], env)
-        app = json.loads(run([emulator, "app", "create", "--state", state, "--name", "bench", "--cert", rsa_pem]).stdout)
+        app = json.loads(run([emulator, "app", "create", "--state-dir", state, "--name", "bench", "--cert", rsa_pem]).stdout)
         entra = ["--tenant", app["tenantId"], "--client-id", app["appId"], "--authority-host", url, "--graph-endpoint", url,
                  "--ca-file", os.path.join(state, "ca.pem")]
         runtime = os.path.join(work, "run")

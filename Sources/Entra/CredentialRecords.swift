@@ -2,7 +2,7 @@ import DurableFiles
 import Foundation
 
 /// What p11jwt learnt of registered credentials: for each object id, the keyId Graph gave each
-/// certificate (by SHA-1 thumbprint). `add-key` and `rotate` write it, so a later `rotate` can
+/// certificate (by SHA-1 thumbprint). `credential add` and `rotate` write it, so a later `rotate` can
 /// remove the old credential without a Graph read permission. One file, 0600, in the state
 /// directory (`$XDG_STATE_HOME/p11jwt`, else `~/.local/state/p11jwt`).
 public struct CredentialRecords: Sendable {
@@ -16,7 +16,8 @@ public struct CredentialRecords: Sendable {
 
     public static func defaultDirectory(environment: [String: String] = ProcessInfo.processInfo.environment) -> URL {
         let base = environment["XDG_STATE_HOME"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
-            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".local/state")
+            ?? URL(fileURLWithPath: environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? FileManager.default.homeDirectoryForCurrentUser.path)
+                .appendingPathComponent(".local/state")
         return base.appendingPathComponent("p11jwt")
     }
 

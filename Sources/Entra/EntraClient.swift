@@ -16,6 +16,9 @@ public final class EntraClient: Sendable {
         /// nil: no cache.
         public var cacheFile: URL?
         public var algorithm: ClientAssertion.AlgorithmChoice
+        /// Send the certificate chain as `x5c` in client assertions (MSAL's `sendX5C`), for apps
+        /// that trust a certificate by subject name and issuer.
+        public var sendX5C = false
 
         public init(
             tenant: String, clientID: String, cloud: EntraCloud = .global, endpoints: EntraEndpoints? = nil, caFile: String? = nil,
@@ -69,7 +72,8 @@ public final class EntraClient: Sendable {
     /// A client assertion signed by `signer` (PS256 + x5t#S256 where the key can, else RS256 + x5t).
     public func assertion(signer: some JWSSigner, now: Date = Date()) async throws -> JWS {
         let parameters = ClientAssertion.Parameters(
-            tenant: tenant, clientID: clientID, authorityHost: configuration.endpoints.authorityHost, algorithm: configuration.algorithm)
+            tenant: tenant, clientID: clientID, authorityHost: configuration.endpoints.authorityHost, algorithm: configuration.algorithm,
+            x5c: configuration.sendX5C)
         return try await ClientAssertion.make(parameters, signer: signer, now: now, logger: logger)
     }
 

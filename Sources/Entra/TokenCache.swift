@@ -20,7 +20,8 @@ public struct TokenCache: Sendable {
     /// `$XDG_CACHE_HOME/p11jwt/tokens.json`, else `~/.cache/p11jwt/tokens.json`.
     public static func defaultFile(environment: [String: String] = ProcessInfo.processInfo.environment) -> URL {
         let base = environment["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
-            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache")
+            ?? URL(fileURLWithPath: environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? FileManager.default.homeDirectoryForCurrentUser.path)
+                .appendingPathComponent(".cache")
         return base.appendingPathComponent("p11jwt").appendingPathComponent("tokens.json")
     }
 

@@ -121,7 +121,22 @@ public struct Rotation: Sendable {
         public var instructions: [String] = []
         /// The same as actions a front end can spell out.
         public var actions: [Action] = []
-        public var plan: [String] = []
+        /// A dry run's steps still to do, in order.
+        public var plan: [PlannedStep] = []
+
+        /// JSON names: identifiers written as words (`objectId`, `keyId`, `Uri`), as Graph does.
+        enum CodingKeys: String, CodingKey {
+            case outcome, resumed, objectID = "objectId", steps, newKeyURI = "newKeyUri", newThumbprint, newKeyId, newNotAfter
+            case oldThumbprint, oldKeyId, oldRemoved, oldDisposition, instructions, actions, plan
+        }
+    }
+
+    /// One step a dry run would do: the journal step it completes, and what it does.
+    public struct PlannedStep: Codable, Sendable, Equatable {
+        public var step: String
+        public var action: String
+        /// Already done (a resumed run's preflight).
+        public var done: Bool = false
     }
 
     public let client: EntraClient
@@ -216,6 +231,8 @@ public struct Rotation: Sendable {
 
     /// What `abandon` did and what it leaves for the user.
     public struct AbandonReport: Codable, Sendable {
+        enum CodingKeys: String, CodingKey { case objectID = "objectId", step, destroyed, leftBehind, actions }
+
         public var objectID: String
         /// The last step the abandoned rotation had completed.
         public var step: String
@@ -715,25 +732,31 @@ public struct Rotation: Sendable {
         options.checkpoint?(point)
     }
 
-    static func plan(after step: RotationJournal.Step?, options: Options, journal: RotationJournal) -> [String] {
-        var lines: [String] = []
+    static func plan(after step: RotationJournal.Step?, options: Options, journal: RotationJournal) -> [PlannedStep] {
+        var steps: [PlannedStep] = []
         let done = step ?? .planned
-        if step == nil { lines.append("preflight: the current key gets a token (done)") }
-        if done < .keyGenerated { lines.append("generate a \(journal.new.keySpec) key pair in the token, labelled '\(journal.new.temporaryLabel)', CKA_ID \(journal.new.idHex)") }
-        if done < .certificateStored { lines.append("make a self-signed certificate valid \(journal.new.days) days, signed in the token, and store it") }
-        if done < .added { lines.append("addKey on \(journal.target), proof signed by the current key") }
-        if done < .verified { lines.append("get a token with the new key, retrying up to \(Int(options.propagationTimeout))s while Entra replicates") }
+        if step == nil { steps.append(PlannedStep(step: "preflight", action: "the current key gets a token", done: true)) }
+        if done < .keyGenerated {
+            steps.append(PlannedStep(step: RotationJournal.Step.keyGenerated.name, action: "generate a \(journal.new.keySpec) key pair in the token, labelled '\(journal.new.temporaryLabel)', CKA_ID \(journal.new.idHex)"))
+        }
+        if done < .certificateStored {
+            steps.append(PlannedStep(step: RotationJournal.Step.certificateStored.name, action: "make a self-signed certificate valid \(journal.new.days) days, signed in the token, and store it"))
+        }
+        if done < .added { steps.append(PlannedStep(step: RotationJournal.Step.added.name, action: "addKey on \(journal.target), proof signed by the current key")) }
+        if done < .verified {
+            steps.append(PlannedStep(step: RotationJournal.Step.verified.name, action: "get a token with the new key, retrying up to \(Int(options.propagationTimeout))s while Entra replicates"))
+        }
         if done < .relabelled {
-            lines.append("give the new key the label '\(journal.new.finalLabel)' and relabel the old key as retired")
+            steps.append(PlannedStep(step: RotationJournal.Step.relabelled.name, action: "give the new key the label '\(journal.new.finalLabel)' and relabel the old key as retired"))
         }
         if done < .oldRemoved {
-            lines.append(options.keepOld ? "keep the old credential"
-                : journal.old.keyId.map { "removeKey \($0) (the old credential), proof signed by the new key" } ?? "leave the old credential (keyId unknown) and say how to remove it")
+            steps.append(PlannedStep(step: RotationJournal.Step.oldRemoved.name, action: options.keepOld ? "keep the old credential"
+                : journal.old.keyId.map { "removeKey \($0) (the old credential), proof signed by the new key" } ?? "leave the old credential (keyId unknown) and say how to remove it"))
         }
         if done < .retired {
-            lines.append(options.deleteOld ? "destroy the old key" : "keep the old key under its retired label")
+            steps.append(PlannedStep(step: RotationJournal.Step.retired.name, action: options.deleteOld ? "destroy the old key" : "keep the old key under its retired label"))
         }
-        return lines
+        return steps
     }
 
     static func journalHint(_ store: RotationJournalStore, _ journal: RotationJournal) -> String {

@@ -20,6 +20,20 @@ public struct RotationJournal: Codable, Sendable, Equatable {
 
         public static func < (a: Step, b: Step) -> Bool { a.position < b.position }
 
+        /// The step's name in JSON reports: `keyGenerated`, `oldRemoved`, …
+        public var name: String {
+            switch self {
+            case .planned: return "planned"
+            case .keyGenerated: return "keyGenerated"
+            case .certificateStored: return "certificateStored"
+            case .added: return "added"
+            case .verified: return "verified"
+            case .relabelled: return "relabelled"
+            case .oldRemoved: return "oldRemoved"
+            case .retired: return "retired"
+            }
+        }
+
         public var description: String {
             switch self {
             case .planned: return "planned"

@@ -23,9 +23,21 @@ struct EntraEmulatorCommand: AsyncParsableCommand {
     }
 }
 
+/// `--state-dir`, as p11jwt spells a state directory. `--state` (its 0.9 name) is still taken,
+/// not shown.
 struct StateOption: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("The state directory (apps, keys, CA, url).", valueName: "dir"))
-    var state: String
+    var stateDir: String?
+
+    @Option(name: .customLong("state"), help: .hidden)
+    var legacyState: String?
+
+    func validate() throws {
+        guard stateDir != nil || legacyState != nil else { throw ValidationError("Missing expected argument '--state-dir <dir>'") }
+        if stateDir != nil && legacyState != nil { throw ValidationError("give --state-dir once (--state is its old name)") }
+    }
+
+    var state: String { stateDir ?? legacyState ?? "" }
 }
 
 struct Serve: AsyncParsableCommand {

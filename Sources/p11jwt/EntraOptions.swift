@@ -23,126 +23,58 @@ struct EntraOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("An extra CA certificate (PEM) to trust, e.g. the emulator's <state>/ca.pem. TLS is always verified.", valueName: "file"))
     var caFile: String?
 
-    @Option(name: .long, help: ArgumentHelp("Config file (default: ~/.config/p11jwt/config.toml if it exists).", valueName: "file"))
-    var config: String?
+    @Option(name: .long, help: ArgumentHelp("Seconds each HTTP request may take, 1…600 (default: the config file's timeout, else 30).", valueName: "seconds"))
+    var timeout: Int?
 
-    @Option(name: .long, help: ArgumentHelp("Seconds each HTTP request may take.", valueName: "seconds"))
-    var timeout: Int = 30
-
-    var environment: [String: String] { ProcessInfo.processInfo.environment }
-
-    /// The config file's settings (empty when there is none).
-    func configFile() throws -> ConfigFile {
-        if let config { return try ConfigFile(path: config, required: true) }
-        let base = environment["XDG_CONFIG_HOME"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
-            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".config")
-        return try ConfigFile(path: base.appendingPathComponent("p11jwt/config.toml").path, required: false)
-    }
-
-    /// flag, then environment variable, then config file key.
-    func setting(_ flag: String?, env: String?, key: String, _ file: ConfigFile) -> String? {
-        if let flag { return flag }
-        if let env, let value = environment[env], !value.isEmpty { return value }
-        return file[key]
-    }
-
-    /// The Entra settings from the flags, the environment and `file` (read once by the command).
+    /// The Entra settings from the flags, the environment and the config file.
     func clientConfiguration(
-        _ file: ConfigFile, cacheFile: URL?, algorithm: ClientAssertion.AlgorithmChoice = .auto
+        _ settings: Settings, cacheFile: URL?, algorithm: ClientAssertion.AlgorithmChoice = .auto
     ) throws -> EntraClient.Configuration {
-        let cloudName = cloud?.rawValue ?? file["cloud"]
-        guard let cloud = EntraCloud(rawValue: cloudName ?? "public") else {
-            throw CLIError.usage("unknown cloud '\(cloudName ?? "")' in \(file.path ?? "the config file"): use public, usgov, usgov-dod or china")
-        }
+        let cloud = try Self.cloud(settings, flag: cloud)
         var endpoints = EntraEndpoints(cloud: cloud)
-        if let host = setting(authorityHost, env: "AZURE_AUTHORITY_HOST", key: "authority-host", file) {
+        if let host = settings.value(.authorityHost, flag: authorityHost) {
             endpoints.authorityHost = try EntraValue.endpoint(host, what: "authority host")
         }
-        if let graph = setting(graphEndpoint, env: nil, key: "graph-endpoint", file) {
+        if let graph = settings.value(.graphEndpoint, flag: graphEndpoint) {
             endpoints.graphEndpoint = try EntraValue.endpoint(graph, what: "Graph endpoint")
         }
-        guard timeout >= 1 && timeout <= 600 else { throw CLIError.usage("--timeout must be 1…600 seconds") }
+        let resolved = settings.resolve(.timeout, flag: timeout.map(String.init)) ?? ("30", .defaultValue)
+        guard let timeout = Int(resolved.value), timeout >= 1 && timeout <= 600 else {
+            throw CLIError(message: "the timeout must be 1…600 seconds, not '\(resolved.value)' (from \(resolved.source))", exitCode: 2)
+        }
         return EntraClient.Configuration(
-            tenant: setting(tenant, env: "AZURE_TENANT_ID", key: "tenant", file) ?? "",
-            clientID: setting(clientID, env: "AZURE_CLIENT_ID", key: "client-id", file) ?? "",
-            cloud: cloud, endpoints: endpoints, caFile: setting(caFile, env: nil, key: "ca-file", file),
+            tenant: settings.value(.tenant, flag: tenant) ?? "",
+            clientID: settings.value(.clientID, flag: clientID) ?? "",
+            cloud: cloud, endpoints: endpoints, caFile: settings.value(.caFile, flag: caFile),
             retry: RetryPolicy(requestTimeout: Int64(timeout)), cacheFile: cacheFile, algorithm: algorithm)
+    }
+
+    /// `--cloud`, else the config file's `cloud`, else public.
+    static func cloud(_ settings: Settings, flag: EntraCloud?) throws -> EntraCloud {
+        guard let resolved = settings.resolve(.cloud, flag: flag?.rawValue) else { return .global }
+        guard let cloud = EntraCloud(rawValue: resolved.value) else {
+            throw CLIError(message: "unknown cloud '\(resolved.value)' (from \(resolved.source))", exitCode: 2, hint: "use public, usgov, usgov-dod or china")
+        }
+        return cloud
     }
 }
 
-/// `--no-cache` and `--state-dir`: commands that get tokens and record credentials.
+/// `--no-cache`: commands that get tokens.
 struct StateOptions: ParsableArguments {
     @Flag(name: .long, help: "Neither read nor write the token cache.")
     var noCache = false
 
-    @Option(name: .long, help: ArgumentHelp("Where rotate journals and credential records live (default: $XDG_STATE_HOME/p11jwt or ~/.local/state/p11jwt).", valueName: "dir"))
-    var stateDir: String?
-
     var cacheFile: URL? { noCache ? nil : TokenCache.defaultFile() }
-
-    var stateDirectory: URL { stateDir.map { URL(fileURLWithPath: $0) } ?? CredentialRecords.defaultDirectory() }
 }
 
-/// The config file: `key = "value"` lines (TOML's basic strings, integers and booleans),
-/// `#` comments; section headers are ignored, so keys are flat:
-///
-///     tenant = "contoso.onmicrosoft.com"
-///     client-id = "11111111-2222-3333-4444-555555555555"
-///     key = "pkcs11:token=ops;object=app"
-///     cloud = "public"
-struct ConfigFile {
-    let path: String?
-    private var values: [String: String] = [:]
+/// `--state-dir`: commands that keep rotate journals and credential records.
+struct StateDirectoryOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Where rotate journals and credential records live (default: $P11JWT_STATE_DIR, else the config file's state-dir, else $XDG_STATE_HOME/p11jwt or ~/.local/state/p11jwt).", valueName: "dir"))
+    var stateDir: String?
 
-    static let keys: Set<String> = ["tenant", "client-id", "key", "object-id", "cloud", "authority-host", "graph-endpoint", "ca-file", "state-dir"]
-
-    init(path: String, required: Bool) throws {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            if required { throw CLIError.usage("cannot read the config file \(path)") }
-            self.path = nil
-            return
-        }
-        self.path = path
-        for (number, raw) in String(decoding: data, as: UTF8.self).components(separatedBy: .newlines).enumerated() {
-            let line = raw.trimmingCharacters(in: .whitespaces)
-            if line.isEmpty || line.hasPrefix("#") || line.hasPrefix("[") { continue }
-            guard let eq = line.firstIndex(of: "=") else {
-                throw CLIError.usage("\(path):\(number + 1): expected key = value")
-            }
-            let key = line[..<eq].trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "_", with: "-").lowercased()
-            guard Self.keys.contains(key) else {
-                throw CLIError.usage("\(path):\(number + 1): unknown key '\(key)' (known: \(Self.keys.sorted().joined(separator: ", ")))")
-            }
-            values[key] = try Self.value(String(line[line.index(after: eq)...]).trimmingCharacters(in: .whitespaces), at: "\(path):\(number + 1)")
-        }
+    func stateDirectory(_ settings: Settings) -> URL {
+        settings.value(.stateDir, flag: stateDir).map { URL(fileURLWithPath: $0) } ?? CredentialRecords.defaultDirectory()
     }
-
-    static func value(_ text: String, at place: String) throws -> String {
-        if let quote = text.first, quote == "\"" || quote == "'" {
-            var body = ""
-            var escaped = false
-            for ch in text.dropFirst() {
-                if escaped {
-                    body.append(ch == "n" ? "\n" : ch == "t" ? "\t" : ch)
-                    escaped = false
-                } else if ch == "\\" && quote == "\"" {
-                    escaped = true
-                } else if ch == quote {
-                    return body
-                } else {
-                    body.append(ch)
-                }
-            }
-            throw CLIError.usage("\(place): unterminated string")
-        }
-        let bare = text.split(separator: "#", maxSplits: 1).first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
-        guard !bare.isEmpty, bare == "true" || bare == "false" || Int(bare) != nil else {
-            throw CLIError.usage("\(place): a value must be a quoted string, a number or true/false")
-        }
-        return bare
-    }
-
-    subscript(key: String) -> String? { values[key] }
 }
 
 /// Runs an async body with an Entra client, shutting it down after.

@@ -41,7 +41,7 @@ enum ErrorReport {
         case "pkcs11.tokenNotFound", "pkcs11.tokenAmbiguous":
             return "list tokens with 'p11jwt tokens'"
         case "entra.tokenRefused" where error.details["aadsts"] == "AADSTS700027":
-            return "register the certificate with 'p11jwt add-key', or see the app's credentials with 'p11jwt credentials'"
+            return "register the certificate with 'p11jwt credential add', or see the app's credentials with 'p11jwt credential list'"
         case "entra.tokenRefused" where error.details["aadsts"] == "AADSTS1000502":
             return "rotate with 'p11jwt rotate'"
         default:
@@ -82,23 +82,21 @@ enum ErrorReport {
     }
 }
 
-/// How the CLI spells the settings libraries name in their errors (their configuration names).
+/// How the CLI spells the settings libraries name in their errors (their config-file names).
 enum SettingNames {
-    static let environment: [String: String] = [
-        "tenant": "AZURE_TENANT_ID", "client-id": "AZURE_CLIENT_ID", "key": "P11JWT_KEY", "module": "P11JWT_MODULE",
-        "pin-file": "P11JWT_PIN", "agent-socket": "P11JWT_AGENT_SOCK",
-    ]
-    /// Settings whose flag is not `--` + their name.
-    static let flags: [String: String] = [
-        "cert": "--cert / --cert-file", "key-type": "--key-type / --type", "agent-socket": "--socket",
-    ]
+    /// Names libraries use that are flags only (no config-file key).
+    static let flags: [String: String] = ["cert": "--cert / --cert-file", "key-type": "--key-type"]
 
-    static func flag(_ setting: String) -> String? { flags[setting] ?? "--\(setting)" }
+    static func flag(_ name: String) -> String? { flags[name] ?? Setting.named(name)?.flag ?? "--\(name)" }
 
-    /// `--tenant or $AZURE_TENANT_ID`.
-    static func wording(_ setting: String) -> String? {
-        guard let flag = flag(setting) else { return nil }
-        if let variable = environment[setting] { return "\(flag) or $\(variable)" }
-        return flag
+    /// `--tenant or $AZURE_TENANT_ID` (and the config file's key when it has one).
+    static func wording(_ name: String) -> String? {
+        guard let flag = flag(name) else { return nil }
+        guard let setting = Setting.named(name) else { return flag }
+        var ways = [flag]
+        if let variable = setting.environment { ways.append("$\(variable)") }
+        if name == "pin-file" { ways.append("$P11JWT_PIN") }
+        if Setting.all.contains(setting) { ways.append("'\(setting.key):' in the config file") }
+        return ways.count == 2 ? ways.joined(separator: " or ") : ways.dropLast().joined(separator: ", ") + " or " + ways.last!
     }
 }

@@ -6,37 +6,42 @@ import Logging
 import PKCS11
 import TokenSigning
 
-/// `--module` and logging: every command that talks to a token has these.
+/// `--module`, `--config` and logging: every command that talks to a token has these.
 struct ModuleOptions: ParsableArguments {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "PKCS#11 module: a .so path or a p11-kit module name (default: module-path/module-name in the URI, else $P11JWT_MODULE, else the p11-kit proxy).",
+            "PKCS#11 module: a .so path or a p11-kit module name (default: module-path/module-name in the URI, else $P11JWT_MODULE, else the config file's module, else the p11-kit proxy).",
             valueName: "path|name"))
     var module: String?
 
-    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical (default: $P11JWT_LOG_LEVEL or warning).")
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical (default: $P11JWT_LOG_LEVEL, else the config file's log-level, else warning).")
     var logLevel: String?
 
     @Flag(name: [.short, .long], help: "Shorthand for --log-level debug.")
     var verbose = false
 
+    @OptionGroup var configOptions: ConfigOptions
+
+    /// The settings of this run (flags are resolved by each option group against them).
+    func settings() throws -> Settings { try configOptions.settings() }
+
     /// The module to load for `uri`: `--module` wins, then the URI's own module, then
-    /// `$P11JWT_MODULE`, then the proxy (which loads every registered module: one that has no
-    /// device to talk to may complain on stderr, e.g. tpm2-pkcs11 without a TPM).
-    func spec(for uri: PKCS11URI?) -> ModuleSpec {
+    /// `$P11JWT_MODULE` / the config file, then the proxy (which loads every registered module: one
+    /// that has no device to talk to may complain on stderr, e.g. tpm2-pkcs11 without a TPM).
+    func spec(for uri: PKCS11URI?) throws -> ModuleSpec {
         if let module { return ModuleSpec(module) }
-        let environment = ProcessInfo.processInfo.environment["P11JWT_MODULE"].flatMap { $0.isEmpty ? nil : ModuleSpec($0) } ?? .proxy
-        if let uri { return ModuleSpec(uri: uri, fallback: environment) }
-        return environment
+        let configured = try settings().value(.module).map(ModuleSpec.init) ?? .proxy
+        if let uri { return ModuleSpec(uri: uri, fallback: configured) }
+        return configured
     }
 
-    /// The executable's logger; `defaultLevel` unless --log-level, -v or $P11JWT_LOG_LEVEL say
-    /// otherwise (commands: warning; the agent, a daemon: info).
+    /// The executable's logger; `defaultLevel` unless --log-level, -v, $P11JWT_LOG_LEVEL or the
+    /// config file say otherwise (commands: warning; the agent, a daemon: info).
     func makeLogger(defaultLevel: String = "warning") throws -> Logger {
-        let text = verbose ? "debug" : (logLevel ?? ProcessInfo.processInfo.environment["P11JWT_LOG_LEVEL"] ?? defaultLevel)
+        let text = verbose ? "debug" : (try settings().value(.logLevel, flag: logLevel) ?? defaultLevel)
         guard let level = Logger.Level(rawValue: text.lowercased()) else {
-            throw CLIError.usage("unknown log level '\(text)'")
+            throw CLIError(message: "unknown log level '\(text)'", exitCode: 2, hint: "use trace, debug, info, notice, warning, error or critical")
         }
         LoggingBootstrap.once(level: level)
         var logger = Logger(label: "p11jwt")
@@ -64,7 +69,7 @@ enum LoggingBootstrap {
 
 /// How to find the PIN. There is no `--pin VALUE`: argv is visible to every user.
 struct PINOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("Read the user PIN from this file (first line).", valueName: "file"))
+    @Option(name: .long, help: ArgumentHelp("Read the user PIN from this file (first line; mode 0600). Default: $P11JWT_PIN_FILE, else the config file's pin-file; else $P11JWT_PIN holds the PIN, else a prompt.", valueName: "file"))
     var pinFile: String?
 
     /// Not an option: there so that `--pin VALUE` gets an answer that says why not and what to do.
@@ -78,16 +83,42 @@ struct PINOptions: ParsableArguments {
         }
     }
 
-    var provider: PINProvider { PINProvider(pinFile: pinFile) }
+    /// Where the PIN comes from: --pin-file / $P11JWT_PIN_FILE / the config file's pin-file, then
+    /// $P11JWT_PIN, then a prompt.
+    func provider(_ settings: Settings) -> PINProvider { PINProvider(pinFile: settings.value(.pinFile, flag: pinFile)) }
 }
 
+/// `--output text|json` on every command. `raw` (sign) and `token` (token) were the text format's
+/// names in 0.9: still taken, not shown.
 enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case text, json
+
+    init?(argument: String) {
+        switch argument.lowercased() {
+        case "text", "raw", "token": self = .text
+        case "json": self = .json
+        default: return nil
+        }
+    }
 }
 
 struct OutputOptions: ParsableArguments {
-    @Option(name: .long, help: "Output format: text or json.")
+    @Option(name: .long, help: "Output format: text or json (errors too, on stderr).")
     var output: OutputFormat = .text
+
+    /// Prints `report` as this command's output: its text, or its JSON.
+    func emit(_ report: some CommandReport) throws {
+        switch output {
+        case .json: try printJSON(report)
+        case .text: if let text = report.text { print(text, terminator: text.hasSuffix("\n") ? "" : "\n") }
+        }
+    }
+}
+
+/// What a command reports: JSON as it encodes (camelCase keys, ISO 8601 dates, durations in
+/// seconds rounded to the millisecond), and the text people read (nil: nothing to print).
+protocol CommandReport: Encodable {
+    var text: String? { get }
 }
 
 /// Prints a value as pretty, key-sorted JSON.
@@ -124,7 +155,7 @@ struct TokenContext {
         let logger = try moduleOptions.makeLogger()
         let uri = try PKCS11URI(uriText)
         try refusePINInArguments(uri, uriText)
-        let spec = moduleOptions.spec(for: uri)
+        let spec = try moduleOptions.spec(for: uri)
         var module = try Module.load(spec, logger: logger)
         let token: Token
         do {
@@ -140,7 +171,7 @@ struct TokenContext {
         }
         if login, let pins {
             do {
-                try token.login(pins: pins.provider, uri: uri)
+                try token.login(pins: pins.provider(try moduleOptions.settings()), uri: uri)
             } catch {
                 token.close()
                 throw error

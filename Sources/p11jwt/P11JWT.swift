@@ -14,17 +14,29 @@ struct P11JWT: AsyncParsableCommand {
         commandName: "p11jwt",
         abstract: "Sign with keys that never leave an HSM or smartcard (PKCS#11).",
         discussion: """
-            Keys are chosen with RFC 7512 pkcs11: URIs; the listing commands print them.
-            PINs come from pin-source/pin-value in the URI, --pin-file, $P11JWT_PIN, or a prompt —
-            never from a command-line value.
+            Keys are chosen with RFC 7512 pkcs11: URIs; the listing commands print them. \
+            PINs come from pin-source/pin-value in the URI, --pin-file, $P11JWT_PIN, or a prompt — \
+            never from a command-line value. \
             Exit status: 0 success, 1 the operation failed, 2 usage error.
             """,
         version: BuildInfo.version,
         subcommands: [
-            TokensCommand.self, ObjectsCommand.self, MechanismsCommand.self, KeygenCommand.self,
-            SignCommand.self, DestroyCommand.self, AssertionCommand.self, PopCommand.self, JWTCommand.self,
-            DecodeCommand.self, ThumbprintCommand.self, TokenCommand.self, AddKeyCommand.self, RemoveKeyCommand.self,
-            CredentialsCommand.self, CertCommand.self, ImportCommand.self, RotateCommand.self, AgentCommand.self,
+            // 0.9 names, not listed.
+            LegacyTokenCommand.self, LegacyImportCommand.self, LegacyAddKeyCommand.self, LegacyRemoveKeyCommand.self,
+            LegacyCredentialsCommand.self,
+        ],
+        groupedSubcommands: [
+            CommandGroup(name: "TOKEN (PKCS#11)", subcommands: [
+                TokensCommand.self, ObjectsCommand.self, MechanismsCommand.self, KeygenCommand.self, ImportCommand.self,
+                CertCommand.self, ExportCommand.self, DestroyCommand.self,
+            ]),
+            CommandGroup(name: "SIGNING", subcommands: [
+                SignCommand.self, JWTCommand.self, AssertionCommand.self, PopCommand.self, DecodeCommand.self, ThumbprintCommand.self,
+            ]),
+            CommandGroup(name: "ENTRA ID", subcommands: [
+                AccessTokenCommand.self, CredentialCommand.self, RotateCommand.self,
+            ]),
+            CommandGroup(name: "SERVICE AND SETTINGS", subcommands: [AgentCommand.self, ConfigCommand.self]),
         ])
 
     /// Runs the command with the documented exit statuses (0 / 1 / 2); library errors are

@@ -1,4 +1,5 @@
 import Agent
+import Entra
 import ArgumentParser
 import Foundation
 import JOSE
@@ -31,11 +32,37 @@ struct SignerSession: Sendable {
     }
 }
 
-/// The key that signs and the certificate that names it: every command that makes a JWS has these.
-struct SigningOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("The private key (a pkcs11: URI). Default: $P11JWT_KEY.", valueName: "uri"))
+/// `--key` with its module and PIN: every command that uses one key on a token.
+struct KeyOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The private key (a pkcs11: URI). Default: $P11JWT_KEY, else the config file's key.", valueName: "uri"))
     var key: String?
 
+    @OptionGroup var moduleOptions: ModuleOptions
+    @OptionGroup var pinOptions: PINOptions
+
+    /// --key, then $P11JWT_KEY, then the config file's `key`; nil when none has one.
+    func configuredKey() throws -> String? { try moduleOptions.settings().value(.key, flag: key) }
+
+    /// ``configuredKey()``, or an error that says how to give one.
+    func keyURI() throws -> String {
+        if let key = try configuredKey() { return key }
+        throw CLIError(
+            message: "no key: give --key pkcs11:…, set $P11JWT_KEY, or put key: in the config file", exitCode: 2,
+            hint: "list keys with 'p11jwt objects'")
+    }
+
+    /// The key's token, opened and logged in to.
+    func open() throws -> TokenContext {
+        try TokenContext.open(try keyURI(), moduleOptions: moduleOptions, pins: pinOptions, login: true)
+    }
+
+    func open() async throws -> TokenContext {
+        try await TokenContext.open(try keyURI(), moduleOptions: moduleOptions, pins: pinOptions, login: true)
+    }
+}
+
+/// `--cert` / `--cert-file`: the certificate of a key that has one already.
+struct CertificateOptions: ParsableArguments {
     @Option(
         name: .long,
         help: ArgumentHelp(
@@ -46,30 +73,78 @@ struct SigningOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("The key's certificate as a PEM or DER file (a PEM may go on with its chain, leaf first).", valueName: "file"))
     var certFile: String?
 
-    @OptionGroup var moduleOptions: ModuleOptions
-    @OptionGroup var pinOptions: PINOptions
-
-    @Flag(name: .long, help: "Open the token here even when $P11JWT_AGENT_SOCK names a running agent.")
-    var noAgent = false
-
     func validate() throws {
         if cert != nil && certFile != nil { throw ValidationError("give --cert or --cert-file, not both") }
     }
 
-    var agentSocket: String? { runningAgentSocket(noAgent: noAgent) }
+    /// The certificate file given, if any (a `--cert` that is not a pkcs11: URI is a file).
+    var file: String? { certFile ?? cert.flatMap { $0.hasPrefix("pkcs11:") ? nil : $0 } }
 
-    /// The signer for this command: the agent's when it runs (the certificate options still
-    /// apply), else the token's, logged in here.
-    func open(requireCertificate: Bool, chainFile: String? = nil, configKey: String? = nil) throws -> SignerSession {
-        let logger = try moduleOptions.makeLogger()
+    var isGiven: Bool { cert != nil || certFile != nil }
+}
+
+/// `--no-agent`: commands that may sign through a running agent.
+struct AgentOptions: ParsableArguments {
+    @Flag(name: .long, help: "Open the token here even when $P11JWT_AGENT_SOCK names a running agent.")
+    var noAgent = false
+
+    var socket: String? { runningAgentSocket(noAgent: noAgent) }
+}
+
+/// The key that signs, the certificate that names it, and whether an agent may sign: every
+/// command that makes a JWS has these.
+struct SigningOptions: ParsableArguments {
+    @OptionGroup var keyOptions: KeyOptions
+    @OptionGroup var certificateOptions: CertificateOptions
+    @OptionGroup var agentOptions: AgentOptions
+
+    var moduleOptions: ModuleOptions { keyOptions.moduleOptions }
+    var pinOptions: PINOptions { keyOptions.pinOptions }
+
+    func open(requireCertificate: Bool, chainFile: String? = nil) throws -> SignerSession {
+        try SignerSetup(keyOptions: keyOptions, certificate: certificateOptions, agentSocket: agentOptions.socket)
+            .open(requireCertificate: requireCertificate, chainFile: chainFile)
+    }
+
+    func open(requireCertificate: Bool, chainFile: String? = nil) async throws -> SignerSession {
+        let options = self
+        return try await BlockingExecutor.shared.run { try options.open(requireCertificate: requireCertificate, chainFile: chainFile) }
+    }
+}
+
+/// A key and an agent, no certificate option: commands that make the key's certificate.
+struct UncertifiedSigningOptions: ParsableArguments {
+    @OptionGroup var keyOptions: KeyOptions
+    @OptionGroup var agentOptions: AgentOptions
+
+    func open() throws -> SignerSession {
+        try SignerSetup(keyOptions: keyOptions, certificate: nil, agentSocket: agentOptions.socket).open(requireCertificate: false)
+    }
+}
+
+/// How a command gets its signer: the agent's when one runs (the certificate options still
+/// apply), else the token's, logged in here.
+struct SignerSetup {
+    var keyOptions: KeyOptions
+    var certificate: CertificateOptions?
+    var agentSocket: String?
+
+    func open(requireCertificate: Bool, chainFile: String? = nil) throws -> SignerSession {
+        let logger = try keyOptions.moduleOptions.makeLogger()
+        let fromToken = certificate?.isGiven != true && chainFile == nil
         guard let socket = agentSocket else {
-            let (context, signer) = try openSigner(requireCertificate: requireCertificate, chainFile: chainFile, configKey: configKey)
-            return SignerSession(
-                signer: signer, logger: logger, context: context, certificateFromToken: cert == nil && certFile == nil && chainFile == nil)
+            let context = try keyOptions.open()
+            do {
+                let signer = try self.signer(in: context, requireCertificate: requireCertificate, chainFile: chainFile)
+                return SignerSession(signer: signer, logger: logger, context: context, certificateFromToken: fromToken)
+            } catch {
+                context.close()
+                throw error
+            }
         }
-        let keyText = key ?? ProcessInfo.processInfo.environment["P11JWT_KEY"].flatMap { $0.isEmpty ? nil : $0 } ?? configKey
+        let keyText = try keyOptions.configuredKey()
         var signer: any JWSSigner = try AgentClient(socketPath: socket).signer(key: keyText)
-        if let file = certFile ?? cert.flatMap({ $0.hasPrefix("pkcs11:") ? nil : $0 }) {
+        if let file = certificate?.file {
             signer = try ChainedSigner(signer, chain: try readCertificates(file) + (try chainFile.map(readCertificates) ?? []))
         } else if let chainFile, let leaf = signer.certificate {
             signer = try ChainedSigner(signer, chain: [leaf] + (try readCertificates(chainFile)).filter { $0.der != leaf.der })
@@ -81,45 +156,15 @@ struct SigningOptions: ParsableArguments {
         return SignerSession(signer: signer, logger: logger, context: nil)
     }
 
-    /// ``open(requireCertificate:chainFile:configKey:)`` for async commands: the token is opened,
-    /// logged in to and read on the token executor's threads, not a cooperative one.
-    func open(requireCertificate: Bool, chainFile: String? = nil, configKey: String? = nil) async throws -> SignerSession {
-        let options = self
-        return try await BlockingExecutor.shared.run {
-            try options.open(requireCertificate: requireCertificate, chainFile: chainFile, configKey: configKey)
-        }
-    }
-
-    /// --key, then $P11JWT_KEY, then `fallback` (the config file's `key`).
-    func keyURI(fallback: String? = nil) throws -> String {
-        if let key { return key }
-        if let key = ProcessInfo.processInfo.environment["P11JWT_KEY"], !key.isEmpty { return key }
-        if let fallback { return fallback }
-        throw CLIError.usage("no key: give --key pkcs11:… or set P11JWT_KEY (list keys with 'p11jwt objects --token pkcs11:token=…')")
-    }
-
-    /// Opens the key's token, logs in and returns a signer for the key with its certificate
-    /// chain: from --cert / --cert-file (plus `chainFile`), else from the token. With
-    /// `requireCertificate`, no certificate is an error that says how to give one.
-    func openSigner(requireCertificate: Bool, chainFile: String? = nil, configKey: String? = nil) throws -> (TokenContext, TokenSigner) {
-        let context = try TokenContext.open(try keyURI(fallback: configKey), moduleOptions: moduleOptions, pins: pinOptions, login: true)
-        do {
-            return (context, try signer(in: context, requireCertificate: requireCertificate, chainFile: chainFile))
-        } catch {
-            context.close()
-            throw error
-        }
-    }
-
     /// The signer for the key `context` was opened for, with its certificate chain: from --cert
     /// (a certificate object's URI or a file) / --cert-file (plus `chainFile`), else from the token.
     func signer(in context: TokenContext, requireCertificate: Bool, chainFile: String? = nil) throws -> TokenSigner {
         let key = try context.token.signingKey(context.uri)
         var chain: [JWSCertificate]?
-        if let file = certFile ?? cert.flatMap({ $0.hasPrefix("pkcs11:") ? nil : $0 }) {
+        if let file = certificate?.file {
             chain = try readCertificates(file)
-        } else if let uri = cert {
-            let leaf = try certificate(uri: uri, context: context)
+        } else if let uri = certificate?.cert {
+            let leaf = try Self.certificate(uri: uri, context: context)
             chain = try context.token.certificateChain(startingWith: leaf)
         }
         if let chainFile {
@@ -139,7 +184,7 @@ struct SigningOptions: ParsableArguments {
 
     /// The one certificate object a URI selects, on the key's token when the URI names it (or
     /// names no token), else on the token the URI names.
-    private func certificate(uri text: String, context: TokenContext) throws -> JWSCertificate {
+    private static func certificate(uri text: String, context: TokenContext) throws -> JWSCertificate {
         let uri = try PKCS11URI(text)
         let sameToken = uri.matches(token: context.token.info)
         let token = sameToken ? context.token : try Token.open(uri, module: context.module, logger: context.logger)
@@ -234,6 +279,36 @@ enum AlgorithmArgument: ExpressibleByArgument, Equatable {
     }
 
     static var allValueStrings: [String] { ["auto"] + JWSAlgorithm.allCases.map(\.rawValue) }
+}
+
+/// `--alg auto|PS256|RS256`: what Entra takes in a client assertion (any case).
+enum AssertionAlgorithmArgument: String, ExpressibleByArgument, CaseIterable {
+    case auto, PS256, RS256
+
+    init?(argument: String) {
+        guard let value = Self.allCases.first(where: { $0.rawValue.lowercased() == argument.lowercased() }) else { return nil }
+        self = value
+    }
+
+    var choice: ClientAssertion.AlgorithmChoice {
+        switch self {
+        case .auto: return .auto
+        case .PS256: return .fixed(.PS256)
+        case .RS256: return .fixed(.RS256)
+        }
+    }
+}
+
+/// `--alg RS256|PS256`: what Graph takes in a proof of possession (any case).
+enum ProofAlgorithmArgument: String, ExpressibleByArgument, CaseIterable {
+    case RS256, PS256
+
+    init?(argument: String) {
+        guard let value = Self.allCases.first(where: { $0.rawValue.lowercased() == argument.lowercased() }) else { return nil }
+        self = value
+    }
+
+    var algorithm: JWSAlgorithm { self == .RS256 ? .RS256 : .PS256 }
 }
 
 /// `--kid thumbprint|none|VALUE`.

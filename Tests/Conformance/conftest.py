@@ -36,7 +36,7 @@ class Emulator:
     def __init__(self, state):
         self.state = state
         self.log = open(state / "serve.log", "w")
-        self.process = subprocess.Popen([str(EMULATOR_BIN), "serve", "--state", str(state)],
+        self.process = subprocess.Popen([str(EMULATOR_BIN), "serve", "--state-dir", str(state)],
                                         stdout=subprocess.DEVNULL, stderr=self.log)
         url_file = state / "url"
         deadline = time.time() + 60
@@ -49,7 +49,7 @@ class Emulator:
         self.ca = str(state / "ca.pem")
 
     def admin(self, *args):
-        return json.loads(run([EMULATOR_BIN, *args, "--state", self.state]).stdout)
+        return json.loads(run([EMULATOR_BIN, *args, "--state-dir", self.state]).stdout)
 
     def create_app(self, name, cert=None, *extra):
         args = ["app", "create", "--name", name, *extra]
@@ -106,7 +106,7 @@ class HardwareIdentity:
         self.pin_file.write_text(PIN + "\n")
         os.chmod(self.pin_file, 0o600)
         token = f"pkcs11:token={self.label}"
-        self.key = run([BIN, "keygen", "--token", token, "--label", "app", "--type", "rsa:2048",
+        self.key = run([BIN, "keygen", "--token", token, "--label", "app", "--key-type", "rsa:2048",
                         "--pin-file", self.pin_file], env=self.env).stdout.strip()
         self.cert_file = directory / "hardware.pem"
         run([BIN, "cert", "create", "--key", self.key, "--subject", "CN=p11jwt conformance", "--days", "30",

@@ -187,7 +187,7 @@ struct TokenCommandsCLITests {
         let mismatchURI = try s.p11(["pop", "--key", s.key.uri, "--cert", "pkcs11:token=cli-bad;object=other;type=cert", "--object-id", "a0b1c2d3-e4f5-4607-9809-1a2b3c4d5e6f"] + s.pin)
         #expect(mismatchURI.stderr.contains("does not belong to key"), "\(mismatchURI.stderr)")
         // A key with no certificate on the token.
-        let keygen = try s.p11(["keygen", "--token", "pkcs11:token=cli-bad", "--label", "bare", "--type", "rsa:2048"] + s.pin)
+        let keygen = try s.p11(["keygen", "--token", "pkcs11:token=cli-bad", "--label", "bare", "--key-type", "rsa:2048"] + s.pin)
         #expect(keygen.status == 0, "\(keygen.stderr)")
         let bare = try s.p11(["assertion", "--key", "pkcs11:token=cli-bad;object=bare;type=private"] + entra + s.pin)
         #expect(bare.status == 1)

@@ -223,7 +223,7 @@ struct AgentTests {
         #expect(jwtAgent.status == 0, "\(jwtAgent.stderr)")
         #expect(jwtAgent.stdout == jwtDirect.stdout, "\(jwtDirect.stderr)")
         // The Entra commands work through the agent with no PIN at all.
-        let token = try agent.cli(["token", "--key", f.keyURI, "--no-cache", "--output", "json"] + f.entraFlags.filter { $0 != "--pin-file" && $0 != f.hsm.pinFile })
+        let token = try agent.cli(["access-token", "--key", f.keyURI, "--no-cache", "--output", "json"] + f.entraFlags.filter { $0 != "--pin-file" && $0 != f.hsm.pinFile })
         #expect(token.status == 0, "\(token.stderr)")
         let assertion = try agent.cli(["assertion", "--key", f.keyURI, "--tenant", f.tenant, "--client-id", f.appId, "--output", "json"])
         #expect(assertion.status == 0, "\(assertion.stderr)")

@@ -9,7 +9,7 @@ struct CertificateTests {
     func selfSignedCertificateAndCSRVerifyWithOpenSSL(implementation: TokenImplementation, type: String) throws {
         let hsm = try TokenDirectory(labels: ["certs"], implementation: implementation)
         let dir = TemporaryDirectory("p11jwt-certs")
-        let keygen = try p11jwt(["keygen", "--token", "pkcs11:token=certs", "--label", "k", "--type", type, "--pin-file", hsm.pinFile], hsm: hsm)
+        let keygen = try p11jwt(["keygen", "--token", "pkcs11:token=certs", "--label", "k", "--key-type", type, "--pin-file", hsm.pinFile], hsm: hsm)
         #expect(keygen.status == 0, "\(keygen.stderr)")
         let key = "pkcs11:token=certs;object=k"
 
@@ -47,14 +47,14 @@ struct CertificateTests {
         #expect(issued.status == 0, "\(issued.stderr)")
         let chain = try String(contentsOfFile: dir.file("issued.pem"), encoding: .utf8) + String(contentsOfFile: dir.file("ca.pem"), encoding: .utf8)
         let chainFile = try dir.write("chain.pem", chain, mode: 0o644)
-        let imported = try p11jwt(["cert", "import", "--token", "pkcs11:token=certs", "--cert", chainFile, "--pin-file", hsm.pinFile], hsm: hsm)
+        let imported = try p11jwt(["cert", "import", "--token", "pkcs11:token=certs", "--cert-file", chainFile, "--pin-file", hsm.pinFile], hsm: hsm)
         #expect(imported.status == 0, "\(imported.stderr)")
         #expect(imported.stdout.contains("type=cert"))
         let thumbprint = try p11jwt(["thumbprint", "--cert", "pkcs11:token=certs;object=k;type=cert"], hsm: hsm)
         #expect(thumbprint.stdout.contains(try opensslThumbprint(dir.file("issued.pem"))))
         // Importing again changes nothing; a certificate for no key on the token is refused.
-        #expect(try p11jwt(["cert", "import", "--token", "pkcs11:token=certs", "--cert", chainFile, "--pin-file", hsm.pinFile], hsm: hsm).stdout.contains("already"))
-        let stranger = try p11jwt(["cert", "import", "--token", "pkcs11:token=certs", "--cert", dir.file("ca.pem"), "--pin-file", hsm.pinFile], hsm: hsm)
+        #expect(try p11jwt(["cert", "import", "--token", "pkcs11:token=certs", "--cert-file", chainFile, "--pin-file", hsm.pinFile], hsm: hsm).stdout.contains("already"))
+        let stranger = try p11jwt(["cert", "import", "--token", "pkcs11:token=certs", "--cert-file", dir.file("ca.pem"), "--pin-file", hsm.pinFile], hsm: hsm)
         #expect(stranger.status == 1)
         #expect(stranger.stderr.contains("no private key"))
     }
@@ -89,11 +89,11 @@ struct PFXImportTests {
 
         // A wrong password is named as such and imports nothing.
         let wrong = try dir.write("wrong", "nope\n")
-        let refused = try p11jwt(["import", "--token", "pkcs11:token=pfx", "--pfx", dir.file("k.pfx"), "--label", "migrated", "--password-file", wrong, "--pin-file", hsm.pinFile], hsm: hsm)
+        let refused = try p11jwt(["import-pfx", "--token", "pkcs11:token=pfx", "--pfx", dir.file("k.pfx"), "--label", "migrated", "--password-file", wrong, "--pin-file", hsm.pinFile], hsm: hsm)
         #expect(refused.status == 1)
         #expect(refused.stderr.contains("password"))
 
-        let imported = try p11jwt(["import", "--token", "pkcs11:token=pfx", "--pfx", dir.file("k.pfx"), "--label", "migrated", "--password-file", password, "--pin-file", hsm.pinFile], hsm: hsm)
+        let imported = try p11jwt(["import-pfx", "--token", "pkcs11:token=pfx", "--pfx", dir.file("k.pfx"), "--label", "migrated", "--password-file", password, "--pin-file", hsm.pinFile], hsm: hsm)
         #expect(imported.status == 0, "\(imported.stderr)")
         // On the token: sensitive, not extractable, paired with its certificate.
         let objects = try p11jwt(["objects", "--token", "pkcs11:token=pfx", "--pin-file", hsm.pinFile, "--output", "json"], hsm: hsm)
@@ -116,7 +116,7 @@ struct PFXImportTests {
         let publicKey = try run("openssl", ["x509", "-in", dir.file("c.pem"), "-noout", "-pubkey"]).stdout
         #expect(try IndependentVerifier.openssl(parsed.signature, message: parsed.signingInput, algorithm: algorithm, publicKeyPEM: publicKey))
         // The password never reaches argv: there is no option taking it as a value.
-        let help = try p11jwt(["import", "--help"], hsm: hsm)
+        let help = try p11jwt(["import-pfx", "--help"], hsm: hsm)
         #expect(help.status == 0)
         #expect(!help.stdout.contains("--password "))
     }

@@ -153,7 +153,7 @@ struct RotateTests {
         // verified, the old credential stays, and the command says how to remove it.
         let r = try f.rotate([])
         #expect(r.status == 0, "\(r.stderr)")
-        #expect(r.stdout.contains("p11jwt remove-key --object-id \(f.objectID)"))
+        #expect(r.stdout.contains("p11jwt credential remove --object-id \(f.objectID)"))
         #expect(try f.registeredThumbprints().count == 2)
         #expect(try f.token(extra: ["--no-cache"]).result.status == 0)
     }
@@ -321,7 +321,7 @@ struct RotateTests {
         let late = try f.rotate(["--abandon"])
         #expect(late.status == 0, "\(late.stderr)")
         #expect(late.stdout.contains("stay registered and work"), "\(late.stdout)")
-        #expect(late.stdout.contains("p11jwt remove-key --object-id \(f.objectID) --key-id"), "\(late.stdout)")
+        #expect(late.stdout.contains("p11jwt credential remove --object-id \(f.objectID) --key-id"), "\(late.stdout)")
         #expect(try f.journal() == nil)
         #expect(try f.registeredThumbprints().count == 2)
         #expect(try f.token(extra: ["--no-cache"]).result.status == 0)

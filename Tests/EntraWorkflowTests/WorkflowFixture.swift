@@ -27,7 +27,7 @@ final class WorkflowFixture: @unchecked Sendable {
     ) throws {
         hsm = try TokenDirectory(labels: [tokenLabel], mechanisms: mechanisms, implementation: implementation)
         emulator = try RunningEmulator(arguments: emulatorArguments)
-        let made = try p11jwt(["keygen", "--token", "pkcs11:token=\(tokenLabel)", "--label", "app", "--type", keyType, "--pin-file", hsm.pinFile], hsm: hsm)
+        let made = try p11jwt(["keygen", "--token", "pkcs11:token=\(tokenLabel)", "--label", "app", "--key-type", keyType, "--pin-file", hsm.pinFile], hsm: hsm)
         try #require(made.status == 0, "\(made.stderr)")
         bootstrapCertificate = dir.file("bootstrap.pem")
         let cert = try p11jwt(
@@ -55,7 +55,7 @@ final class WorkflowFixture: @unchecked Sendable {
 
     /// `p11jwt token --output json` with `key`, parsed; nil when it failed.
     func token(key: String? = nil, extra: [String] = []) throws -> (result: ProcessResult, json: [String: Any]?) {
-        let result = try cli(["token", "--key", key ?? keyURI, "--output", "json"] + entraFlags + extra)
+        let result = try cli(["access-token", "--key", key ?? keyURI, "--output", "json"] + entraFlags + extra)
         let json = result.status == 0 ? try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] : nil
         return (result, json)
     }
@@ -70,7 +70,7 @@ final class WorkflowFixture: @unchecked Sendable {
 
     /// A second key on the token with a self-signed certificate; returns its PEM file.
     func makeKey(label: String, type: String = "rsa:2048") throws -> String {
-        let made = try cli(["keygen", "--token", "pkcs11:token=\(tokenLabel)", "--label", label, "--type", type, "--pin-file", hsm.pinFile])
+        let made = try cli(["keygen", "--token", "pkcs11:token=\(tokenLabel)", "--label", label, "--key-type", type, "--pin-file", hsm.pinFile])
         try #require(made.status == 0, "\(made.stderr)")
         let pem = dir.file("\(label).pem")
         let cert = try cli(["cert", "create", "--key", "pkcs11:token=\(tokenLabel);object=\(label)", "--subject", "CN=\(label)", "--store", "--out", pem, "--pin-file", hsm.pinFile])

@@ -20,7 +20,7 @@ struct FaultInjectionTests {
         module = try faultsModulePath
         log = hsm.directory.file("calls.log")
         for (label, type) in [("ec", "ec:p256"), ("rsa", "rsa:2048")] {
-            let keygen = try p11jwt(["keygen", "--module", softHSMModulePath, "--token", "pkcs11:token=faults", "--label", label, "--type", type, "--pin-file", hsm.pinFile], hsm: hsm)
+            let keygen = try p11jwt(["keygen", "--module", softHSMModulePath, "--token", "pkcs11:token=faults", "--label", label, "--key-type", type, "--pin-file", hsm.pinFile], hsm: hsm)
             try #require(keygen.status == 0, "\(keygen.stderr)")
         }
     }
@@ -94,7 +94,7 @@ struct FaultInjectionTests {
     }
 
     @Test func keyGenerationFailuresAreNamed() throws {
-        let (result, _) = try run(["keygen", "--token", "pkcs11:token=faults", "--label", "x", "--type", "ec:p256", "--pin-file", hsm.pinFile],
+        let (result, _) = try run(["keygen", "--token", "pkcs11:token=faults", "--label", "x", "--key-type", "ec:p256", "--pin-file", hsm.pinFile],
                                   faults: "C_GenerateKeyPair=CKR_DEVICE_MEMORY")
         #expect(result.status == 1 && result.stderr.contains("C_GenerateKeyPair: CKR_DEVICE_MEMORY"), "\(result.stderr)")
     }

@@ -58,7 +58,7 @@ public final class RunningEmulator: @unchecked Sendable {
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let process = child.process
         process.executableURL = URL(fileURLWithPath: try entraEmulatorBinary)
-        process.arguments = ["serve", "--state", self.state] + arguments
+        process.arguments = ["serve", "--state-dir", self.state] + arguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle(forWritingAtPath: logPath)
         try process.run()
@@ -82,7 +82,7 @@ public final class RunningEmulator: @unchecked Sendable {
 
     /// Runs an admin command (`app create`, `app show`, …) on this state directory.
     public func admin(_ arguments: [String]) throws -> ProcessResult {
-        try run(try entraEmulatorBinary, arguments + ["--state", state])
+        try run(try entraEmulatorBinary, arguments + ["--state-dir", state])
     }
 
     /// `app create`, returning its JSON (`tenantId`, `appId`, `id`, `servicePrincipalId`, `keyId`).

@@ -14,14 +14,19 @@ struct AgentCommand: AsyncParsableCommand {
         commandName: "agent",
         abstract: "Log in once and serve signatures, assertions and tokens to other processes over a Unix socket.",
         discussion: """
-            Runs in the foreground until SIGTERM / SIGINT. The socket is 0600 in a 0700 directory (0666 in a
-            0711 one with --allow-uid/--allow-gid), and a connection from another uid is closed unless --allow-uid names it or
-            --allow-gid names its effective gid; another uid may hold at most 16 connections. With P11JWT_AGENT_SOCK set,
-            every p11jwt command that signs goes through the agent (--no-agent bypasses it).
-            --managed-identity serves the App Service managed-identity protocol on 127.0.0.1 and
-            --assertion-file keeps a fresh client assertion in a file, so unmodified Azure SDKs
-            (ManagedIdentityCredential, WorkloadIdentityCredential, DefaultAzureCredential) use the key.
-            --print-env prints the environment for clients, like ssh-agent -s, once it listens.
+            Runs in the foreground until SIGTERM / SIGINT. The socket is 0600 in a 0700 directory (0666 in a \
+            0711 one with --allow-uid/--allow-gid), and a connection from another uid is closed unless --allow-uid names it or \
+            --allow-gid names its effective gid; another uid may hold at most 16 connections. With P11JWT_AGENT_SOCK set, \
+            every p11jwt command that signs goes through the agent (--no-agent bypasses it). \
+            --managed-identity serves the App Service managed-identity protocol on 127.0.0.1 and \
+            --assertion-file keeps a fresh client assertion in a file, so unmodified Azure SDKs \
+            (ManagedIdentityCredential, WorkloadIdentityCredential, DefaultAzureCredential) use the key. \
+            --print-env prints the environment for clients, like ssh-agent -s, once it listens (with \
+            --output json: one JSON object on one line).
+
+            EXAMPLES:
+              p11jwt agent --key "$KEY" --pin-file pin --print-env > agent.env &
+              p11jwt agent --tenant T --client-id C --managed-identity --print-env
             """)
 
     @Option(name: .long, help: ArgumentHelp("The socket (default: $XDG_RUNTIME_DIR/p11jwt/agent.sock, else /tmp/p11jwt-<uid>/agent.sock).", valueName: "path"))
@@ -49,7 +54,8 @@ struct AgentCommand: AsyncParsableCommand {
     var assertionLifetime: Int = ClientAssertion.defaultLifetime
 
     @OptionGroup var entra: EntraOptions
-    @OptionGroup var signing: SigningOptions
+    @OptionGroup var keyOptions: KeyOptions
+    @OptionGroup var outputOptions: OutputOptions
 
     static func defaultSocket() -> String {
         if let runtime = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], !runtime.isEmpty {
@@ -66,10 +72,10 @@ struct AgentCommand: AsyncParsableCommand {
             throw CLIError(message: "cannot make the agent non-dumpable (prctl PR_SET_DUMPABLE): \(String(cString: strerror(errno)))")
         }
         // A daemon logs each request (operation, key, latency) at info unless told otherwise.
-        let logger = try signing.moduleOptions.makeLogger(defaultLevel: "info")
-        let file = try entra.configFile()
+        let logger = try keyOptions.moduleOptions.makeLogger(defaultLevel: "info")
+        let settings = try keyOptions.moduleOptions.settings()
         // Entra settings are optional: without tenant and client id the agent only signs.
-        let entraConfiguration = try entra.clientConfiguration(file, cacheFile: nil)
+        let entraConfiguration = try entra.clientConfiguration(settings, cacheFile: nil)
         let hasEntra = !entraConfiguration.tenant.isEmpty && !entraConfiguration.clientID.isEmpty
         if hasEntra { _ = try entraConfiguration.validated() }
         if (managedIdentity || assertionFile != nil) && !hasEntra {
@@ -78,16 +84,12 @@ struct AgentCommand: AsyncParsableCommand {
         if assertionFile != nil && (assertionLifetime <= 330 || assertionLifetime > ClientAssertion.maximumLifetime) {
             throw CLIError.usage("--assertion-lifetime must be 331…\(ClientAssertion.maximumLifetime) seconds: readers cache the file up to 5 minutes")
         }
-        if signing.cert != nil || signing.certFile != nil {
-            // The agent serves every key on the token, each with the certificate stored with it.
-            throw CLIError.usage("the agent signs with the certificate stored with each key on the token; --cert / --cert-file are not used by it: store the certificate with 'p11jwt cert import'")
-        }
         let socketPath = socket ?? Self.defaultSocket()
-        let keyURI = try signing.keyURI(fallback: file["key"])
+        let keyURI = try keyOptions.keyURI()
         // The PIN is asked for here, once.
-        let context = try await TokenContext.open(keyURI, moduleOptions: signing.moduleOptions, pins: signing.pinOptions, login: true)
+        let context = try await keyOptions.open()
         // Read once: the PIN no longer sits in the environment block (/proc/PID/environ).
-        _ = p11jwt_scrub_environment(signing.pinOptions.provider.environmentVariable)
+        _ = p11jwt_scrub_environment(keyOptions.pinOptions.provider(settings).environmentVariable)
         let agent: Agent
         do {
             var configuration = Agent.Configuration(
@@ -100,9 +102,17 @@ struct AgentCommand: AsyncParsableCommand {
             throw error
         }
         let printEnv = self.printEnv
+        let json = outputOptions.output == .json
         do {
             let services = try agent.services { environment in
                 guard printEnv else { return }
+                if json {
+                    // One line of JSON: a reader can take it as soon as the agent listens.
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+                    FileHandle.standardOutput.write((try? encoder.encode(environment)).map { $0 + Data("\n".utf8) } ?? Data())
+                    return
+                }
                 var lines = ""
                 for (name, value) in environment.sorted(by: { $0.key < $1.key }) {
                     lines += "export \(name)=\(shellQuoted(value))\n"

@@ -12,16 +12,20 @@ struct AssertionCommand: ParsableCommand {
         commandName: "assertion",
         abstract: "Make an Entra ID client assertion (private_key_jwt) signed by a key on the token.",
         discussion: """
-            The header names the certificate by thumbprint: PS256 with x5t#S256 when the token can do
-            RSA-PSS (natively or over CKM_RSA_X_509), else RS256 with x5t. Only the SHA-256 digest of the
-            assertion goes to the token. Send the result as client_assertion with
-            client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer.
+            The header names the certificate by thumbprint: PS256 with x5t#S256 when the token can do \
+            RSA-PSS (natively or over CKM_RSA_X_509), else RS256 with x5t. Only the SHA-256 digest of the \
+            assertion goes to the token. Send it as client_assertion with this client_assertion_type:
+              urn:ietf:params:oauth:client-assertion-type:jwt-bearer
+
+            EXAMPLES:
+              P11JWT_KEY="$KEY" p11jwt assertion --tenant T --client-id C
+              p11jwt assertion --x5c --output json
             """)
 
-    @Option(name: .long, help: "The directory (tenant) id or domain. Default: $AZURE_TENANT_ID.")
+    @Option(name: .long, help: "The directory (tenant) id or domain. Default: $AZURE_TENANT_ID, else the config file's tenant.")
     var tenant: String?
 
-    @Option(name: .long, help: "The application (client) id. Default: $AZURE_CLIENT_ID.")
+    @Option(name: .long, help: "The application (client) id. Default: $AZURE_CLIENT_ID, else the config file's client-id.")
     var clientID: String?
 
     @Option(name: .long, help: "auto (PS256 if the token can, else RS256), PS256 or RS256; ES* for EC keys (Entra refuses those).")
@@ -32,7 +36,7 @@ struct AssertionCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Seconds the assertion is valid (1…3600).", valueName: "seconds"))
     var lifetime: Int = ClientAssertion.defaultLifetime
 
-    @Option(name: .long, help: ArgumentHelp("The login host. Default: $AZURE_AUTHORITY_HOST, else that of --cloud.", valueName: "url"))
+    @Option(name: .long, help: ArgumentHelp("The login host. Default: $AZURE_AUTHORITY_HOST, else the config file's authority-host, else that of --cloud.", valueName: "url"))
     var authorityHost: String?
 
     @Option(name: .long, help: "public, usgov, usgov-dod or china: picks the authority host.")
@@ -55,14 +59,14 @@ struct AssertionCommand: ParsableCommand {
     }
 
     func run() throws {
-        let env = ProcessInfo.processInfo.environment
+        let settings = try signing.moduleOptions.settings()
         let authority: URL
         if let cloud {
             authority = cloud.authorityHost
-        } else if let host = authorityHost ?? env["AZURE_AUTHORITY_HOST"].flatMap({ $0.isEmpty ? nil : $0 }) {
+        } else if let host = settings.value(.authorityHost, flag: authorityHost) {
             authority = try EntraValue.endpoint(host, what: "authority host")
         } else {
-            authority = EntraCloud.global.authorityHost
+            authority = try EntraOptions.cloud(settings, flag: nil).authorityHost
         }
         let algorithm: ClientAssertion.AlgorithmChoice
         switch alg {
@@ -70,7 +74,7 @@ struct AssertionCommand: ParsableCommand {
         case .fixed(let a): algorithm = .fixed(a)
         }
         let parameters = ClientAssertion.Parameters(
-            tenant: tenant ?? env["AZURE_TENANT_ID"] ?? "", clientID: clientID ?? env["AZURE_CLIENT_ID"] ?? "",
+            tenant: settings.value(.tenant, flag: tenant) ?? "", clientID: settings.value(.clientID, flag: clientID) ?? "",
             authorityHost: authority, lifetime: lifetime, algorithm: algorithm, x5c: chain.x5c,
             kid: keyIDArgument(kid, default: .thumbprint), extraClaims: ClaimArgument.object(claim), overrideClaims: override)
         // Check what needs no token before asking for a PIN.

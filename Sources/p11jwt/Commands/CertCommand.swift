@@ -10,12 +10,23 @@ struct CertCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cert",
         abstract: "Certificates for token keys, signed in the token: self-signed, CSR, or import a CA-issued one.",
+        discussion: """
+            EXAMPLES:
+              p11jwt cert create --key "$KEY" --subject CN=my-app --store --out app.pem
+              p11jwt cert csr --key "$KEY" --subject CN=my-app --out app.csr
+              p11jwt cert import --token pkcs11:token=ops --cert-file issued.pem
+            """,
         subcommands: [Create.self, Request.self, Import.self])
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "create",
-            abstract: "Make a self-signed X.509 v3 certificate for a token key (sha256WithRSA or ecdsa-with-SHA*), signed by the token.")
+            abstract: "Make a self-signed X.509 v3 certificate for a token key (sha256WithRSA or ecdsa-with-SHA*), signed by the token.",
+            discussion: """
+                EXAMPLES:
+                  p11jwt cert create --key "$KEY" --subject CN=my-app --store --out app.pem
+                  p11jwt cert create --key "$KEY" --subject CN=my-app --days 2 --store --replace
+                """)
 
         @Option(name: .long, help: "The subject, e.g. \"CN=my-app,O=Contoso\".")
         var subject: String
@@ -32,12 +43,13 @@ struct CertCommand: ParsableCommand {
         @Option(name: .long, help: ArgumentHelp("Write the PEM here instead of standard output.", valueName: "file"))
         var out: String?
 
-        @OptionGroup var signing: SigningOptions
+        @OptionGroup var signing: UncertifiedSigningOptions
+        @OptionGroup var outputOptions: OutputOptions
 
         func run() throws {
             let subject = try TokenCertificates.distinguishedName(self.subject)
             guard (1...3650).contains(days) else { throw CLIError.usage("--days must be 1…3650") }
-            let session = try signing.open(requireCertificate: false)
+            let session = try signing.open()
             defer { session.close() }
             if store && session.context == nil {
                 throw CLIError.usage("--store writes to the token itself: add --no-agent (the agent only signs)")
@@ -57,18 +69,30 @@ struct CertCommand: ParsableCommand {
                 }
             }
             let certificate = try TokenCertificates.selfSigned(signer: session.signer, subject: subject, days: days)
+            var storedURI: String?
             if store, let context = session.context, let key = (session.signer as? TokenSigner)?.key, let id = key.id {
                 let stored = try context.token.storeCertificate(der: certificate.der, label: key.label ?? "certificate", id: id)
                 if !existing.isEmpty { try context.token.destroy(existing.map(\.identity)) }
-                FileHandle.standardError.write(Data("stored \(stored.uri)\(existing.isEmpty ? "" : " (replacing \(existing.count))")\n".utf8))
+                storedURI = stored.uri
+                if outputOptions.output == .text {
+                    FileHandle.standardError.write(Data("stored \(stored.uri)\(existing.isEmpty ? "" : " (replacing \(existing.count))")\n".utf8))
+                }
             }
-            try writeOutput(certificate.pem, to: out)
+            try emitPEM(
+                CertificateReport(
+                    pem: certificate.pem, file: out, stored: storedURI, replaced: existing.map(\.uri),
+                    thumbprint: certificate.thumbprint.hexSHA1, notAfter: certificate.certificate.notValidAfter),
+                outputOptions)
         }
     }
 
     struct Request: ParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "csr", abstract: "Make a PKCS#10 certificate request for a token key, signed by the token, for a CA to issue.")
+            commandName: "csr", abstract: "Make a PKCS#10 certificate request for a token key, signed by the token, for a CA to issue.",
+            discussion: """
+                EXAMPLES:
+                  p11jwt cert csr --key "$KEY" --subject 'CN=my-app,O=Contoso' --out app.csr
+                """)
 
         @Option(name: .long, help: "The subject, e.g. \"CN=my-app,O=Contoso\".")
         var subject: String
@@ -76,33 +100,53 @@ struct CertCommand: ParsableCommand {
         @Option(name: .long, help: ArgumentHelp("Write the PEM here instead of standard output.", valueName: "file"))
         var out: String?
 
-        @OptionGroup var signing: SigningOptions
+        @OptionGroup var signing: UncertifiedSigningOptions
+        @OptionGroup var outputOptions: OutputOptions
 
         func run() throws {
             let subject = try TokenCertificates.distinguishedName(self.subject)
-            let session = try signing.open(requireCertificate: false)
+            let session = try signing.open()
             defer { session.close() }
             let der = try TokenCertificates.request(signer: session.signer, subject: subject)
-            try writeOutput(PEMDocument(type: "CERTIFICATE REQUEST", derBytes: der).pemString, to: out)
+            try emitPEM(CertificateReport(pem: PEMDocument(type: "CERTIFICATE REQUEST", derBytes: der).pemString, file: out), outputOptions)
         }
     }
 
     struct Import: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "import",
-            abstract: "Store a CA-issued certificate on the token next to its key (same CKA_ID and label).")
+            abstract: "Store a CA-issued certificate on the token next to its key (same CKA_ID and label).",
+            discussion: """
+                EXAMPLES:
+                  p11jwt cert import --token pkcs11:token=ops --cert-file issued-with-chain.pem
+                """)
 
         @Option(name: .long, help: ArgumentHelp("The token (a pkcs11: URI; object attributes narrow the key search).", valueName: "uri"))
         var token: String
 
         @Option(name: .long, help: ArgumentHelp("The certificate, PEM or DER; further PEM certificates (the chain) are stored too.", valueName: "file"))
-        var cert: String
+        var certFile: String?
+
+        /// `--cert`, the 0.9 name of --cert-file: still taken, not shown.
+        @Option(name: .customLong("cert"), help: .hidden)
+        var legacyCert: String?
+
+        func validate() throws {
+            if certFile == nil && legacyCert == nil { throw ValidationError("Missing expected argument '--cert-file <file>'") }
+        }
 
         @OptionGroup var moduleOptions: ModuleOptions
         @OptionGroup var pinOptions: PINOptions
+        @OptionGroup var outputOptions: OutputOptions
+
+        struct Report: CommandReport {
+            var key: String
+            var stored: [String]
+            var text: String? { stored.isEmpty ? "already on the token" : stored.joined(separator: "\n") }
+        }
 
         func run() throws {
-            let certificates = try readCertificates(cert)
+            let certificates = try readCertificates(certFile ?? legacyCert!)
             let context = try TokenContext.open(token, moduleOptions: moduleOptions, pins: pinOptions, login: true)
             defer { context.close() }
             let leaf = certificates[0]
@@ -113,9 +157,7 @@ struct CertCommand: ParsableCommand {
                     hint: import the certificate issued for a key of this token (see 'p11jwt objects'); a CSR from 'p11jwt cert csr' names the key
                     """)
             }
-            let stored = try storeCertificates(certificates, for: key, on: context.token)
-            for uri in stored { print(uri) }
-            if stored.isEmpty { print("already on the token") }
+            try outputOptions.emit(Report(key: key.uri, stored: try storeCertificates(certificates, for: key, on: context.token)))
         }
     }
 }
@@ -134,6 +176,26 @@ func storeCertificates(_ certificates: [JWSCertificate], for key: PrivateKeyObje
         stored.append(try token.storeCertificate(der: issuer.der, label: "ca", id: Array(issuer.thumbprint.sha1.prefix(8))).uri)
     }
     return stored
+}
+
+/// A certificate or CSR a command made: PEM on standard output (or in `file`), or JSON.
+struct CertificateReport: CommandReport {
+    var pem: String
+    /// Where the PEM was written (--out), if not standard output.
+    var file: String?
+    /// The certificate object stored on the token (--store).
+    var stored: String?
+    var replaced: [String]?
+    var thumbprint: String?
+    var notAfter: Date?
+
+    var text: String? { file == nil ? pem : nil }
+}
+
+/// Writes the report's PEM to its file, then prints the report (the PEM itself when no file).
+func emitPEM(_ report: CertificateReport, _ output: OutputOptions) throws {
+    if let file = report.file { try writeOutput(report.pem, to: file) }
+    try output.emit(report)
 }
 
 /// Writes text to a file (0644; certificates and CSRs are public) or standard output.

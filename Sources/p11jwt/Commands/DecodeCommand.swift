@@ -9,8 +9,12 @@ struct DecodeCommand: ParsableCommand {
         commandName: "decode",
         abstract: "Show a JWT's header and claims, how long it has left, and (with --verify) whether its signature is good.",
         discussion: """
-            With --token, the certificate on that token whose thumbprint the header names is shown, and
+            With --token, the certificate on that token whose thumbprint the header names is shown, and \
             --verify uses it. Exit status 1 when --verify finds the signature invalid.
+
+            EXAMPLES:
+              p11jwt assertion | p11jwt decode -
+              p11jwt decode "$jwt" --verify --cert app.pem
             """)
 
     @Argument(help: ArgumentHelp("The JWT, or - to read it from standard input.", valueName: "jwt"))

@@ -7,7 +7,12 @@ struct DestroyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "destroy",
         abstract: "Destroy the objects a URI selects (keys, certificates).",
-        discussion: "The URI must name objects (object=, id= or type=). Asks for confirmation on a terminal; elsewhere --yes is required.")
+        discussion: """
+            The URI must name objects (object=, id= or type=). Asks for confirmation on a terminal; elsewhere --yes is required.
+
+            EXAMPLES:
+              p11jwt destroy 'pkcs11:token=ops;object=old-app' --yes
+            """)
 
     @Argument(help: ArgumentHelp("The objects (a pkcs11: URI).", valueName: "uri"))
     var uri: String
@@ -17,6 +22,16 @@ struct DestroyCommand: ParsableCommand {
 
     @OptionGroup var moduleOptions: ModuleOptions
     @OptionGroup var pinOptions: PINOptions
+    @OptionGroup var outputOptions: OutputOptions
+
+    struct Report: CommandReport {
+        struct Object: Encodable {
+            var objectClass: String
+            var uri: String
+        }
+        var destroyed: [Object]
+        var text: String? { destroyed.map { "destroyed \($0.objectClass): \($0.uri)" }.joined(separator: "\n") }
+    }
 
     func run() throws {
         let context = try TokenContext.open(uri, moduleOptions: moduleOptions, pins: pinOptions, login: true)
@@ -28,8 +43,8 @@ struct DestroyCommand: ParsableCommand {
         guard !objects.isEmpty else {
             throw PKCS11Error(.objectNotFound, "no object matches \(context.uri.redacted)")
         }
-        for object in objects { print("\(object.objectClass): \(object.uri)") }
         if !yes {
+            for object in objects { FileHandle.standardError.write(Data("\(object.objectClass): \(object.uri)\n".utf8)) }
             guard isatty(STDIN_FILENO) == 1 else {
                 throw CLIError.usage("not a terminal: pass --yes to destroy these \(objects.count) object(s)")
             }
@@ -39,6 +54,6 @@ struct DestroyCommand: ParsableCommand {
             }
         }
         try context.token.destroy(objects)
-        print("destroyed \(objects.count) object(s)")
+        try outputOptions.emit(Report(destroyed: objects.map { Report.Object(objectClass: "\($0.objectClass)", uri: $0.uri) }))
     }
 }

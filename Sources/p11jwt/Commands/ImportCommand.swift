@@ -7,13 +7,16 @@ import TokenSigning
 
 struct ImportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "import",
+        commandName: "import-pfx",
         abstract: "Move an existing PFX (PKCS#12) key and certificate into the token, non-extractable.",
         discussion: """
-            The private key is created on the token marked sensitive and not extractable, with its public key
+            The private key is created on the token marked sensitive and not extractable, with its public key \
             and certificate (and the PFX's CA certificates) next to it. The PFX password is read like a PIN:
-            --password-file, $P11JWT_PFX_PASSWORD, or a prompt — never from the command line. Delete the PFX
+            --password-file, $P11JWT_PFX_PASSWORD, or a prompt — never from the command line. Delete the PFX \
             file once the import is checked: the point is that the key lives only in the token.
+
+            EXAMPLES:
+              p11jwt import-pfx --token pkcs11:token=ops --pfx app.pfx --label app
             """)
 
     @Option(name: .long, help: ArgumentHelp("The token to import into (a pkcs11: URI).", valueName: "uri"))
@@ -30,6 +33,16 @@ struct ImportCommand: ParsableCommand {
 
     @OptionGroup var moduleOptions: ModuleOptions
     @OptionGroup var pinOptions: PINOptions
+    @OptionGroup var outputOptions: OutputOptions
+
+    struct Report: CommandReport {
+        var key: String
+        var sensitive: Bool
+        var extractable: Bool
+        var thumbprint: String
+        var certificates: [String]
+        var text: String? { key }
+    }
 
     func run() throws {
         guard let data = FileManager.default.contents(atPath: pfx) else { throw CLIError(message: "cannot read the PFX file \(pfx)") }
@@ -61,8 +74,8 @@ struct ImportCommand: ParsableCommand {
             throw CLIError(message: "no certificate in \(pfx) belongs to its private key; nothing was imported")
         }
         let chain = [leaf] + certificates.filter { $0.der != leaf.der }
-        _ = try storeCertificates(chain, for: key, on: context.token)
-        print(key.uri)
-        FileHandle.standardError.write(Data("imported: key sensitive=\(key.sensitive) extractable=\(key.extractable), certificate \(leaf.thumbprint.hexSHA1)\n".utf8))
+        let stored = try storeCertificates(chain, for: key, on: context.token)
+        try outputOptions.emit(Report(key: key.uri, sensitive: key.sensitive, extractable: key.extractable, thumbprint: leaf.thumbprint.hexSHA1, certificates: stored))
+        if outputOptions.output == .text { FileHandle.standardError.write(Data("imported: key sensitive=\(key.sensitive) extractable=\(key.extractable), certificate \(leaf.thumbprint.hexSHA1)\n".utf8)) }
     }
 }

@@ -9,9 +9,13 @@ struct JWTCommand: ParsableCommand {
         commandName: "jwt",
         abstract: "Sign arbitrary JWT claims with a key on the token.",
         discussion: """
-            Claims are a JSON object: inline, @FILE, or - for standard input (default {}). The header is
-            alg, typ JWT and kid (the certificate's hex SHA-1 when there is a certificate), plus what
+            Claims are a JSON object: inline, @FILE, or - for standard input (default {}). The header is \
+            alg, typ JWT and kid (the certificate's hex SHA-1 when there is a certificate), plus what \
             --x5t, --x5t-s256, --x5c and --header add.
+
+            EXAMPLES:
+              p11jwt jwt --key "$KEY" --claims '{"sub":"me"}' --lifetime 300
+              echo '{"aud":"api"}' | p11jwt jwt --claims - --alg ES256 --x5t-s256
             """)
 
     @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("The claims: JSON, @file or - (stdin).", valueName: "json|@file|-"))

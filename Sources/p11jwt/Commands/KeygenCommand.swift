@@ -8,7 +8,14 @@ struct KeygenCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keygen",
         abstract: "Generate a signing key pair inside the token and print its URI.",
-        discussion: "The private key is created with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false: it never leaves the token.")
+        discussion: """
+            The private key is created with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false: it never leaves the token. \
+            On a terminal the URI is printed single-quoted, ready to paste; into a pipe it is printed as is.
+
+            EXAMPLES:
+              p11jwt keygen --token pkcs11:token=ops --label app --key-type ec:p256
+              key=$(p11jwt keygen --token pkcs11:token=ops --label app)
+            """)
 
     @Option(name: .long, help: ArgumentHelp("The token (a pkcs11: URI).", valueName: "uri"))
     var token: String
@@ -19,8 +26,14 @@ struct KeygenCommand: ParsableCommand {
     @Option(name: .long, help: "CKA_ID as hex (default: 16 random bytes).")
     var id: String?
 
-    @Option(name: .long, help: "rsa:2048, rsa:3072, rsa:4096, ec:p256, ec:p384 or ec:p521.")
-    var type: String = "rsa:2048"
+    @Option(name: .long, help: "rsa:2048, rsa:3072, rsa:4096, ec:p256, ec:p384 or ec:p521 (the token's mechanism info may allow fewer).")
+    var keyType: String = "rsa:2048"
+
+    /// `--type`, the 0.9 name of --key-type: still taken, not shown.
+    @Option(name: .customLong("type"), help: .hidden)
+    var legacyType: String?
+
+    var type: String { legacyType ?? keyType }
 
     @OptionGroup var moduleOptions: ModuleOptions
     @OptionGroup var pinOptions: PINOptions

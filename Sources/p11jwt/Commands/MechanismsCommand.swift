@@ -6,12 +6,20 @@ import TokenSigning
 
 struct MechanismsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "mechanisms", abstract: "List a token's signing mechanisms and the JWS algorithms they make possible.")
+        commandName: "mechanisms", abstract: "List a token's signing mechanisms and the JWS algorithms they make possible.",
+        discussion: """
+            By default: the RSA and EC mechanisms that sign or generate key pairs, by name, with the key sizes \
+            the token allows. --all lists every mechanism the token reports (HMAC, DSA, ciphers, digests).
 
-    @Option(name: .long, help: ArgumentHelp("The token (a pkcs11: URI).", valueName: "uri"))
-    var token: String
+            EXAMPLES:
+              p11jwt mechanisms
+              p11jwt mechanisms --token pkcs11:token=ops --output json
+            """)
 
-    @Flag(name: .long, help: "List every mechanism, not only those that sign or generate key pairs.")
+    @Option(name: .long, help: ArgumentHelp("The token (a pkcs11: URI; default: the only token there is).", valueName: "uri"))
+    var token: String = "pkcs11:"
+
+    @Flag(name: .long, help: "List every mechanism the token reports, not only the RSA and EC ones that sign or make key pairs.")
     var all = false
 
     @OptionGroup var moduleOptions: ModuleOptions
@@ -41,7 +49,7 @@ struct MechanismsCommand: ParsableCommand {
         let context = try TokenContext.open(token, moduleOptions: moduleOptions, pins: nil, login: false)
         defer { context.close() }
         let set = context.token.mechanisms
-        let shown = set.all.filter { all || $0.canSign || $0.canGenerateKeyPair }
+        let shown = set.all.filter { all || Self.isSigningView($0) }.sorted { $0.type.description < $1.type.description }
         let report = Report(
             token: context.token.uri,
             mechanisms: shown.map {
@@ -64,5 +72,15 @@ struct MechanismsCommand: ParsableCommand {
         for a in report.algorithms {
             print("  \(a.alg)  \(a.possible ? "yes, via \(a.via!)" : "no")")
         }
+    }
+}
+
+extension MechanismsCommand {
+    /// RSA and EC mechanisms that sign, or make RSA / EC key pairs: what keys for JWS need.
+    static func isSigningView(_ info: MechanismInfo) -> Bool {
+        let name = info.type.description
+        let keyFamily = name.contains("RSA") || name.contains("ECDSA") || name.hasPrefix("CKM_EC_")
+        let hmacOrDSA = name.contains("HMAC") || name.contains("DSA") && !name.contains("ECDSA")
+        return keyFamily && !hmacOrDSA && (info.canSign || info.canGenerateKeyPair)
     }
 }

@@ -11,7 +11,13 @@ struct ObjectsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "objects",
         abstract: "List keys and certificates on a token, with their URIs and whether key and certificate pair up.",
-        discussion: "Private keys are listed only after login; with no PIN available the public objects are listed and a warning says so.")
+        discussion: """
+            Private keys are listed only after login; with no PIN available the public objects are listed and a warning says so.
+
+            EXAMPLES:
+              p11jwt objects --pin-file pin
+              p11jwt objects --token 'pkcs11:token=ops;object=app' --output json
+            """)
 
     @Option(name: .long, help: ArgumentHelp("The token (a pkcs11: URI; object attributes narrow the listing). Default: the one token present.", valueName: "uri"))
     var token: String = "pkcs11:"
@@ -70,7 +76,7 @@ struct ObjectsCommand: ParsableCommand {
         defer { context.close() }
         let token = context.token
         do {
-            try token.login(pins: pinOptions.provider, uri: context.uri)
+            try token.login(pins: pinOptions.provider(try moduleOptions.settings()), uri: context.uri)
         } catch let error as PKCS11Error where error.code == .pinUnavailable {
             FileHandle.standardError.write(Data("warning: not logged in, private objects are hidden: \(error.hint ?? "")\n".utf8))
         }

@@ -12,14 +12,18 @@ struct RotateCommand: AsyncParsableCommand {
         commandName: "rotate",
         abstract: "Rotate the application's certificate to a new key made in the token, safely and resumably.",
         discussion: """
-            Steps: preflight (the current key gets a token) → a new key pair generated in the token and a
-            self-signed certificate for it → addKey (proof by the current key) → a token with the new key,
-            retried while Entra replicates → the new key takes the old key's label, the old key is relabelled
-            as retired → removeKey of the old credential (proof by the new key) → the old key destroyed with
-            --delete-old, else kept under its retired label.
-            A journal (0600, in --state-dir) records every step: a run killed at any point is resumed by
-            running rotate again, or given up with --abandon. The old credential is removed only after the
+            Steps: preflight (the current key gets a token) → a new key pair generated in the token and a \
+            self-signed certificate for it → addKey (proof by the current key) → a token with the new key, \
+            retried while Entra replicates → the new key takes the old key's label, the old key is relabelled \
+            as retired → removeKey of the old credential (proof by the new key) → the old key destroyed with \
+            --delete-old, else kept under its retired label. \
+            A journal (0600, in --state-dir) records every step: a run killed at any point is resumed by \
+            running rotate again, or given up with --abandon. The old credential is removed only after the \
             new key got a token, and a key URI that selects by label never names a key Entra refuses.
+
+            EXAMPLES:
+              p11jwt rotate --object-id 6666… --dry-run
+              p11jwt rotate --if-expiring-within 30d --delete-old   # from a daily timer
             """)
 
     @Option(name: .long, help: ArgumentHelp("Key type of the new key: rsa:2048|rsa:3072|rsa:4096|ec:p256|… (default: as the current key).", valueName: "type"))
@@ -40,7 +44,7 @@ struct RotateCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Do nothing (exit 0) unless the current certificate expires within this (e.g. 30d).", valueName: "duration"))
     var ifExpiringWithin: DurationArgument?
 
-    @Option(name: .long, help: "The keyId of the current credential (default: from earlier add-key/rotate runs, or a Graph read).")
+    @Option(name: .long, help: "The keyId of the current credential (default: from earlier credential add / rotate runs, or a Graph read).")
     var oldKeyID: String?
 
     @Flag(name: .long, help: "Leave the old credential registered.")
@@ -61,7 +65,6 @@ struct RotateCommand: AsyncParsableCommand {
     func validate() throws {
         if keepOld && deleteOld { throw ValidationError("--keep-old and --delete-old contradict each other") }
         if abandon && dryRun { throw ValidationError("--abandon and --dry-run contradict each other") }
-        if graph.targetOptions.servicePrincipal { throw ValidationError("rotate works on the application's credentials (drop --service-principal)") }
     }
 
     func run() async throws {
@@ -91,9 +94,7 @@ struct RotateCommand: AsyncParsableCommand {
             }
         }
         #endif
-        let signing = graph.signing
-        let keyURI = try signing.keyURI(fallback: prepared.configFile["key"])
-        let context = try await TokenContext.open(keyURI, moduleOptions: signing.moduleOptions, pins: signing.pinOptions, login: true)
+        let context = try await graph.keyOptions.open()
         defer { context.close() }
         let showProgress = outputOptions.output == .text
         let outcome = try await withEntraClient(prepared.configuration, logger: context.logger) { client in
@@ -105,7 +106,7 @@ struct RotateCommand: AsyncParsableCommand {
                 objectID = try await client.objectID(of: target, signer: signer)
             }
             let rotation = try Rotation(
-                client: client, token: context.token, target: target, objectID: objectID, stateDirectory: graph.state.stateDirectory,
+                client: client, token: context.token, target: target, objectID: objectID, stateDirectory: prepared.stateDirectory,
                 logger: context.logger, progress: { line in
                     if showProgress { FileHandle.standardError.write(Data("rotate: \(line)\n".utf8)) }
                 })
@@ -137,7 +138,7 @@ struct RotateCommand: AsyncParsableCommand {
                 print("no rotation needed: the current certificate does not expire within the window")
             case .planned:
                 print("plan\(report.resumed ? " (resuming)" : ""):")
-                for line in report.plan { print("  - \(line)") }
+                for planned in report.plan { print("  - \(planned.action)\(planned.done ? " (done)" : "")") }
             default:
                 for step in report.steps {
                     print(step.step.padding(toLength: 12, withPad: " ", startingAt: 0) + String(format: "%7.2fs  ", step.seconds) + step.outcome)
@@ -154,7 +155,7 @@ struct RotateCommand: AsyncParsableCommand {
     static func command(_ action: Rotation.Action) -> String {
         switch action {
         case .removeCredential(let objectID, let keyID, let signingKey):
-            return "p11jwt remove-key --object-id \(objectID)" + (signingKey.map { " --key '\($0)'" } ?? "") + " --key-id \(keyID ?? "<keyId>")"
+            return "p11jwt credential remove --object-id \(objectID)" + (signingKey.map { " --key '\($0)'" } ?? "") + " --key-id \(keyID ?? "<keyId>")"
         case .destroyObjects(let uri):
             return "p11jwt destroy '\(uri)'"
         }
@@ -168,7 +169,7 @@ struct RotateCommand: AsyncParsableCommand {
     /// The current key with its certificate as --cert / --cert-file give it (a certificate
     /// object's URI too), else the one stored with the key.
     private func currentSigner(_ context: TokenContext) throws -> (TokenContext, TokenSigner) {
-        (context, try graph.signing.signer(in: context, requireCertificate: false))
+        (context, try SignerSetup(keyOptions: graph.keyOptions, certificate: graph.certificateOptions).signer(in: context, requireCertificate: false))
     }
 }
 

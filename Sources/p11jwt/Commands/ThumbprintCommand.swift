@@ -7,7 +7,12 @@ import TokenSigning
 struct ThumbprintCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "thumbprint",
-        abstract: "Print a certificate's thumbprints: hex SHA-1 (as Entra shows it), x5t and x5t#S256.")
+        abstract: "Print a certificate's thumbprints: hex SHA-1 (as Entra shows it), x5t and x5t#S256.",
+        discussion: """
+            EXAMPLES:
+              p11jwt thumbprint --cert app.pem
+              p11jwt thumbprint --cert 'pkcs11:token=ops;object=app;type=cert' --output json
+            """)
 
     @Option(name: .long, help: ArgumentHelp("The certificate: a pkcs11: URI or a PEM/DER file (the first certificate in it).", valueName: "uri|file"))
     var cert: String

@@ -5,7 +5,12 @@ import TokenSigning
 
 struct TokensCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "tokens", abstract: "List slots and tokens, their flags, PIN state and URIs.")
+        commandName: "tokens", abstract: "List slots and tokens, their flags, PIN state and URIs.",
+        discussion: """
+            EXAMPLES:
+              p11jwt tokens
+              p11jwt tokens --module opensc-pkcs11 --output json
+            """)
 
     @OptionGroup var moduleOptions: ModuleOptions
     @OptionGroup var outputOptions: OutputOptions
