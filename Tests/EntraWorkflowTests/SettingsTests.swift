@@ -102,5 +102,8 @@ struct SettingsTests {
         #expect(!(try p11jwt(["keygen", "--help"], hsm: hsm).stdout.contains("--type ")))
         let token = try p11jwt(["token", "--tenant", "contoso.onmicrosoft.com", "--client-id", "not-a-guid"], hsm: hsm)
         #expect(token.status == 2 && token.stderr.contains("'token' is now 'access-token'"), "\(token.stderr)")
+        // The emulator's --state is --state-dir's old name: either, not both.
+        let both = try run(try entraEmulatorBinary, ["app", "show", "--id", "x", "--state-dir", "/nonexistent-a", "--state", "/nonexistent-b"])
+        #expect(both.status == 2 && both.stderr.contains("--state-dir once"), "\(both.stderr)")
     }
 }

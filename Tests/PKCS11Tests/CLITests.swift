@@ -402,6 +402,46 @@ struct HelpTextTests {
         #expect(check.status == 0, "\(check.stdout)\(check.stderr)")
     }
 
+    /// scripts/setup generated the man pages and completions from the parser (scripts/gen-manpages)
+    /// and installed them: a page for every command help lists, none for the hidden 0.9 names,
+    /// and bash completion that offers the commands help lists.
+    @Test func manPagesAndCompletionsAreGeneratedAndInstalled() throws {
+        let share = repositoryRoot.appendingPathComponent(".build/share").path
+        let generated = try FileManager.default.contentsOfDirectory(atPath: share + "/man1")
+        try #require(!generated.isEmpty, "no man pages in \(share): run scripts/setup")
+        var visible: [[String]] = []
+        for name in try Self.subcommands(of: []) {
+            visible.append([name])
+            for child in try Self.subcommands(of: [name]) { visible.append([name, child]) }
+        }
+        for path in visible {
+            #expect(generated.contains((["p11jwt"] + path).joined(separator: ".") + ".1"), "no man page for \(path)")
+        }
+        for hidden in ["token", "import", "add-key", "remove-key", "credentials", "help"] {
+            #expect(!generated.contains("p11jwt.\(hidden).1"), "a man page for the hidden \(hidden)")
+        }
+        let page = try String(contentsOfFile: share + "/man1/p11jwt.sign.1", encoding: .utf8)
+        #expect(page.contains("EXAMPLES:") && page.contains("--in"))
+        let installed = getuid() == 0 ? "/usr/local/share/man/man1"
+            : (ProcessInfo.processInfo.environment["XDG_DATA_HOME"] ?? NSHomeDirectory() + "/.local/share") + "/man/man1"
+        #expect(FileManager.default.contents(atPath: installed + "/p11jwt.sign.1") == FileManager.default.contents(atPath: share + "/man1/p11jwt.sign.1"),
+                "the installed man page is the generated one")
+        let completion = share + "/completions/bash/p11jwt"
+        func complete(_ words: [String]) throws -> [String] {
+            let line = words.joined(separator: " ")
+            let script = """
+                source '\(completion)'
+                COMP_WORDS=(\(words.map { "'\($0)'" }.joined(separator: " "))); COMP_CWORD=\(words.count - 1)
+                COMP_LINE='\(line)'; COMP_POINT=\(line.count)
+                _p11jwt p11jwt '\(words.last!)' '\(words[words.count - 2])'
+                printf '%s\\n' "${COMPREPLY[@]}"
+                """
+            return try run("bash", ["-c", script]).stdout.split(separator: "\n").map(String.init)
+        }
+        #expect(try complete(["p11jwt", "to"]) == ["tokens"], "the hidden 'token' is not offered")
+        #expect(Set(try complete(["p11jwt", "credential", ""])).isSuperset(of: ["list", "add", "remove"]))
+    }
+
     /// Help offers only what the command uses: each option named here was listed by a command
     /// that ignored or refused it (issue 16).
     @Test func helpListsNoOptionTheCommandIgnores() throws {
