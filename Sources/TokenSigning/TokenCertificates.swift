@@ -227,3 +227,24 @@ public enum TokenCertificates {
     }
 }
 
+
+extension TokenCertificates {
+    /// Stores a leaf certificate next to its key (the key's CKA_ID and label) and the issuers
+    /// after it under ids of their own, so chains can be built for x5c; skips what is already
+    /// there. Returns the URIs of what was stored.
+    public static func store(_ certificates: [JWSCertificate], for key: PrivateKeyObject, on token: Token) throws -> [String] {
+        guard let id = key.id, !id.isEmpty else {
+            throw PKCS11Error(.invalidObject, "key \(key.uri) has no CKA_ID to store the certificate under",
+                              hint: "give the key a CKA_ID (keys p11jwt makes have one)")
+        }
+        let existing = try token.certificates().map(\.der)
+        var stored: [String] = []
+        if let leaf = certificates.first, !existing.contains(leaf.der) {
+            stored.append(try token.storeCertificate(der: leaf.der, label: key.label ?? "certificate", id: id).uri)
+        }
+        for issuer in certificates.dropFirst() where !existing.contains(issuer.der) {
+            stored.append(try token.storeCertificate(der: issuer.der, label: "ca", id: Array(issuer.thumbprint.sha1.prefix(8))).uri)
+        }
+        return stored
+    }
+}

@@ -162,20 +162,9 @@ struct CertCommand: ParsableCommand {
     }
 }
 
-/// Stores a leaf certificate next to its key (the key's CKA_ID and label) and the issuers after
-/// it under ids of their own, so chains can be built for x5c; skips what is already there.
-/// Returns the URIs of what was stored.
+/// ``TokenCertificates/store(_:for:on:)``, with the CLI's error for a key without a CKA_ID.
 func storeCertificates(_ certificates: [JWSCertificate], for key: PrivateKeyObject, on token: Token) throws -> [String] {
-    guard let id = key.id, !id.isEmpty else { throw CLIError(message: "key \(key.uri) has no CKA_ID to store the certificate under") }
-    let existing = try token.certificates().map(\.der)
-    var stored: [String] = []
-    if let leaf = certificates.first, !existing.contains(leaf.der) {
-        stored.append(try token.storeCertificate(der: leaf.der, label: key.label ?? "certificate", id: id).uri)
-    }
-    for issuer in certificates.dropFirst() where !existing.contains(issuer.der) {
-        stored.append(try token.storeCertificate(der: issuer.der, label: "ca", id: Array(issuer.thumbprint.sha1.prefix(8))).uri)
-    }
-    return stored
+    try TokenCertificates.store(certificates, for: key, on: token)
 }
 
 /// A certificate or CSR a command made: PEM on standard output (or in `file`), or JSON.

@@ -45,24 +45,7 @@ struct ImportCommand: ParsableCommand {
     }
 
     func run() throws {
-        guard let data = FileManager.default.contents(atPath: pfx) else { throw CLIError(message: "cannot read the PFX file \(pfx)") }
-        let password = try PINProvider(pinFile: passwordFile, environmentVariable: "P11JWT_PFX_PASSWORD")
-            .secret(prompt: "Password for \(pfx): ")?.0
-        let bundle: NIOSSLPKCS12Bundle
-        do {
-            bundle = try password.map { secret in
-                try secret.withUnsafeBytes { try NIOSSLPKCS12Bundle(buffer: [UInt8](data), passphrase: Array($0)) }
-            } ?? NIOSSLPKCS12Bundle(buffer: [UInt8](data))
-        } catch {
-            throw CLIError(message: """
-                cannot open \(pfx) as PKCS#12: \(error)
-                hint: check the password (--password-file, $P11JWT_PFX_PASSWORD or the prompt) and that the file is a .pfx/.p12
-                """)
-        }
-        let certificates = try bundle.certificateChain.map { try JWSCertificate(der: try $0.toDERBytes()) }
-        guard !certificates.isEmpty else { throw CLIError(message: "\(pfx) holds no certificate") }
-        let material = try PrivateKeyMaterial(traditionalDER: try bundle.privateKey.derBytes)
-
+        let (material, certificates) = try readPFX(pfx, passwordFile: passwordFile)
         let context = try TokenContext.open(token, moduleOptions: moduleOptions, pins: pinOptions, login: true)
         defer { context.close() }
         var rng = SystemRandomNumberGenerator()
@@ -78,4 +61,28 @@ struct ImportCommand: ParsableCommand {
         try outputOptions.emit(Report(key: key.uri, sensitive: key.sensitive, extractable: key.extractable, thumbprint: leaf.thumbprint.hexSHA1, certificates: stored))
         if outputOptions.output == .text { FileHandle.standardError.write(Data("imported: key sensitive=\(key.sensitive) extractable=\(key.extractable), certificate \(leaf.thumbprint.hexSHA1)\n".utf8)) }
     }
+}
+
+/// The private key and certificates of a PFX (PKCS#12); the password is read like a PIN
+/// (`passwordFile`, `$P11JWT_PFX_PASSWORD`, a prompt), never from argv.
+func readPFX(_ pfx: String, passwordFile: String?) throws -> (PrivateKeyMaterial, [JWSCertificate]) {
+    guard let data = FileManager.default.contents(atPath: pfx) else { throw CLIError(message: "cannot read the PFX file \(pfx)") }
+    let password = try PINProvider(pinFile: passwordFile, environmentVariable: "P11JWT_PFX_PASSWORD")
+        .secret(prompt: "Password for \(pfx): ")?.0
+    let bundle: NIOSSLPKCS12Bundle
+    do {
+        bundle = try password.map { secret in
+            try secret.withUnsafeBytes { try NIOSSLPKCS12Bundle(buffer: [UInt8](data), passphrase: Array($0)) }
+        } ?? NIOSSLPKCS12Bundle(buffer: [UInt8](data))
+    } catch {
+        throw CLIError(message: """
+            cannot open \(pfx) as PKCS#12: \(error)
+            hint: check the password (--password-file, $P11JWT_PFX_PASSWORD or the prompt) and that the file is a .pfx/.p12
+            """)
+    }
+    let certificates = try bundle.certificateChain.map { try JWSCertificate(der: try $0.toDERBytes()) }
+    guard !certificates.isEmpty else { throw CLIError(message: "\(pfx) holds no certificate") }
+    let material = try PrivateKeyMaterial(traditionalDER: try bundle.privateKey.derBytes)
+    // As OpenSSL's PKCS12_parse gives them: the key's own certificate first, then the rest.
+    return (material, certificates)
 }

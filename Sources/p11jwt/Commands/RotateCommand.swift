@@ -26,20 +26,7 @@ struct RotateCommand: AsyncParsableCommand {
               p11jwt rotate --if-expiring-within 30d --delete-old   # from a daily timer
             """)
 
-    @Option(name: .long, help: ArgumentHelp("Key type of the new key: rsa:2048|rsa:3072|rsa:4096|ec:p256|… (default: as the current key).", valueName: "type"))
-    var keyType: String?
-
-    @Option(name: .long, help: "Days the new certificate is valid.")
-    var days: Int = 365
-
-    @Option(name: .long, help: "Subject of the new certificate (default: the current certificate's).")
-    var subject: String?
-
-    @Option(name: .long, help: "Display name of the new credential.")
-    var displayName: String?
-
-    @Option(name: .long, help: ArgumentHelp("How long to wait for Entra to accept the new key (e.g. 600, 10m).", valueName: "duration"))
-    var propagationTimeout: DurationArgument = DurationArgument(seconds: 600)
+    @OptionGroup var newKey: NewKeyOptions
 
     @Option(name: .long, help: ArgumentHelp("Do nothing (exit 0) unless the current certificate expires within this (e.g. 30d).", valueName: "duration"))
     var ifExpiringWithin: DurationArgument?
@@ -70,30 +57,13 @@ struct RotateCommand: AsyncParsableCommand {
     func run() async throws {
         let prepared = try graph.prepare()
         let target = prepared.target
-        var options = Rotation.Options()
-        options.keySpec = try keyType.map { try Token.KeySpec($0) }
-        options.days = days
-        options.subject = subject
-        if let subject { _ = try TokenCertificates.distinguishedName(subject) }
-        options.displayName = displayName
-        options.propagationTimeout = propagationTimeout.seconds
+        var options = try newKey.rotationOptions()
         options.ifExpiringWithin = ifExpiringWithin?.seconds
         options.oldKeyID = oldKeyID
         options.keepOld = keepOld
         options.deleteOld = deleteOld
         options.dryRun = dryRun
-        #if DEBUG
-        // Test hook, in debug builds only (see Rotation.checkpoints): the process kills itself
-        // at the named point, to prove that a run killed anywhere resumes.
-        if let point = ProcessInfo.processInfo.environment["P11JWT_TEST_CRASH_AT"] {
-            let logger = Logger(label: "p11jwt.test-hook")
-            options.checkpoint = { reached in
-                guard reached == point else { return }
-                logger.warning("test hook: killing the process at \(reached)")
-                kill(getpid(), SIGKILL)
-            }
-        }
-        #endif
+        options.checkpoint = testCrashHook()
         let context = try await graph.keyOptions.open()
         defer { context.close() }
         let showProgress = outputOptions.output == .text
@@ -171,6 +141,52 @@ struct RotateCommand: AsyncParsableCommand {
     private func currentSigner(_ context: TokenContext) throws -> (TokenContext, TokenSigner) {
         (context, try SignerSetup(keyOptions: graph.keyOptions, certificate: graph.certificateOptions).signer(in: context, requireCertificate: false))
     }
+}
+
+/// The new key and its certificate: `rotate` and `bootstrap` make one.
+struct NewKeyOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Key type of the new key: rsa:2048|rsa:3072|rsa:4096|ec:p256|… (default: as the current key).", valueName: "type"))
+    var keyType: String?
+
+    @Option(name: .long, help: "Days the new certificate is valid.")
+    var days: Int = 365
+
+    @Option(name: .long, help: "Subject of the new certificate (default: the current certificate's).")
+    var subject: String?
+
+    @Option(name: .long, help: "Display name of the new credential.")
+    var displayName: String?
+
+    @Option(name: .long, help: ArgumentHelp("How long to wait for Entra to accept the new key (e.g. 600, 10m).", valueName: "duration"))
+    var propagationTimeout: DurationArgument = DurationArgument(seconds: 600)
+
+    func rotationOptions() throws -> Rotation.Options {
+        var options = Rotation.Options()
+        options.keySpec = try keyType.map { try Token.KeySpec($0) }
+        options.days = days
+        options.subject = subject
+        if let subject { _ = try TokenCertificates.distinguishedName(subject) }
+        options.displayName = displayName
+        options.propagationTimeout = propagationTimeout.seconds
+        return options
+    }
+}
+
+/// The test hook of debug builds (see Rotation.checkpoints, Bootstrap.checkpoints): with
+/// `P11JWT_TEST_CRASH_AT=POINT` the process kills itself there, to prove that a run killed
+/// anywhere resumes. nil in release builds.
+func testCrashHook() -> (@Sendable (String) -> Void)? {
+    #if DEBUG
+    guard let point = ProcessInfo.processInfo.environment["P11JWT_TEST_CRASH_AT"] else { return nil }
+    let logger = Logger(label: "p11jwt.test-hook")
+    return { reached in
+        guard reached == point else { return }
+        logger.warning("test hook: killing the process at \(reached)")
+        kill(getpid(), SIGKILL)
+    }
+    #else
+    return nil
+    #endif
 }
 
 /// `600`, `90s`, `10m`, `12h`, `30d`.
