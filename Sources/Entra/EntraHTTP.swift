@@ -6,6 +6,7 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 import NIOSSL
+import Synchronization
 
 /// An answer from the token endpoint or Graph.
 public struct HTTPAnswer: Sendable {
@@ -29,12 +30,46 @@ public struct RetryPolicy: Sendable {
     /// Each request, connection included, must be answered within this many seconds.
     public var requestTimeout: Int64
 
-    public init(maxAttempts: Int = 5, baseDelay: Double = 0.5, maxDelay: Double = 60, requestTimeout: Int64 = 30) {
+    /// Shared by every client that should back off together: a 429 / 503 / 504 to one of them
+    /// holds back the requests of all (a fleet of apps against one tenant), instead of each
+    /// request finding out for itself.
+    public var gate: ThrottleGate?
+
+    public init(maxAttempts: Int = 5, baseDelay: Double = 0.5, maxDelay: Double = 60, requestTimeout: Int64 = 30, gate: ThrottleGate? = nil) {
         self.maxAttempts = maxAttempts
         self.baseDelay = baseDelay
         self.maxDelay = maxDelay
         self.requestTimeout = requestTimeout
+        self.gate = gate
     }
+}
+
+/// A global backoff: closed until a time a throttling answer set; every request waits for it
+/// before it is sent.
+public final class ThrottleGate: Sendable {
+    private let opensAt = Mutex<ContinuousClock.Instant>(.now)
+    /// Times the gate was closed (for reports and tests).
+    private let closings = Mutex(0)
+
+    public init() {}
+
+    /// Closes the gate for `seconds` from now (never shortens a longer closure).
+    public func close(for seconds: Double) {
+        let until = ContinuousClock.now.advanced(by: .milliseconds(Int64(seconds * 1000)))
+        opensAt.withLock { $0 = max($0, until) }
+        closings.withLock { $0 += 1 }
+    }
+
+    /// Waits until the gate is open.
+    public func wait() async throws {
+        while true {
+            let until = opensAt.withLock { $0 }
+            guard until > .now else { return }
+            try await Task.sleep(until: until, clock: .continuous)
+        }
+    }
+
+    public var timesClosed: Int { closings.withLock { $0 } }
 }
 
 /// The HTTPS client the Entra and Graph clients share: TLS verification always on (the system
@@ -81,9 +116,11 @@ public final class EntraHTTP: Sendable {
     ) async throws -> HTTPAnswer {
         var attempt = 1
         while true {
+            try await retry.gate?.wait()
             let answer = try await sendOnce(method, url, headers: headers, body: body, operation: operation)
             guard [429, 503, 504].contains(answer.status), attempt < retry.maxAttempts else { return answer }
             let delay = backoff(attempt: attempt, retryAfter: answer.header("Retry-After"))
+            retry.gate?.close(for: delay)
             logger.notice("\(operation): HTTP \(answer.status), retrying", metadata: ["attempt": "\(attempt)", "delay": "\(delay)"])
             try await Task.sleep(for: .seconds(delay))
             attempt += 1
