@@ -144,14 +144,14 @@ public final class Agent: Sendable {
     /// An access token from the broker with the signer for `keyURI`; when Entra refuses the key
     /// (AADSTS700027: its credential was removed, as a `rotate` does), the URI is looked up again
     /// and, if it now names another key, the exchange is tried once with that key.
-    func accessToken(broker: TokenBroker, scope: String, keyURI: String?) async throws -> AccessToken {
+    func accessToken(broker: TokenBroker, scope: String, keyURI: String?, federation: (clientID: String, tenant: String?)? = nil) async throws -> AccessToken {
         let signer = try await signer(keyURI)
         do {
-            return try await broker.token(scope: scope, signer: signer)
+            return try await broker.token(scope: scope, signer: signer, federation: federation)
         } catch let error as EntraError where error.code == .tokenRefused && error.aadsts == 700027 {
             let again = try await self.signer(keyURI, recheck: true)
             guard again.key.id != signer.key.id else { throw error }
-            return try await broker.token(scope: scope, signer: again)
+            return try await broker.token(scope: scope, signer: again, federation: federation)
         }
     }
 

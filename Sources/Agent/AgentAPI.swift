@@ -88,9 +88,16 @@ public enum AgentAPI {
     public struct AccessTokenRequest: AgentKeyedRequest {
         public var key: String?
         public var scope: String?
-        public init(key: String? = nil, scope: String? = nil) {
+        /// A token for this other application (client id), which trusts the agent's app
+        /// through a federated identity credential.
+        public var viaFic: String?
+        /// The other application's tenant (default: the agent's).
+        public var viaFicTenant: String?
+        public init(key: String? = nil, scope: String? = nil, viaFic: String? = nil, viaFicTenant: String? = nil) {
             self.key = key
             self.scope = scope
+            self.viaFic = viaFic
+            self.viaFicTenant = viaFicTenant
         }
     }
 

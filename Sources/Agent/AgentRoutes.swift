@@ -92,7 +92,8 @@ struct AgentRoutes: Sendable {
                     throw AgentError("notConfigured", "this agent was started without a tenant and client id", hint: "start it with a tenant and a client id")
                 }
                 let scope = body.scope ?? broker.graphScope
-                let token = try await agent.accessToken(broker: broker, scope: scope, keyURI: body.key)
+                let token = try await agent.accessToken(
+                    broker: broker, scope: scope, keyURI: body.key, federation: body.viaFic.map { ($0, body.viaFicTenant) })
                 return AgentAPI.AccessTokenResponse(
                     access_token: token.accessToken, token_type: token.tokenType, expires_on: Int(token.expiresOn.timeIntervalSince1970), scope: scope)
             }

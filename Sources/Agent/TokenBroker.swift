@@ -22,19 +22,29 @@ actor TokenBroker {
         self.logger = logger
     }
 
-    func token(scope: String, signer: TokenSigner) async throws -> AccessToken {
-        let key = "\(scope)\n\(signer.certificate?.thumbprint.hexSHA1 ?? signer.key.uri)"
+    /// `federation`: a token for that other app (client id, tenant), which trusts this one
+    /// through a federated identity credential.
+    func token(scope: String, signer: TokenSigner, federation: (clientID: String, tenant: String?)? = nil) async throws -> AccessToken {
+        let via = federation.map { "\nvia \($0.clientID.lowercased()) \($0.tenant?.lowercased() ?? "")" } ?? ""
+        let key = "\(scope)\n\(signer.certificate?.thumbprint.hexSHA1 ?? signer.key.uri)\(via)"
         if let token = cached[key], token.expiresOn.timeIntervalSinceNow > TokenCache.refreshMargin {
             return AccessToken(accessToken: token.accessToken, tokenType: token.tokenType, expiresOn: token.expiresOn, fromCache: true)
         }
         if let running = inFlight[key] { return try await running.value }
         let client = self.client
-        let task = Task { try await client.token(scope: scope, signer: signer, useCache: false) }
+        let task = Task {
+            if let federation {
+                return try await client.tokenViaFederation(clientID: federation.clientID, tenant: federation.tenant, scope: scope, signer: signer)
+            }
+            return try await client.token(scope: scope, signer: signer, useCache: false)
+        }
         inFlight[key] = task
         defer { inFlight[key] = nil }
         let token = try await task.value
         cached[key] = token
-        logger.info("access token fetched", metadata: ["scope": "\(scope)", "expiresOn": "\(Int(token.expiresOn.timeIntervalSince1970))"])
+        logger.info("access token fetched", metadata: [
+            "scope": "\(scope)", "expiresOn": "\(Int(token.expiresOn.timeIntervalSince1970))", "viaFic": "\(federation?.clientID ?? "-")",
+        ])
         return token
     }
 

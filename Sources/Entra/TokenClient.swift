@@ -117,6 +117,7 @@ public struct TokenClient: Sendable {
         case 500011, 70011, 1002012: return ["scope"]
         case 5002730: return ["alg"]
         case 50048, 700021: return ["client-id"]
+        case 700211, 700212, 700213: return ["via-fic", "object-id"]
         default: return []
         }
     }
@@ -156,6 +157,9 @@ public struct TokenClient: Sendable {
             return "the token request is not a client-credentials request Entra accepts: this is a bug in p11jwt if you see it, please report it"
         case 50013:
             return "Entra refused the assertion as reused or invalid: try again: each request gets a fresh assertion with a new jti"
+        case 700211, 700213, 700212:
+            let part = aadsts == 700211 ? "issuer" : aadsts == 700213 ? "subject" : "audience"
+            return "application '\(clientID)' has no federated identity credential matching the token's \(part): on that app, add one with the calling app's issuer (<authority>/<its tenant>/v2.0) and subject (its service principal's object id)"
         case 90033, 50196:
             return "Entra is temporarily unavailable or throttling: try again in a minute"
         default:

@@ -107,6 +107,21 @@ extension StateStore {
         }
     }
 
+    /// Adds a federated identity credential to the application with object id `id`, offline.
+    public func addFederatedCredential(applicationID id: String, _ credential: FederatedIdentityCredential) throws -> FederatedIdentityCredential {
+        try update { state in
+            guard let (t, a) = state.locate(application: id, byAppID: false) else { throw EmulatorError("no application with id \(id)") }
+            var list = state.tenants[t].applications[a].federatedIdentityCredentials ?? []
+            guard list.count < 20 else { throw EmulatorError("an application can have at most 20 federated identity credentials") }
+            guard !list.contains(where: { $0.issuer == credential.issuer && $0.subject == credential.subject }) else {
+                throw EmulatorError("the application already has a federated identity credential for that issuer and subject")
+            }
+            list.append(credential)
+            state.tenants[t].applications[a].federatedIdentityCredentials = list
+            return credential
+        }
+    }
+
     /// An application by object id or appId.
     public func application(id: String? = nil, appId: String? = nil) throws -> (Tenant, AppRegistration)? {
         let state = try read()

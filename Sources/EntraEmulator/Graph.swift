@@ -245,6 +245,85 @@ struct GraphAPI: Sendable {
         } catch let error as GraphError { throw error } catch { throw GraphError(500, "generalException", "\(error)") }
     }
 
+    // MARK: - Federated identity credentials
+
+    /// `GET applications/{id}/federatedIdentityCredentials`: needs a read or write role.
+    func federatedCredentials(_ target: GraphTarget, caller: GraphCaller, base: String) throws(GraphError) -> JSONObject {
+        guard !target.isServicePrincipal else { throw GraphError(400, "Request_BadRequest", "federatedIdentityCredentials belong to applications.") }
+        let state = try readState()
+        let (t, a) = try locate(target, in: state, tenantId: caller.tenantId)
+        let app = state.tenants[t].applications[a]
+        try authorize(caller, app: app, tenantId: state.tenants[t].id, selfServiceAllowed: false)
+        return JSONObject([
+            "@odata.context": .string("\(base)/v1.0/$metadata#applications('\(app.id)')/federatedIdentityCredentials"),
+            "value": .array((app.federatedIdentityCredentials ?? []).map { .object(Self.json($0)) }),
+        ])
+    }
+
+    /// `POST applications/{id}/federatedIdentityCredentials`: name, issuer, subject and
+    /// audiences required; at most 20 per application; one per issuer and subject.
+    func addFederatedCredential(_ target: GraphTarget, body: [UInt8], caller: GraphCaller, base: String) throws(GraphError) -> JSONObject {
+        guard !target.isServicePrincipal else { throw GraphError(400, "Request_BadRequest", "federatedIdentityCredentials belong to applications.") }
+        let request = try parse(body)
+        func field(_ name: String) throws(GraphError) -> String {
+            guard let value = request[name]?.stringValue, !value.trimmingCharacters(in: .whitespaces).isEmpty else {
+                throw GraphError.badRequest("Invalid value specified for property '\(name)' of resource 'FederatedIdentityCredential'.")
+            }
+            return value
+        }
+        let name = try field("name"), issuer = try field("issuer"), subject = try field("subject")
+        let audiences = (request["audiences"]?.arrayValue ?? []).compactMap(\.stringValue)
+        guard !audiences.isEmpty else { throw GraphError.badRequest("Invalid value specified for property 'audiences' of resource 'FederatedIdentityCredential'.") }
+        guard URL(string: issuer)?.scheme == "https" || URL(string: issuer)?.scheme == "http" else {
+            throw GraphError.badRequest("Invalid value specified for property 'issuer' of resource 'FederatedIdentityCredential'.")
+        }
+        let credential = FederatedIdentityCredential(name: name, issuer: issuer, subject: subject, audiences: audiences, description: request["description"]?.stringValue)
+        do {
+            return try store.update { state -> JSONObject in
+                let (t, a) = try locate(target, in: state, tenantId: caller.tenantId)
+                let app = state.tenants[t].applications[a]
+                try authorize(caller, app: app, tenantId: state.tenants[t].id, selfServiceAllowed: false)
+                var list = app.federatedIdentityCredentials ?? []
+                guard list.count < 20 else { throw GraphError.badRequest("An application can have at most 20 federated identity credentials.") }
+                guard !list.contains(where: { $0.name == name }) else {
+                    throw GraphError(409, "Request_MultipleObjectsWithSameKeyValue", "FederatedIdentityCredential with name \(name) already exists.")
+                }
+                guard !list.contains(where: { $0.issuer == issuer && $0.subject == subject }) else {
+                    throw GraphError(409, "Request_MultipleObjectsWithSameKeyValue", "FederatedIdentityCredential with the same issuer and subject already exists.")
+                }
+                list.append(credential)
+                state.tenants[t].applications[a].federatedIdentityCredentials = list
+                var object = Self.json(credential)
+                object["@odata.context"] = .string("\(base)/v1.0/$metadata#applications('\(app.id)')/federatedIdentityCredentials/$entity")
+                return object
+            }
+        } catch let error as GraphError { throw error } catch { throw GraphError(500, "generalException", "\(error)") }
+    }
+
+    /// `DELETE applications/{id}/federatedIdentityCredentials/{id}`.
+    func removeFederatedCredential(_ target: GraphTarget, id: String, caller: GraphCaller) throws(GraphError) {
+        do {
+            try store.update { state in
+                let (t, a) = try locate(target, in: state, tenantId: caller.tenantId)
+                try authorize(caller, app: state.tenants[t].applications[a], tenantId: state.tenants[t].id, selfServiceAllowed: false)
+                var list = state.tenants[t].applications[a].federatedIdentityCredentials ?? []
+                guard let index = list.firstIndex(where: { $0.id == id.lowercased() || $0.name == id }) else {
+                    throw GraphError(404, "Request_ResourceNotFound", "Resource '\(id)' does not exist or one of its queried reference-property objects are not present.")
+                }
+                list.remove(at: index)
+                state.tenants[t].applications[a].federatedIdentityCredentials = list
+            }
+        } catch let error as GraphError { throw error } catch { throw GraphError(500, "generalException", "\(error)") }
+    }
+
+    static func json(_ credential: FederatedIdentityCredential) -> JSONObject {
+        JSONObject([
+            "id": .string(credential.id), "name": .string(credential.name), "issuer": .string(credential.issuer),
+            "subject": .string(credential.subject), "description": credential.description.map { .string($0) } ?? .null,
+            "audiences": .array(credential.audiences.map { .string($0) }),
+        ])
+    }
+
     // MARK: - Rules
 
     /// Finds the target, checks the caller may change it, and runs `body` on its key

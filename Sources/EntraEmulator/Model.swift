@@ -56,6 +56,9 @@ public struct AppRegistration: Codable, Sendable, Equatable {
     public var requestedAccessTokenVersion: Int?
     /// Roles granted to this app (as a client) on other applications of its tenant.
     public var grants: [ResourceGrant]?
+    /// Federated identity credentials: tokens from these issuers, for these subjects and
+    /// audiences, authenticate the app as client assertions.
+    public var federatedIdentityCredentials: [FederatedIdentityCredential]?
 
     public init(id: String, appId: String, displayName: String, servicePrincipal: ServicePrincipal, roles: [String] = [], owners: [String] = []) {
         self.id = id
@@ -77,6 +80,38 @@ public struct AppRegistration: Codable, Sendable, Equatable {
 }
 
 /// An application permission an API defines (`appRoles` in Graph, member type Application).
+/// A `federatedIdentityCredential` (Graph's shape).
+public struct FederatedIdentityCredential: Codable, Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public var issuer: String
+    public var subject: String
+    public var audiences: [String]
+    public var description: String?
+
+    public init(id: String = UUID().uuidString.lowercased(), name: String, issuer: String, subject: String, audiences: [String], description: String? = nil) {
+        self.id = id
+        self.name = name
+        self.issuer = issuer
+        self.subject = subject
+        self.audiences = audiences
+        self.description = description
+    }
+
+    /// The audience Entra documents for its own token exchange.
+    public static let tokenExchangeAudience = "api://AzureADTokenExchange"
+
+    /// Whether a token's `aud` is one of this credential's audiences. Entra's own tokens for
+    /// `api://AzureADTokenExchange` carry that app's id; it counts as the URI (uncertain, see
+    /// docs/emulator-fidelity.md).
+    public func accepts(audience: String) -> Bool {
+        audiences.contains { allowed in
+            allowed.lowercased() == audience.lowercased()
+                || (allowed.lowercased() == Self.tokenExchangeAudience.lowercased() && audience.lowercased() == BuiltInResource.tokenExchange.appId)
+        }
+    }
+}
+
 public struct AppRole: Codable, Sendable, Equatable {
     public var id: String
     public var value: String
@@ -106,6 +141,13 @@ public struct BuiltInResource: Sendable {
             "https://microsoftgraph.chinacloudapi.cn", "00000003-0000-0000-c000-000000000000",
         ],
         accessTokenVersion: 1)
+
+    /// Entra's token exchange: an app's token for it becomes another app's client assertion
+    /// through that app's federated identity credential.
+    public static let tokenExchange = BuiltInResource(
+        appId: "fb60f99c-7a34-4190-8149-302f77469936",
+        identifiers: ["api://AzureADTokenExchange", "fb60f99c-7a34-4190-8149-302f77469936"],
+        accessTokenVersion: 2)
 
     /// Whether `name` is one of its identifiers (no case, no trailing `/`), as Entra matches them.
     public func isNamed(by name: String) -> Bool {

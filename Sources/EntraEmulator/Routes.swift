@@ -154,6 +154,13 @@ public struct EmulatorRoutes: Sendable {
                     case (.patch, .object(let object), nil):
                         try graph.patch(object, body: body, caller: caller, now: now)
                         return Self.graphHeaders(Response(status: .noContent), ids)
+                    case (.get, .object(let object), "federatedIdentityCredentials"):
+                        return Self.graphJSON(try graph.federatedCredentials(object, caller: caller, base: base), ids)
+                    case (.post, .object(let object), "federatedIdentityCredentials"):
+                        return Self.graphJSON(try graph.addFederatedCredential(object, body: body, caller: caller, base: base), status: 201, ids)
+                    case (.delete, .object(let object), let action?) where action.hasPrefix("federatedIdentityCredentials/"):
+                        try graph.removeFederatedCredential(object, id: String(action.dropFirst("federatedIdentityCredentials/".count)), caller: caller)
+                        return Self.graphHeaders(Response(status: .noContent), ids)
                     default:
                         throw GraphError(405, "Request_BadRequest", "The \(request.method) method is not supported on '\(path)'.")
                     }
@@ -255,6 +262,10 @@ public struct EmulatorRoutes: Sendable {
         if let last = segments.last, last == "addKey" || last == "removeKey" {
             action = last
             segments.removeLast()
+        } else if let index = segments.firstIndex(of: "federatedIdentityCredentials"), index >= 1, segments.count - index <= 2 {
+            // federatedIdentityCredentials, or federatedIdentityCredentials/{id}
+            action = segments[index...].joined(separator: "/")
+            segments.removeSubrange(index...)
         }
         let collection: String, key: String
         if segments.count == 2 {

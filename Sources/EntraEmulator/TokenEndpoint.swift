@@ -118,7 +118,13 @@ struct TokenEndpoint: Sendable {
             throw OAuthError(400, "invalid_request", 7000218,
                 "The 'client_assertion_type' parameter must be '\(Self.assertionType)' when 'client_assertion' is sent.")
         }
-        try checkAssertion(assertion, app: app, clientID: clientID, tenant: tenant, authorities: authorities, now: now)
+        // A client assertion whose issuer is a URL, not the client id, is a token from an
+        // identity provider the app trusts through a federated identity credential.
+        if let issuer = Self.unverifiedIssuer(assertion), issuer.hasPrefix("https://") || issuer.hasPrefix("http://") {
+            try checkFederated(assertion, app: app, state: state, authorities: authorities, now: now)
+        } else {
+            try checkAssertion(assertion, app: app, clientID: clientID, tenant: tenant, authorities: authorities, now: now)
+        }
         // The client is authenticated; then the resource it asks for. (Uncertain: Entra's order
         // between 500011 and a bad assertion; the emulator authenticates first.)
         guard let resource = Self.resolve(requested, in: tenant) else {
@@ -184,9 +190,8 @@ struct TokenEndpoint: Sendable {
     /// Graph by any of its names, else an application of the tenant by appId or App ID URI
     /// (compared without case or a trailing `/`, as Entra matches identifier URIs).
     static func resolve(_ requested: String, in tenant: Tenant) -> ResolvedResource? {
-        let graph = BuiltInResource.graph
-        if graph.isNamed(by: requested) {
-            return ResolvedResource(appId: graph.appId, requestedAs: requested, accessTokenVersion: graph.accessTokenVersion)
+        for builtIn in [BuiltInResource.graph, .tokenExchange] where builtIn.isNamed(by: requested) {
+            return ResolvedResource(appId: builtIn.appId, requestedAs: requested, accessTokenVersion: builtIn.accessTokenVersion)
         }
         let name = BuiltInResource.normalized(requested)
         guard let api = tenant.applications.first(where: { app in
@@ -276,6 +281,53 @@ struct TokenEndpoint: Sendable {
             guard faults.recordAssertion(jti: jti, until: exp) else {
                 throw OAuthError(400, "invalid_client", 50013, "Assertion is invalid: its jti was already used (replay). Real Entra accepts reuse within the lifetime; this emulator refuses it because --reject-replay is set.")
             }
+        }
+    }
+
+    /// The `iss` of a compact JWS, before anything is checked (nil when it has none).
+    static func unverifiedIssuer(_ assertion: String) -> String? {
+        (try? JWS(compact: assertion))?.claims?["iss"]?.stringValue
+    }
+
+    /// A federated client assertion: a token this emulator issued (any of its tenants, so
+    /// across tenants too) whose issuer, subject and audience match one of the app's federated
+    /// identity credentials, validly signed and current. Entra's codes: 700211 (no credential
+    /// for the issuer), 700213 (for the subject), 700212 (for the audience).
+    private func checkFederated(_ assertion: String, app: AppRegistration, state: EmulatorState, authorities: [String], now: Date) throws(OAuthError) {
+        let malformed = OAuthError(401, "invalid_client", 50027, "JWT token is invalid or malformed.")
+        let jws: JWS
+        do { jws = try JWS(compact: assertion) } catch { throw malformed }
+        guard let claims = jws.claims, let issuer = claims["iss"]?.stringValue else { throw malformed }
+        let subject = claims["sub"]?.stringValue ?? ""
+        let audience = claims["aud"]?.stringValue ?? ""
+        let credentials = app.federatedIdentityCredentials ?? []
+        let byIssuer = credentials.filter { $0.issuer == issuer }
+        guard !byIssuer.isEmpty else {
+            throw OAuthError(400, "invalid_request", 700211,
+                "No matching federated identity record found for presented assertion issuer '\(issuer)'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation")
+        }
+        let bySubject = byIssuer.filter { $0.subject == subject }
+        guard !bySubject.isEmpty else {
+            throw OAuthError(400, "invalid_request", 700213,
+                "No matching federated identity record found for presented assertion subject '\(subject)'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation")
+        }
+        guard bySubject.contains(where: { $0.accepts(audience: audience) }) else {
+            throw OAuthError(400, "invalid_request", 700212,
+                "No matching federated identity record found for presented assertion audience '\(audience)'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation")
+        }
+        // Only this emulator's own tokens can be verified here: its issuers, its key.
+        let ownIssuers = state.tenants.flatMap { t in authorities.map { "\($0)/\(t.id)/v2.0" } + [Self.v1Issuer(t.id)] }
+        guard ownIssuers.contains(issuer), key.verifies(jws) else {
+            throw OAuthError(401, "invalid_client", 50013, "Assertion failed signature validation. [Reason - The key was not found.]")
+        }
+        func numericDate(_ value: Double?) -> Double? { value.flatMap { $0.isFinite && abs($0) < 253_402_300_800 ? $0 : nil } }
+        guard let exp = numericDate(claims["exp"]?.numberValue), let nbf = numericDate(claims["nbf"]?.numberValue ?? claims["iat"]?.numberValue) else {
+            throw malformed
+        }
+        let t = now.timeIntervalSince1970
+        guard t <= exp + Self.clockSkew, t + Self.clockSkew >= nbf else {
+            throw OAuthError(400, "invalid_client", 700024,
+                "Client assertion is not within its valid time range. Current time: \(isoDate(now)), assertion valid from \(isoDate(nbf)), expiry time of assertion \(isoDate(exp)).")
         }
     }
 

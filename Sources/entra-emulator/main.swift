@@ -99,7 +99,7 @@ struct Serve: AsyncParsableCommand {
 
 struct App: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Manage applications (works while the server runs).", subcommands: [Create.self, Show.self])
+        abstract: "Manage applications (works while the server runs).", subcommands: [Create.self, Show.self, FICAdd.self])
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -167,6 +167,40 @@ struct App: AsyncParsableCommand {
             }
             struct Shown: Encodable { var tenantId: String; var application: AppRegistration }
             try printJSON(Shown(tenantId: tenant.id, application: app))
+        }
+    }
+}
+
+extension App {
+    struct FICAdd: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "fic-add",
+            abstract: "Add a federated identity credential to an application; prints it.",
+            discussion: "A token from --issuer for --subject, with an audience of the credential, then authenticates the application as its client assertion. An app's token from this emulator for api://AzureADTokenExchange has iss <url>/<tenant id>/v2.0 and sub the app's service principal id.")
+
+        @OptionGroup var stateOption: StateOption
+
+        @Option(name: .long, help: "The application's object id.")
+        var id: String
+
+        @Option(name: .long, help: ArgumentHelp("The trusted token issuer (a URL).", valueName: "url"))
+        var issuer: String
+
+        @Option(name: .long, help: "The subject the token must have.")
+        var subject: String
+
+        @Option(name: .long, help: "An audience the token may have (repeatable; default: api://AzureADTokenExchange).")
+        var audience: [String] = []
+
+        @Option(name: .long, help: "The credential's name (default: a generated one).")
+        var name: String?
+
+        func run() async throws {
+            let store = try StateStore(directory: stateOption.state)
+            let credential = FederatedIdentityCredential(
+                name: name ?? "fic-\(UUID().uuidString.prefix(8).lowercased())", issuer: issuer, subject: subject,
+                audiences: audience.isEmpty ? [FederatedIdentityCredential.tokenExchangeAudience] : audience)
+            try printJSON(try store.addFederatedCredential(applicationID: id, credential))
         }
     }
 }

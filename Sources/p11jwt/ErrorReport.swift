@@ -42,6 +42,8 @@ enum ErrorReport {
             return "list tokens with 'p11jwt tokens'"
         case "entra.tokenRefused" where error.details["aadsts"] == "AADSTS700027":
             return "register the certificate with 'p11jwt credential add', or see the app's credentials with 'p11jwt credential list'"
+        case "entra.tokenRefused" where ["AADSTS700211", "AADSTS700212", "AADSTS700213"].contains(error.details["aadsts"] ?? ""):
+            return "add the federated credential on the target app with 'p11jwt fic add' (or 'entra-emulator app fic-add')"
         case "entra.tokenRefused" where error.details["aadsts"] == "AADSTS1000502":
             return "rotate with 'p11jwt rotate'"
         default:

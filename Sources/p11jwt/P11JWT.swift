@@ -34,7 +34,7 @@ struct P11JWT: AsyncParsableCommand {
                 SignCommand.self, JWTCommand.self, AssertionCommand.self, PopCommand.self, DecodeCommand.self, ThumbprintCommand.self,
             ]),
             CommandGroup(name: "ENTRA ID", subcommands: [
-                AccessTokenCommand.self, CredentialCommand.self, RotateCommand.self, BootstrapCommand.self, FleetCommand.self,
+                AccessTokenCommand.self, CredentialCommand.self, RotateCommand.self, BootstrapCommand.self, FleetCommand.self, FICCommand.self,
             ]),
             CommandGroup(name: "SERVICE AND SETTINGS", subcommands: [AgentCommand.self, ConfigCommand.self]),
         ])

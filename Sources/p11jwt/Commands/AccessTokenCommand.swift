@@ -19,6 +19,7 @@ struct AccessTokenCommand: AsyncParsableCommand {
               p11jwt access-token --tenant contoso.com --client-id 1111… --key "$KEY"
               p11jwt access-token --scope api://orders/.default --output json
               eval "$(p11jwt access-token --output env)"
+              p11jwt access-token --via-fic 2222…     # a token for app 2222…, which trusts this one
             """)
 
     /// text: the access token alone; `token` was its name in 0.9 (still taken, not shown).
@@ -44,6 +45,12 @@ struct AccessTokenCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Send the certificate chain as x5c in the assertion (MSAL's sendX5C: Subject Name + Issuer authentication).")
     var x5c = false
 
+    @Option(name: .long, help: ArgumentHelp("Get the token for this other application, which trusts this one through a federated identity credential: this app's token for api://AzureADTokenExchange is its client assertion.", valueName: "client-id"))
+    var viaFic: String?
+
+    @Option(name: .long, help: ArgumentHelp("With --via-fic: the other application's tenant (default: this one's).", valueName: "tenant"))
+    var viaFicTenant: String?
+
     @OptionGroup var entra: EntraOptions
     @OptionGroup var state: StateOptions
     @OptionGroup var signing: SigningOptions
@@ -60,9 +67,13 @@ struct AccessTokenCommand: AsyncParsableCommand {
         _ = try configuration.validated()
         let session = try await signing.open(requireCertificate: true)
         defer { session.close() }
+        let viaFic = self.viaFic, viaFicTenant = self.viaFicTenant
         func exchange(_ signer: some JWSSigner) async throws -> AccessToken {
             try await withEntraClient(configuration, logger: session.logger) { client in
-                try await client.token(scope: scope, signer: signer)
+                if let viaFic {
+                    return try await client.tokenViaFederation(clientID: viaFic, tenant: viaFicTenant, scope: scope, signer: signer)
+                }
+                return try await client.token(scope: scope, signer: signer)
             }
         }
         let token: AccessToken
