@@ -231,6 +231,54 @@ def main():
         for step in report["steps"]:
             row(f"rotate: {step['step']}", step["seconds"] * 1000, "ms")
         row("rotate end to end (process)", total, "s", target="≤ 3 s", met=total <= 3)
+
+        # ---- fleet rotate: N apps on this one token against the emulator, vs the token's own
+        # RSA-2048 key-generation rate (each rotation makes one key: the fleet's limit), at the
+        # fleet's concurrency (2 per token); then the same apps again under a 429 storm.
+        if not args.token:
+            apps_count = 12 if args.quick else 100
+            concurrency = 2
+            fleet_env = dict(env, XDG_STATE_HOME=os.path.join(work, "fleet-state"), XDG_CACHE_HOME=os.path.join(work, "fleet-cache"), P11JWT_LOG_LEVEL="error")
+            entries = []
+            for n in range(apps_count):
+                label = f"fleet{n}"
+                run([p11jwt, "keygen", "--module", args.module, "--token", f"pkcs11:token={token}", "--label", label, "--key-type", "rsa:2048", "--pin-file", pin_file], env)
+                pem = os.path.join(work, f"{label}.pem")
+                run([p11jwt, "cert", "create", "--module", args.module, "--key", f"pkcs11:token={token};object={label}", "--subject", f"CN={label}",
+                     "--store", "--out", pem, "--pin-file", pin_file], env)
+                created = json.loads(run([emulator, "app", "create", "--state-dir", state, "--name", label, "--cert", pem, "--tenant", app["tenantId"]]).stdout)
+                entries.append({"name": label, "clientId": created["appId"], "objectId": created["id"], "key": f"pkcs11:token={token};object={label}"})
+            manifest = os.path.join(work, "fleet.json")
+            with open(manifest, "w") as f:
+                json.dump({"defaults": {"tenant": app["tenantId"], "authorityHost": url, "graphEndpoint": url, "caFile": os.path.join(state, "ca.pem"),
+                                        "module": args.module, "pinFile": pin_file, "keyType": "rsa:2048", "deleteOld": True},
+                           "apps": entries}, f)
+            keygen = run_json([bench, "keygen", "--module", args.module, "--token", f"pkcs11:token={token}", "--pin-file", pin_file,
+                               "--threads", str(concurrency), "--seconds", str(max(seconds, 3.0))], env)["perSecond"]
+            row(f"token keygen RSA-2048 {concurrency}t (the limit)", keygen, "keys/s")
+
+            def fleet_run(label, storm=None):
+                if storm:
+                    subprocess.run(["curl", "-sS", "--fail", "--cacert", os.path.join(state, "ca.pem"), "-H", "content-type: application/json",
+                                    "-H", f"Authorization: Bearer {open(os.path.join(state, 'admin-token')).read().strip()}",
+                                    "-d", json.dumps(storm), f"{url}/_emulator/faults"], check=True, capture_output=True)
+                start = time.perf_counter()
+                report = json.loads(run([p11jwt, "fleet", "rotate", manifest, "--concurrency-per-token", str(concurrency), "--output", "json"], fleet_env).stdout)
+                elapsed = time.perf_counter() - start
+                rotated = report["rotated"]
+                if rotated != apps_count:
+                    sys.exit(f"bench: fleet {label}: {rotated} of {apps_count} rotated: {report}")
+                rate = rotated / elapsed
+                return rate, report.get("throttled", 0)
+
+            rate, _ = fleet_run("plain")
+            ratio = rate / keygen
+            row(f"fleet rotate {apps_count} apps", rate, "apps/s", keygen, ratio, "≥ 0.8", ratio >= 0.8)
+            storm = {"failures": [{"route": "token", "count": apps_count // 2, "status": 429, "retryAfter": 1},
+                                  {"route": "addKey", "count": apps_count // 4, "status": 429, "retryAfter": 1}]}
+            stormy, closed = fleet_run("storm", storm)
+            row(f"fleet rotate {apps_count} apps, 429 storm", stormy, "apps/s", keygen, stormy / keygen)
+            row("fleet: times the shared gate closed in the storm", closed, "")
     finally:
         for p in reversed(processes):
             p.terminate()

@@ -4,6 +4,8 @@
 //   p11jwt-bench library   --module SO --key URI --pin-file F --alg RS256|PS256|ES256 --threads T --seconds S
 //   p11jwt-bench assertion --module SO --key URI --pin-file F --alg RS256|PS256|ES256 --threads T --seconds S
 //   p11jwt-bench agent     --socket PATH --clients C --seconds S [--alg RS256] [--operation sign|token]
+//   p11jwt-bench keygen    --module SO --token URI --pin-file F --threads T --seconds S [--key-type rsa:2048]
+//                          (the token's own key-generation rate: the limit of a fleet rotation)
 //
 // Each prints one JSON object with perSecond (and p50Ms / p99Ms for the agent).
 import Agent
@@ -120,6 +122,20 @@ case "library", "assertion":
         }
     }
     printResult(["mode": mode, "alg": algorithm.rawValue, "threads": threads, "seconds": elapsed, "operations": count, "perSecond": Double(count) / elapsed])
+    token.close()
+    module.finalize()
+case "keygen":
+    let uri = try PKCS11URI(option("token"))
+    let module = try Module.load(ModuleSpec(option("module")), logger: logger)
+    let token = try Token.open(uri, module: module, options: .init(maxPoolSessions: max(threads, 2)), logger: logger)
+    try token.login(pins: PINProvider(pinFile: option("pin-file"), environment: [:], allowPrompt: false))
+    let spec = try Token.KeySpec(options["key-type"] ?? "rsa:2048")
+    let (count, elapsed, _) = run(threads: threads, seconds: seconds, recordLatency: false) { t in
+        let id = (0..<16).map { _ in UInt8.random(in: 0...255) }
+        _ = try token.generateKeyPair(spec, label: "bench-keygen-\(t)-\(Hex.encode(id))", id: id)
+        try token.destroy(try token.objects(matching: try PKCS11URI(PKCS11URI.format(token: token.info, id: id))))
+    }
+    printResult(["mode": mode, "keyType": "\(spec)", "threads": threads, "seconds": elapsed, "operations": count, "perSecond": Double(count) / elapsed])
     token.close()
     module.finalize()
 case "agent":
