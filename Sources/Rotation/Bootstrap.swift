@@ -136,9 +136,9 @@ public struct Bootstrap: Sendable {
         // temporary key's CKA_ID is left on the token.
         let finished = journal
         let (newSigner, leftovers) = try await onToken { () -> (TokenSigner, [ObjectIdentity]) in
-            let uri = try PKCS11URI(PKCS11URI.format(token: token.info, label: finished.label, objectClass: .privateKey))
-            let leftovers = try token.objects(matching: try PKCS11URI(PKCS11URI.format(token: token.info, id: Hex.decode(finished.temporaryIdHex))))
-            return (try TokenSigner(token: token, key: try token.signingKey(uri)), leftovers)
+            let labelled = try PKCS11URI(PKCS11URI.format(token: token.info, label: finished.label, objectClass: .privateKey))
+            let leftovers = try token.objects(matching: try uri(id: Hex.decode(finished.temporaryIdHex)))
+            return (try TokenSigner(token: token, key: try token.signingKey(labelled)), leftovers)
         }
         if !leftovers.isEmpty {
             try await onToken { try token.destroy(leftovers) }
@@ -184,11 +184,11 @@ public struct Bootstrap: Sendable {
     /// interrupted import left under it.
     private func importTemporary(_ material: PrivateKeyMaterial, chain: [JWSCertificate], journal: Journal) throws {
         let id = Hex.decode(journal.temporaryIdHex) ?? []
-        let half = try token.objects(matching: try PKCS11URI(PKCS11URI.format(token: token.info, id: id)))
+        let half = try token.objects(matching: try uri(id: id))
         if !half.isEmpty { try token.destroy(half) }
         let key = try token.importPrivateKey(material, label: journal.label, id: id)
         guard token.isKey(key, publicKey: chain[0].publicKey) else {
-            try? token.destroy(try token.objects(matching: try PKCS11URI(PKCS11URI.format(token: token.info, id: id))))
+            try? token.destroy(try token.objects(matching: try uri(id: id)))
             throw RotationError(.invalidRequest, "the temporary certificate \(chain[0].thumbprint.hexSHA1) does not belong to its private key; nothing was imported")
         }
         // The leaf only: the temporary chain's issuers would outlive the temporary key.
@@ -201,7 +201,7 @@ public struct Bootstrap: Sendable {
     private func rotate(_ journal: inout Journal, options: Options) async throws -> Rotation.Report? {
         let id = Hex.decode(journal.temporaryIdHex) ?? []
         let inProgress = try rotation.journals.load(objectID: objectID) != nil
-        let temporaryOnToken = try await onToken { try !token.privateKeys(matching: try PKCS11URI(PKCS11URI.format(token: token.info, id: id))).isEmpty }
+        let temporaryOnToken = try await onToken { try !token.privateKeys(matching: try uri(id: id)).isEmpty }
         if !inProgress && !temporaryOnToken {
             // Killed after the rotation finished and before this journal said so.
             return nil
@@ -244,8 +244,12 @@ public struct Bootstrap: Sendable {
     }
 
     private func temporarySigner(id: [UInt8]) throws -> TokenSigner {
-        let uri = try PKCS11URI(PKCS11URI.format(token: token.info, id: id, objectClass: .privateKey))
-        return try TokenSigner(token: token, key: try token.signingKey(uri))
+        try TokenSigner(token: token, key: try token.signingKey(try uri(id: id, objectClass: .privateKey)))
+    }
+
+    /// The URI of the objects with CKA_ID `id` on the token (of one class when given).
+    private func uri(id: [UInt8]?, objectClass: ObjectClass? = nil) throws -> PKCS11URI {
+        try PKCS11URI(PKCS11URI.format(token: token.info, id: id, objectClass: objectClass))
     }
 
     private func checkpoint(_ point: String, _ options: Options) { options.checkpoint?(point) }

@@ -376,12 +376,18 @@ struct HelpTextTests {
         }.filter { $0 != "help" && $0 != "See" }
     }
 
-    @Test func everySubcommandsHelpShowsNoTypeDump() throws {
+    /// Every command help lists: the top-level ones and their subcommands.
+    static func commandPaths() throws -> [[String]] {
         var paths: [[String]] = []
-        for name in try Self.subcommands(of: []) {
+        for name in try subcommands(of: []) {
             paths.append([name])
-            for child in try Self.subcommands(of: [name]) { paths.append([name, child]) }
+            for child in try subcommands(of: [name]) { paths.append([name, child]) }
         }
+        return paths
+    }
+
+    @Test func everySubcommandsHelpShowsNoTypeDump() throws {
+        let paths = try Self.commandPaths()
         #expect(paths.count >= 20, "\(paths)")
         #expect(paths.contains(["cert", "create"]) && paths.contains(["rotate"]))
         for path in paths {
@@ -409,12 +415,7 @@ struct HelpTextTests {
         let share = repositoryRoot.appendingPathComponent(".build/share").path
         let generated = try FileManager.default.contentsOfDirectory(atPath: share + "/man1")
         try #require(!generated.isEmpty, "no man pages in \(share): run scripts/setup")
-        var visible: [[String]] = []
-        for name in try Self.subcommands(of: []) {
-            visible.append([name])
-            for child in try Self.subcommands(of: [name]) { visible.append([name, child]) }
-        }
-        for path in visible {
+        for path in try Self.commandPaths() {
             #expect(generated.contains((["p11jwt"] + path).joined(separator: ".") + ".1"), "no man page for \(path)")
         }
         for hidden in ["token", "import", "add-key", "remove-key", "credentials", "help"] {
@@ -466,11 +467,8 @@ struct HelpTextTests {
         }
         #expect(try run(try p11jwtBinary, ["pop", "--alg", "ES256", "--object-id", "00000000-0000-0000-0000-000000000001"]).status == 2)
         // Every command says its JSON: --output on every leaf command.
-        var leaves: [[String]] = []
-        for name in try Self.subcommands(of: []) {
-            let children = try Self.subcommands(of: [name])
-            leaves += children.isEmpty ? [[name]] : children.map { [name, $0] }
-        }
+        let paths = try Self.commandPaths()
+        let leaves = paths.filter { path in !paths.contains { $0.count > path.count && Array($0.prefix(path.count)) == path } }
         for path in leaves {
             let help = try run(try p11jwtBinary, path + ["--help"]).stdout
             #expect(help.contains("--output"), "\(path) has no --output")

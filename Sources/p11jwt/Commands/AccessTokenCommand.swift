@@ -19,7 +19,7 @@ struct AccessTokenCommand: AsyncParsableCommand {
               p11jwt access-token --tenant contoso.com --client-id 1111… --key "$KEY"
               p11jwt access-token --scope api://orders/.default --output json
               eval "$(p11jwt access-token --output env)"
-              p11jwt access-token --via-fic 2222…     # a token for app 2222…, which trusts this one
+              p11jwt access-token --via-fic 2222…   # for app 2222…, which trusts this one
             """)
 
     /// text: the access token alone; `token` was its name in 0.9 (still taken, not shown).

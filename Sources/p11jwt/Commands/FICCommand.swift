@@ -16,7 +16,7 @@ struct FICCommand: ParsableCommand {
 
             EXAMPLES:
               p11jwt fic list --object-id 7777…
-              p11jwt fic add --object-id 7777… --issuer https://login.microsoftonline.com/T/v2.0 --subject 8888…
+              p11jwt fic add --object-id 7777… --issuer "$ISSUER" --subject 8888…
               p11jwt fic remove --object-id 7777… --id from-orders
             """,
         subcommands: [List.self, Add.self, Remove.self])
@@ -43,11 +43,7 @@ struct FICCommand: ParsableCommand {
         }
 
         func run() async throws {
-            let prepared = try graph.prepare()
-            let session = try await graph.open(prepared, agent: agent)
-            defer { session.close() }
-            let signer = session.signer
-            let credentials = try await withEntraClient(prepared.configuration, logger: session.logger) { client in
+            let credentials = try await graph.withClient(agent: agent) { prepared, client, signer in
                 try await client.federatedCredentials(prepared.target, signer: signer)
             }
             try outputOptions.emit(Report(credentials: credentials))
@@ -59,7 +55,7 @@ struct FICCommand: ParsableCommand {
             commandName: "add", abstract: "Add a federated identity credential to an application.",
             discussion: """
                 EXAMPLES:
-                  p11jwt fic add --object-id 7777… --issuer "$ISSUER" --subject 8888… --name from-orders
+                  p11jwt fic add --object-id 7777… --issuer "$ISSUER" --subject 8888…
                 """)
 
         @Option(name: .long, help: ArgumentHelp("The trusted token issuer, e.g. https://login.microsoftonline.com/<tenant>/v2.0.", valueName: "url"))
@@ -94,14 +90,10 @@ struct FICCommand: ParsableCommand {
         }
 
         func run() async throws {
-            let prepared = try graph.prepare()
             let credential = FederatedCredentialInfo(
                 name: name ?? "fic-\(subject.prefix(36).filter { $0.isLetter || $0.isNumber || $0 == "-" })", issuer: issuer, subject: subject,
                 audiences: audience.isEmpty ? [FederatedCredentialInfo.tokenExchangeAudience] : audience, description: description)
-            let session = try await graph.open(prepared, agent: agent)
-            defer { session.close() }
-            let signer = session.signer
-            let added = try await withEntraClient(prepared.configuration, logger: session.logger) { client in
+            let added = try await graph.withClient(agent: agent) { prepared, client, signer in
                 try await client.addFederatedCredential(prepared.target, credential, signer: signer)
             }
             try outputOptions.emit(Report(credential: added))
@@ -129,12 +121,8 @@ struct FICCommand: ParsableCommand {
         }
 
         func run() async throws {
-            let prepared = try graph.prepare()
-            let session = try await graph.open(prepared, agent: agent)
-            defer { session.close() }
-            let signer = session.signer
             let id = self.id
-            try await withEntraClient(prepared.configuration, logger: session.logger) { client in
+            try await graph.withClient(agent: agent) { prepared, client, signer in
                 try await client.removeFederatedCredential(prepared.target, id: id, signer: signer)
             }
             try outputOptions.emit(Report(removed: id))

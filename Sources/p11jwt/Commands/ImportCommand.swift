@@ -11,7 +11,7 @@ struct ImportCommand: ParsableCommand {
         abstract: "Move an existing PFX (PKCS#12) key and certificate into the token, non-extractable.",
         discussion: """
             The private key is created on the token marked sensitive and not extractable, with its public key \
-            and certificate (and the PFX's CA certificates) next to it. The PFX password is read like a PIN:
+            and certificate (and the PFX's CA certificates) next to it. The PFX password is read like a PIN: \
             --password-file, $P11JWT_PFX_PASSWORD, or a prompt — never from the command line. Delete the PFX \
             file once the import is checked: the point is that the key lives only in the token.
 

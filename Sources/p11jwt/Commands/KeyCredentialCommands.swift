@@ -68,6 +68,21 @@ struct GraphOptions: ParsableArguments {
         let setup = SignerSetup(keyOptions: keyOptions, certificate: certificateOptions, agentSocket: agent?.socket)
         return try await BlockingExecutor.shared.run { try setup.open(requireCertificate: true) }
     }
+
+    /// Prepares, opens the signing key and runs `body` with an Entra client for it; the key and
+    /// the client are released after.
+    func withClient<R: Sendable>(
+        servicePrincipal: Bool = false, agent: AgentOptions?,
+        _ body: @Sendable (Prepared, EntraClient, any JWSSigner) async throws -> R
+    ) async throws -> R {
+        let prepared = try prepare(servicePrincipal: servicePrincipal)
+        let session = try await open(prepared, agent: agent)
+        defer { session.close() }
+        let signer = session.signer
+        return try await withEntraClient(prepared.configuration, logger: session.logger) { client in
+            try await body(prepared, client, signer)
+        }
+    }
 }
 
 /// One key credential as the key-credential commands print it.
@@ -197,14 +212,9 @@ struct CredentialsCommand: AsyncParsableCommand {
     @OptionGroup var outputOptions: OutputOptions
 
     func run() async throws {
-        let prepared = try graph.prepare(servicePrincipal: servicePrincipal.servicePrincipal)
-        let session = try await graph.open(prepared, agent: agent)
-        defer { session.close() }
-        let signer = session.signer
-        let credentials = try await withEntraClient(prepared.configuration, logger: session.logger) { client in
-            try await client.keyCredentials(prepared.target, signer: signer)
+        let (credentials, own) = try await graph.withClient(servicePrincipal: servicePrincipal.servicePrincipal, agent: agent) { prepared, client, signer in
+            (try await client.keyCredentials(prepared.target, signer: signer), signer.certificate!.thumbprint.hexSHA1)
         }
-        let own = signer.certificate!.thumbprint.hexSHA1
         switch outputOptions.output {
         case .json:
             try printJSON(credentials)
@@ -223,7 +233,7 @@ struct CredentialCommand: ParsableCommand {
         commandName: "credential",
         abstract: "List, add and remove the key credentials (certificates) of an application or service principal.",
         discussion: """
-            Every request is signed by --key, whose certificate must already be registered on the object:
+            Every request is signed by --key, whose certificate must already be registered on the object: \
             the Graph token and the proof of possession both come from it. To replace the key itself, use \
             'p11jwt rotate'.
 
