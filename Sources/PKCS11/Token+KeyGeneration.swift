@@ -38,14 +38,27 @@ extension Token {
     /// Generates a key pair on the token: private key sensitive, never extractable, for signing.
     /// `id` defaults to 16 random bytes. Refuses a label or id another private key already has.
     public func generateKeyPair(_ spec: KeySpec, label: String, id: [UInt8]? = nil) throws -> PrivateKeyObject {
+        try generateKeyPairObjects(spec, label: label, id: id).privateKey
+    }
+
+    /// ``generateKeyPair(_:label:id:)``, returning the public key object too (a caller that
+    /// relabels or destroys the pair later needs no search for it). `freshID`: the caller drew
+    /// `id` from a CSPRNG for this key, so no other key can have it and it is not searched for
+    /// (an `id` left nil is drawn here and is fresh too).
+    public func generateKeyPairObjects(
+        _ spec: KeySpec, label: String, id: [UInt8]? = nil, freshID: Bool = false
+    ) throws -> (privateKey: PrivateKeyObject, publicKey: ObjectIdentity) {
         guard !label.isEmpty else { throw PKCS11Error(.invalidArgument, "a key needs a label", settings: ["label"]) }
+        let freshID = freshID || id == nil
         let id = id ?? Self.randomID()
-        let existing = try privateKeys()
-        if let clash = existing.first(where: { $0.label == label || $0.id == id }) {
-            throw PKCS11Error(
-                .invalidArgument,
-                "token '\(info.label)' already has a private key with this \(clash.label == label ? "label" : "id"): \(clash.uri)",
-                hint: "choose another label or id, or destroy the old key first", settings: ["label", "id"])
+        // Two searches by template, not a read of every key: on a token with many keys this
+        // check would otherwise cost more than a fleet rotation's other token work.
+        for (attribute, what) in [(Attribute.label(label), "label"), (.id(id), "id")] where what == "label" || !freshID {
+            if let clash = try privateKeys(with: attribute).first {
+                throw PKCS11Error(
+                    .invalidArgument, "token '\(info.label)' already has a private key with this \(what): \(clash.uri)",
+                    hint: "choose another label or id, or destroy the old key first", settings: ["label", "id"])
+            }
         }
         let mechanism: MechanismType
         var publicTemplate: [Attribute] = [.token(true), .bool(CKA_VERIFY, true), .label(label), .id(id)]
@@ -95,7 +108,9 @@ extension Token {
                 hint: "this token cannot use such keys: choose another key type (rsa:2048, ec:p256 or ec:p384)", settings: ["key-type"])
         }
         logger.info("generated key pair", metadata: ["type": "\(spec)", "label": "\(label)"])
-        return key
+        return (key, ObjectIdentity(
+            handle: publicHandle, objectClass: .publicKey, label: label, id: id,
+            uri: objectURI(label: label, id: id, objectClass: .publicKey)))
     }
 
     static func randomID() -> [UInt8] {

@@ -7,7 +7,7 @@ import X509
 // Finding, pairing, storing, relabelling and destroying objects.
 
 extension Token {
-    private func identity(_ session: Session, _ handle: CK_OBJECT_HANDLE, _ values: AttributeValues, _ objectClass: ObjectClass) -> ObjectIdentity {
+    func identity(_ session: Session, _ handle: CK_OBJECT_HANDLE, _ values: AttributeValues, _ objectClass: ObjectClass) -> ObjectIdentity {
         let label = values.string(CKA_LABEL).flatMap { $0.isEmpty ? nil : $0 }
         let id = values[CKA_ID].flatMap { $0.isEmpty ? nil : $0 }
         return ObjectIdentity(
@@ -29,7 +29,15 @@ extension Token {
         }
     }
 
-    func privateKey(_ session: Session, _ handle: CK_OBJECT_HANDLE) throws -> PrivateKeyObject {
+    /// Private keys with this attribute value.
+    func privateKeys(with attribute: Attribute) throws -> [PrivateKeyObject] {
+        try withPrimary { session in
+            try session.findObjects([.objectClass(.privateKey), attribute]).map { try privateKey(session, $0) }
+        }
+    }
+
+    /// `findingECPoint`: an EC key's point is looked up in its public key object (a search).
+    func privateKey(_ session: Session, _ handle: CK_OBJECT_HANDLE, findingECPoint: Bool = true) throws -> PrivateKeyObject {
         let v = try session.attributes(handle, [
             CKA_LABEL, CKA_ID, CKA_KEY_TYPE, CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_EC_PARAMS, CKA_SIGN,
             CKA_ALWAYS_AUTHENTICATE, CKA_SENSITIVE, CKA_EXTRACTABLE,
@@ -45,7 +53,7 @@ extension Token {
         } else if keyType == .ec {
             curve = v[CKA_EC_PARAMS].flatMap { ECCurve(ecParameters: $0) }
             // PKCS#11 private EC keys carry no point: take it from the public key object.
-            if let curve, let id = identity.id {
+            if findingECPoint, let curve, let id = identity.id {
                 let pubs = try session.findObjects([.objectClass(.publicKey), .id(id)])
                 for pub in pubs {
                     let pv = try session.attributes(pub, [CKA_EC_POINT, CKA_EC_PARAMS])
@@ -63,24 +71,52 @@ extension Token {
             sensitive: v.bool(CKA_SENSITIVE) ?? true, extractable: v.bool(CKA_EXTRACTABLE) ?? false)
     }
 
+    /// Key objects with neither a label nor a `CKA_ID`: what an interrupted key generation can
+    /// leave. Found by one search for an empty `CKA_LABEL` and `CKA_ID` (both default to empty
+    /// for keys), so only those objects are read; a module that refuses such a search is
+    /// scanned instead.
+    public func keysWithoutLabelOrID() throws -> (privateKeys: [PrivateKeyObject], publicKeys: [PublicKeyObject]) {
+        func anonymous(_ identity: ObjectIdentity) -> Bool { (identity.label ?? "").isEmpty && (identity.id ?? []).isEmpty }
+        do {
+            let (privateKeys, publicKeys) = try withPrimary { session in
+                var found: ([PrivateKeyObject], [PublicKeyObject]) = ([], [])
+                for handle in try session.findObjects([.label(""), .id([])]) {
+                    switch ObjectClass(rawValue: try session.attributes(handle, [CKA_CLASS]).ulong(CKA_CLASS) ?? 0) {
+                    case .privateKey: found.0.append(try privateKey(session, handle))
+                    case .publicKey: found.1.append(try publicKey(session, handle))
+                    default: break
+                    }
+                }
+                return found
+            }
+            return (privateKeys.filter { anonymous($0.identity) }, publicKeys.filter { anonymous($0.identity) })
+        } catch let error as PKCS11Error where error.function == "C_FindObjectsInit" {
+            let all = try PKCS11URI("pkcs11:")
+            return (try privateKeys(matching: all).filter { anonymous($0.identity) },
+                    try publicKeys(matching: all).filter { anonymous($0.identity) })
+        }
+    }
+
     /// Public key objects selected by the URI.
     public func publicKeys(matching uri: PKCS11URI? = nil) throws -> [PublicKeyObject] {
         try withPrimary { session in
-            try session.findObjects(template(uri, .publicKey)).map { handle in
-                let v = try session.attributes(handle, [
-                    CKA_LABEL, CKA_ID, CKA_KEY_TYPE, CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_EC_PARAMS, CKA_EC_POINT,
-                ])
-                var publicKey: PublicKey?
-                let keyType = KeyType(rawValue: v.ulong(CKA_KEY_TYPE) ?? 0)
-                if keyType == .rsa, let n = v[CKA_MODULUS], let e = v[CKA_PUBLIC_EXPONENT] {
-                    publicKey = .rsa(modulus: n, exponent: e)
-                } else if keyType == .ec, let curve = v[CKA_EC_PARAMS].flatMap({ ECCurve(ecParameters: $0) }),
-                          let point = v[CKA_EC_POINT].flatMap({ PublicKey.ecPoint($0, curve: curve) }) {
-                    publicKey = .ec(curve: curve, point: point)
-                }
-                return PublicKeyObject(identity: identity(session, handle, v, .publicKey), publicKey: publicKey)
-            }
+            try session.findObjects(template(uri, .publicKey)).map { try publicKey(session, $0) }
         }
+    }
+
+    func publicKey(_ session: Session, _ handle: CK_OBJECT_HANDLE) throws -> PublicKeyObject {
+        let v = try session.attributes(handle, [
+            CKA_LABEL, CKA_ID, CKA_KEY_TYPE, CKA_MODULUS, CKA_PUBLIC_EXPONENT, CKA_EC_PARAMS, CKA_EC_POINT,
+        ])
+        var publicKey: PublicKey?
+        let keyType = KeyType(rawValue: v.ulong(CKA_KEY_TYPE) ?? 0)
+        if keyType == .rsa, let n = v[CKA_MODULUS], let e = v[CKA_PUBLIC_EXPONENT] {
+            publicKey = .rsa(modulus: n, exponent: e)
+        } else if keyType == .ec, let curve = v[CKA_EC_PARAMS].flatMap({ ECCurve(ecParameters: $0) }),
+                  let point = v[CKA_EC_POINT].flatMap({ PublicKey.ecPoint($0, curve: curve) }) {
+            publicKey = .ec(curve: curve, point: point)
+        }
+        return PublicKeyObject(identity: identity(session, handle, v, .publicKey), publicKey: publicKey)
     }
 
     /// X.509 certificate objects selected by the URI.

@@ -105,16 +105,19 @@ public enum Fleet {
         _ apps: [(Int, App)], token: Token, limit: Int, logger: Logger, progress: @escaping @Sendable (String, String) -> Void
     ) async -> [(Int, Result)] {
         var results: [(Int, Result)] = []
+        // One read of the token's objects for all its apps: a search per lookup costs time in
+        // proportion to the objects on the token, and the token does one thing at a time.
+        let inventory = try? await token.run { try $0.inventory() }
         await withTaskGroup(of: (Int, Result).self) { group in
             var next = apps.makeIterator()
             for _ in 0..<limit {
                 guard let (i, app) = next.next() else { break }
-                group.addTask { (i, await rotate(app, token: token, logger: logger, progress: progress)) }
+                group.addTask { (i, await rotate(app, token: token, inventory: inventory, logger: logger, progress: progress)) }
             }
             for await done in group {
                 results.append(done)
                 if let (i, app) = next.next() {
-                    group.addTask { (i, await rotate(app, token: token, logger: logger, progress: progress)) }
+                    group.addTask { (i, await rotate(app, token: token, inventory: inventory, logger: logger, progress: progress)) }
                 }
             }
         }
@@ -122,7 +125,9 @@ public enum Fleet {
     }
 
     /// One app's rotation; every error becomes its result.
-    static func rotate(_ app: App, token: Token, logger: Logger, progress: @escaping @Sendable (String, String) -> Void) async -> Result {
+    static func rotate(
+        _ app: App, token: Token, inventory: TokenInventory?, logger: Logger, progress: @escaping @Sendable (String, String) -> Void
+    ) async -> Result {
         var logger = logger
         logger[metadataKey: "app"] = "\(app.name)"
         let started = ContinuousClock.now
@@ -136,8 +141,13 @@ public enum Fleet {
                 client: entra, token: token, target: .application(id: app.objectID), objectID: app.objectID,
                 stateDirectory: app.stateDirectory, logger: logger, progress: { progress(app.name, $0) })
             let keyURI = app.keyURI
-            let report = try await rotation.run(options: app.options) {
+            var options = app.options
+            options.inventory = inventory
+            let report = try await rotation.run(options: options) {
                 let uri = try PKCS11URI(keyURI)
+                if let key = inventory?.privateKey(uri) {
+                    return try TokenSigner(token: token, key: key, certificateChain: Token.certificateChain(for: key, in: inventory?.certificates ?? []))
+                }
                 return try TokenSigner(token: token, key: try token.signingKey(uri))
             }
             result.resumed = report.resumed

@@ -40,6 +40,10 @@ public struct Rotation: Sendable {
         public var ifExpiringWithin: TimeInterval?
         public var oldKeyID: String?
         public var dryRun = false
+        /// The token's objects as the caller read them shortly before (a fleet reads them once
+        /// for all its apps). A run that is not resumed takes the old key's objects and the keys
+        /// without label or id from it instead of searching the token.
+        public var inventory: TokenInventory?
         /// Called at each point of ``Rotation/checkpoints`` as the run passes it: after each
         /// change, before and after it is journaled. Tests stop the process there to prove that
         /// a run killed anywhere resumes.
@@ -177,6 +181,7 @@ public struct Rotation: Sendable {
         defer { lock.release() }
         var report = Report(outcome: .rotated, resumed: false, objectID: objectID)
         var journal: RotationJournal
+        var currentSignerFound: TokenSigner?
         var found = try journals.load(objectID: objectID)
         if let planned = found, planned.step == .planned, let given = options.keySpec, given.description != planned.new.keySpec {
             // Nothing has acted on that plan: another key type replaces it (a token that refused
@@ -196,6 +201,7 @@ public struct Rotation: Sendable {
             }
         } else {
             let current = try await onToken(currentSigner)
+            currentSignerFound = current
             guard let certificate = current.certificate else {
                 throw RotationError(.currentKeyUnusable, "the current key \(current.key.uri) has no certificate",
                                     hint: "give its certificate, or store it on the token with the key's CKA_ID", settings: ["cert"])
@@ -225,7 +231,7 @@ public struct Rotation: Sendable {
             checkpoint("planned", options)
         }
         report.oldThumbprint = journal.old.thumbprint
-        try await proceed(&journal, report: &report, options: options)
+        try await proceed(&journal, report: &report, options: options, currentSigner: report.resumed ? nil : currentSignerFound)
         return report
     }
 
@@ -330,12 +336,15 @@ public struct Rotation: Sendable {
                 temporaryLabel: "\(label)-next-\(Self.hex(Array(newID.prefix(3))))", finalLabel: label, idHex: Self.hex(newID),
                 keySpec: spec.description, subject: Data(serializer.serializedBytes).base64EncodedString(), days: options.days,
                 displayName: options.displayName))
-        journal.new.anonymousKeysBefore = try anonymousKeys().map(\.fingerprint)
+        journal.new.anonymousKeysBefore = try anonymousKeys(in: options.inventory).map(\.fingerprint)
         return journal
     }
 
     /// The state one run carries from step to step: the journal (saved after each step), the
-    /// report and what the steps learnt.
+    /// report and what the steps learnt. What this run found or made on the token is kept, so
+    /// a run that was not interrupted searches the token as little as it can (a search costs
+    /// time in proportion to the objects on the token, and a fleet shares one token); a resumed
+    /// run finds everything again by the journal's ids.
     struct Run {
         var journal: RotationJournal
         var report: Report
@@ -345,13 +354,22 @@ public struct Rotation: Sendable {
         var newCertificate: JWSCertificate?
         var newSigner: TokenSigner?
         var instructions: [String] = []
+        /// The current key's signer, when this run found it (not resumed).
+        var currentSigner: TokenSigner?
+        /// The new key, when this run generated it.
+        var newKey: PrivateKeyObject?
+        /// The new key's objects (private, public, certificate), when this run made them all.
+        var newObjects: [ObjectIdentity]?
+        /// The old key's objects, when this run moved the labels (step 5).
+        var oldObjects: [ObjectIdentity]?
     }
 
-    private func proceed(_ journal: inout RotationJournal, report: inout Report, options: Options) async throws {
+    private func proceed(_ journal: inout RotationJournal, report: inout Report, options: Options, currentSigner: TokenSigner?) async throws {
         guard let newID = Hex.decode(journal.new.idHex), !newID.isEmpty, let oldID = Hex.decode(journal.old.idHex), !oldID.isEmpty else {
             throw RotationError(.journal, "the rotation journal names a CKA_ID that is not hex", hint: Self.journalHint(journals, journal))
         }
         var run = Run(journal: journal, report: report, options: options, newID: newID, oldID: oldID)
+        run.currentSigner = currentSigner
         defer {
             journal = run.journal
             report = run.report
@@ -405,7 +423,8 @@ public struct Rotation: Sendable {
     /// 2a. The new key pair, in the token.
     private func generateKey(_ run: inout Run) async throws -> StepReport.Result {
         let (newID, journal, resumed) = (run.newID, run.journal, run.report.resumed)
-        let existing = try await onToken { try key(id: newID) }
+        // Only an interrupted run can have made it already.
+        let existing = resumed ? try await onToken { try key(id: newID) } : nil
         if let existing {
             progress("new key already in the token (interrupted run): \(existing.uri)")
         } else {
@@ -413,7 +432,9 @@ public struct Rotation: Sendable {
             progress("generating a \(journal.new.keySpec) key pair in the token")
             do {
                 let spec = try Token.KeySpec(journal.new.keySpec)
-                _ = try await token.run { try $0.generateKeyPair(spec, label: journal.new.temporaryLabel, id: newID) }
+                let pair = try await token.run { try $0.generateKeyPairObjects(spec, label: journal.new.temporaryLabel, id: newID, freshID: !resumed) }
+                run.newKey = pair.privateKey
+                run.newObjects = [pair.privateKey.identity, pair.publicKey]
             } catch var error as PKCS11Error where journal.step == .planned && Self.refusesTheKey(error) {
                 // The token will not make this key: the plan had no effect, so it goes.
                 try? await onToken { try dropPlan(journal) }
@@ -430,17 +451,20 @@ public struct Rotation: Sendable {
     /// 2b. Its self-signed certificate, made by the token, stored next to it.
     private func makeCertificate(_ run: inout Run) async throws -> StepReport.Result {
         let (newID, journal) = (run.newID, run.journal)
-        let newKey = try await requireNewKey(run)
-        let stored = try await onToken { try token.certificates(matching: try uri(id: newID, type: .certificate)).first }
+        let newKey = try await run.newKey.asyncOr { try await requireNewKey(run) }
+        // A certificate already stored for the new key: only after an interruption.
+        let stored = run.report.resumed ? try await onToken { try token.certificates(matching: try uri(id: newID, type: .certificate)).first } : nil
         let certificate: JWSCertificate
         if let stored {
+            run.newObjects = nil
             certificate = try JWSCertificate(der: stored.der)
         } else {
             progress("making a self-signed certificate for it, signed in the token")
             let subject = try DistinguishedName(derEncoded: Array(Data(base64Encoded: journal.new.subject) ?? Data()))
             let signer = try await TokenSigner.make(token: token, key: newKey, certificateChain: [])
             certificate = try await TokenCertificates.selfSigned(signer: signer, subject: subject, days: journal.new.days)
-            _ = try await token.run { try $0.storeCertificate(der: certificate.der, label: journal.new.temporaryLabel, id: newID) }
+            let stored = try await token.run { try $0.storeCertificate(der: certificate.der, label: journal.new.temporaryLabel, id: newID) }
+            run.newObjects?.append(stored.identity)
         }
         run.journal.new.thumbprint = certificate.thumbprint.hexSHA1
         run.journal.new.certificate = Data(certificate.der).base64EncodedString()
@@ -472,7 +496,7 @@ public struct Rotation: Sendable {
     private func addKey(_ run: inout Run) async throws -> StepReport.Result {
         guard let certificate = run.newCertificate, let newSigner = run.newSigner else { throw Self.stepOrder() }
         let oldID = run.oldID
-        let oldSigner = try await onToken { try signer(id: oldID, what: "current") }
+        let oldSigner = try await run.currentSigner.asyncOr { try await onToken { try signer(id: oldID, what: "current") } }
         progress("addKey: registering certificate \(certificate.thumbprint.hexSHA1) (proof signed by the current key)")
         var keyID: String?
         do {
@@ -507,8 +531,14 @@ public struct Rotation: Sendable {
     private func moveLabel(_ run: inout Run) async throws -> StepReport.Result {
         let retiredLabel = run.journal.old.retiredLabel ?? "\(run.journal.old.label ?? "p11jwt")-retired-\(Self.dateStamp(Date()))"
         run.journal.old.retiredLabel = retiredLabel
-        let (journal, newID, oldID) = (run.journal, run.newID, run.oldID)
-        try await onToken { try moveLabel(journal, newID: newID, oldID: oldID) }
+        let (journal, newID, oldID, newObjects) = (run.journal, run.newID, run.oldID, run.newObjects)
+        // The inventory's objects of the old key, if it holds the very key this run signs with.
+        var oldObjects: [ObjectIdentity]?
+        if let current = run.currentSigner?.key.identity.handle, let known = run.options.inventory?.objects(id: oldID),
+           known.contains(where: { $0.objectClass == .privateKey && $0.handle == current }) {
+            oldObjects = known
+        }
+        run.oldObjects = try await onToken { [oldObjects] in try moveLabel(journal, newID: newID, oldID: oldID, newObjects: newObjects, oldObjects: oldObjects) }
         run.journal.oldDisposition = "kept as '\(retiredLabel)'"
         try record(.relabelled, "relabel", &run)
         return .init(summary: "new key labelled '\(run.journal.new.finalLabel)'; old key labelled '\(retiredLabel)'")
@@ -547,11 +577,10 @@ public struct Rotation: Sendable {
 
     /// 7. The old key is destroyed (delete old, once its credential is gone) or kept retired.
     private func retireOldKey(_ run: inout Run) async throws -> StepReport.Result {
-        let (journal, newID, oldID, deleteOld) = (run.journal, run.newID, run.oldID, run.options.deleteOld)
+        let (journal, newID, oldID, deleteOld, movedOld) = (run.journal, run.newID, run.oldID, run.options.deleteOld, run.oldObjects)
         let (disposition, kept): (String, Bool) = try await onToken {
             // Journals written before the label moved ahead of removeKey reach here unmoved.
-            try moveLabel(journal, newID: newID, oldID: oldID)
-            let oldObjects = try token.objects(matching: try uri(id: oldID))
+            let oldObjects = try movedOld ?? moveLabel(journal, newID: newID, oldID: oldID)
             if deleteOld && journal.oldRemoved {
                 try token.destroy(oldObjects)
                 return ("destroyed", false)
@@ -642,25 +671,28 @@ public struct Rotation: Sendable {
     /// Gives the new key's objects the final label, then the old key's the retired label (each
     /// only if needed, so a resumed run repeats nothing). Between the two writes both keys carry
     /// the label; both credentials work then, and a lookup by label that finds two keys tries again.
-    private func moveLabel(_ journal: RotationJournal, newID: [UInt8], oldID: [UInt8]) throws {
-        let newObjects = try token.objects(matching: try uri(id: newID))
+    /// Returns the old key's objects.
+    @discardableResult
+    private func moveLabel(
+        _ journal: RotationJournal, newID: [UInt8], oldID: [UInt8], newObjects knownNew: [ObjectIdentity]? = nil, oldObjects knownOld: [ObjectIdentity]? = nil
+    ) throws -> [ObjectIdentity] {
+        let newObjects = try knownNew ?? token.objects(matching: try uri(id: newID))
         if newObjects.contains(where: { $0.label != journal.new.finalLabel }) {
             progress("the new key takes the label '\(journal.new.finalLabel)'")
             try token.relabel(newObjects, to: journal.new.finalLabel)
         }
         let retiredLabel = journal.old.retiredLabel ?? "\(journal.old.label ?? "p11jwt")-retired-\(Self.dateStamp(journal.startedAt))"
-        let oldObjects = try token.objects(matching: try uri(id: oldID))
+        let oldObjects = try knownOld ?? token.objects(matching: try uri(id: oldID))
         if oldObjects.contains(where: { $0.label != retiredLabel }) { try token.relabel(oldObjects, to: retiredLabel) }
+        return oldObjects
     }
 
     /// Key objects with neither a label nor a `CKA_ID`, with a fingerprint of their key
     /// material (the same for objects that have none).
-    private func anonymousKeys() throws -> [(object: ObjectIdentity, fingerprint: String)] {
-        let privateKeys = try token.privateKeys().filter { ($0.label ?? "").isEmpty && ($0.id ?? []).isEmpty }
-            .map { ($0.identity, "private:" + Self.fingerprint($0.publicKey)) }
-        let publicKeys = try token.publicKeys().filter { ($0.identity.label ?? "").isEmpty && ($0.identity.id ?? []).isEmpty }
-            .map { ($0.identity, "public:" + Self.fingerprint($0.publicKey)) }
-        return (privateKeys + publicKeys).map { (object: $0.0, fingerprint: $0.1) }
+    private func anonymousKeys(in inventory: TokenInventory? = nil) throws -> [(object: ObjectIdentity, fingerprint: String)] {
+        let (privateKeys, publicKeys) = try inventory?.keysWithoutLabelOrID ?? token.keysWithoutLabelOrID()
+        return privateKeys.map { (object: $0.identity, fingerprint: "private:" + Self.fingerprint($0.publicKey)) }
+            + publicKeys.map { (object: $0.identity, fingerprint: "public:" + Self.fingerprint($0.publicKey)) }
     }
 
     static func fingerprint(_ key: PublicKey?) -> String {
@@ -771,5 +803,13 @@ public struct Rotation: Sendable {
         formatter.timeZone = TimeZone(identifier: "UTC")
         formatter.dateFormat = "yyyyMMdd'T'HHmmss"
         return formatter.string(from: date)
+    }
+}
+
+extension Optional {
+    /// The value, or `fallback`'s when there is none.
+    func asyncOr(_ fallback: () async throws -> Wrapped) async throws -> Wrapped {
+        if let self { return self }
+        return try await fallback()
     }
 }

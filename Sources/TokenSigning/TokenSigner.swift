@@ -61,11 +61,22 @@ extension Token {
     /// The certificate chain for `key` from what the token holds: its certificate (same
     /// `CKA_ID`, else label), then its issuers. Empty when the token has no certificate for the key.
     public func certificateChain(for key: PrivateKeyObject) throws -> [JWSCertificate] {
-        let all = try certificates()
-        guard let leafObject = Self.certificate(for: key, in: all), let leaf = try? JWSCertificate(der: leafObject.der) else {
+        // By CKA_ID first, with a search that reads only the key's own certificate; every
+        // certificate is read only when that finds none or the leaf has issuers to look for.
+        if let id = key.id, !id.isEmpty,
+           let own = try certificates(matching: try PKCS11URI(PKCS11URI.format(token: info, id: id, objectClass: .certificate))).first,
+           let leaf = try? JWSCertificate(der: own.der), leaf.isSelfIssued {
+            return [leaf]
+        }
+        return Self.certificateChain(for: key, in: try certificates())
+    }
+
+    /// ``certificateChain(for:)`` from certificates already read from the token.
+    public static func certificateChain(for key: PrivateKeyObject, in certificates: [CertificateObject]) -> [JWSCertificate] {
+        guard let leafObject = certificate(for: key, in: certificates), let leaf = try? JWSCertificate(der: leafObject.der) else {
             return []
         }
-        return [leaf] + Self.issuers(of: leaf, in: all)
+        return [leaf] + issuers(of: leaf, in: certificates)
     }
 
     /// `leaf` followed by each issuer the token holds, found by subject name, up to a

@@ -4,7 +4,7 @@
 //   p11jwt-bench library   --module SO --key URI --pin-file F --alg RS256|PS256|ES256 --threads T --seconds S
 //   p11jwt-bench assertion --module SO --key URI --pin-file F --alg RS256|PS256|ES256 --threads T --seconds S
 //   p11jwt-bench agent     --socket PATH --clients C --seconds S [--alg RS256] [--operation sign|token]
-//   p11jwt-bench keygen    --module SO --token URI --pin-file F --threads T --seconds S [--key-type rsa:2048]
+//   p11jwt-bench keygen    --module SO --token URI --pin-file F --threads T --seconds S|--keys N [--key-type rsa:2048]
 //                          (the token's own key-generation rate: the limit of a fleet rotation)
 //
 // Each prints one JSON object with perSecond (and p50Ms / p99Ms for the agent).
@@ -43,10 +43,12 @@ let seconds = Double(options["seconds"] ?? "2") ?? 2
 let threads = Int(options["threads"] ?? options["clients"] ?? "1") ?? 1
 let algorithm = JWSAlgorithm(name: options["alg"] ?? "RS256") ?? .RS256
 
-/// Runs `body` on `threads` threads until `seconds` pass; returns the count and per-call latencies.
-func run(threads: Int, seconds: Double, recordLatency: Bool, _ body: @escaping @Sendable (Int) throws -> Void) -> (Int, Double, [Double]) {
+/// Runs `body` on `threads` threads until `seconds` pass (or `limit` calls have started);
+/// returns the count and per-call latencies.
+func run(threads: Int, seconds: Double, limit: Int = .max, recordLatency: Bool, _ body: @escaping @Sendable (Int) throws -> Void) -> (Int, Double, [Double]) {
     final class Results: @unchecked Sendable {
         let lock = NSLock()
+        var started = 0
         var count = 0
         var latencies: [Double] = []
         var failure: (any Error)?
@@ -54,7 +56,7 @@ func run(threads: Int, seconds: Double, recordLatency: Bool, _ body: @escaping @
     let results = Results()
     let group = DispatchGroup()
     let start = DispatchTime.now().uptimeNanoseconds
-    let deadline = start + UInt64(seconds * 1e9)
+    let deadline = seconds < 1e6 ? start + UInt64(seconds * 1e9) : UInt64.max
     for t in 0..<threads {
         group.enter()
         Thread.detachNewThread {
@@ -62,7 +64,8 @@ func run(threads: Int, seconds: Double, recordLatency: Bool, _ body: @escaping @
             var latencies: [Double] = []
             latencies.reserveCapacity(recordLatency ? 100_000 : 0)
             do {
-                while DispatchTime.now().uptimeNanoseconds < deadline {
+                while DispatchTime.now().uptimeNanoseconds < deadline,
+                      results.lock.withLock({ () -> Bool in results.started += 1; return results.started <= limit }) {
                     let before = DispatchTime.now().uptimeNanoseconds
                     try body(t)
                     if recordLatency { latencies.append(Double(DispatchTime.now().uptimeNanoseconds - before) / 1e6) }
@@ -130,10 +133,15 @@ case "keygen":
     let token = try Token.open(uri, module: module, options: .init(maxPoolSessions: max(threads, 2)), logger: logger)
     try token.login(pins: PINProvider(pinFile: option("pin-file"), environment: [:], allowPrompt: false))
     let spec = try Token.KeySpec(options["key-type"] ?? "rsa:2048")
-    let (count, elapsed, _) = run(threads: threads, seconds: seconds, recordLatency: false) { t in
+    // --keys N: a fixed number of keys, not a duration (RSA key generation times vary widely:
+    // a figure to divide by needs as many keys as the measurement it is compared with).
+    let keys = options["keys"].flatMap { Int($0) }
+    let (count, elapsed, _) = run(threads: threads, seconds: keys == nil ? seconds : .infinity, limit: keys ?? .max, recordLatency: false) { t in
+        // What a rotation asks of the token for its key: the pair (with a fresh id), then
+        // (here) its removal, by the handles the generation gave back.
         let id = (0..<16).map { _ in UInt8.random(in: 0...255) }
-        _ = try token.generateKeyPair(spec, label: "bench-keygen-\(t)-\(Hex.encode(id))", id: id)
-        try token.destroy(try token.objects(matching: try PKCS11URI(PKCS11URI.format(token: token.info, id: id))))
+        let pair = try token.generateKeyPairObjects(spec, label: "bench-keygen-\(t)-\(Hex.encode(id))", id: id, freshID: true)
+        try token.destroy([pair.privateKey.identity, pair.publicKey])
     }
     printResult(["mode": mode, "keyType": "\(spec)", "threads": threads, "seconds": elapsed, "operations": count, "perSecond": Double(count) / elapsed])
     token.close()

@@ -97,7 +97,7 @@ public typealias SoftHSMDirectory = TokenDirectory
 public enum SharedSoftHSM {
     public static let labels = [
         "module", "login", "login-wrong", "signing", "objects", "pool", "keygen", "cert",
-        "dup-a", "dup-b", "entra", "entra-imported",
+        "dup-a", "dup-b", "entra", "entra-imported", "inventory",
     ]
 
     public static let state: (SoftHSMDirectory, Module) = {

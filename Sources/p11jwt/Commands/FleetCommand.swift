@@ -191,7 +191,7 @@ enum FleetTokens {
     }
 
     static func finalizeAll() {
-        for var module in modules.withLock({ loaded in defer { loaded = [:] }; return Array(loaded.values) }) { module.finalize() }
+        for module in modules.withLock({ loaded in defer { loaded = [:] }; return Array(loaded.values) }) { module.finalize() }
     }
 }
 
