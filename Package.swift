@@ -134,6 +134,8 @@ let package = Package(
             name: "Agent",
             dependencies: [
                 "Diagnostics",
+                "LocalCA",
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
                 "PKCS11",
                 "TokenSigning",
                 "JOSE",
@@ -176,9 +178,19 @@ let package = Package(
         // An offline stand-in for the Entra token endpoint and Graph's key-credential API that
         // verifies what Entra verifies.
         .target(
+            name: "LocalCA",
+            dependencies: [
+                "DurableFiles",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]),
+        .target(
             name: "EntraEmulator",
             dependencies: [
                 "DurableFiles",
+                "LocalCA",
                 "JOSE",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),

@@ -4,6 +4,7 @@ import Synchronization
 import Hummingbird
 import HummingbirdCore
 import JOSE
+import LocalCA
 import Logging
 import NIOCore
 import PKCS11
@@ -35,6 +36,14 @@ public final class Agent: Sendable {
         public var assertionFile: String?
         /// Lifetime of the assertions written to `assertionFile`.
         public var assertionLifetime: Int
+        /// Serve the Key Vault keys API on this 127.0.0.1 port (0: any free port), over HTTPS
+        /// with a CA kept in `keyVaultDirectory`. Needs the managed-identity endpoint (its
+        /// tokens are the vault's bearer tokens): it is started on any free port if not asked for.
+        public var keyVaultPort: Int?
+        /// Where the Key Vault endpoint's CA and server key live (`ca.pem` for clients).
+        public var keyVaultDirectory: URL?
+        /// Key Vault names → key URIs on the token; empty: every key under its label.
+        public var keyVaultNames: [String: String] = [:]
 
         public init(
             socketPath: String, defaultKey: String, allowedUIDs: Set<uid_t> = [], entra: EntraClient.Configuration? = nil,
@@ -61,6 +70,8 @@ public final class Agent: Sendable {
     let broker: TokenBroker?
     /// The secret the managed-identity endpoint requires in `X-IDENTITY-HEADER`, new per start.
     public let identitySecret: String
+    /// The Key Vault surface, when configured.
+    let keyVault: KeyVault?
 
     let fatal: AsyncStream<String>
     let fatalContinuation: AsyncStream<String>.Continuation
@@ -81,6 +92,7 @@ public final class Agent: Sendable {
         var rng = SystemRandomNumberGenerator()
         identitySecret = Base64URL.encode((0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })
         broker = try configuration.entra.map { try TokenBroker(configuration: $0, logger: logger) }
+        keyVault = configuration.keyVaultPort.map { KeyVault(port: $0, tenant: configuration.entra?.tenant, names: configuration.keyVaultNames) }
     }
 
     /// The signer for a request's `key` (nil: the default key). Keys are on the agent's token.
@@ -170,7 +182,8 @@ public final class Agent: Sendable {
     public func services(onReady: @escaping @Sendable ([String: String]) async -> Void) throws -> [any Service] {
         try prepareSocketPath()
         var services: [any Service] = []
-        let ready = ReadinessCounter(expected: configuration.managedIdentityPort == nil ? 1 : 2) { [self] in
+        let managedIdentityPort = configuration.managedIdentityPort ?? (keyVault == nil ? nil : 0)
+        let ready = ReadinessCounter(expected: 1 + (managedIdentityPort == nil ? 0 : 1) + (keyVault == nil ? 0 : 1)) { [self] in
             await onReady(environment())
         }
         let peerCheck = PeerCredentialsHandler.Factory(
@@ -190,12 +203,28 @@ public final class Agent: Sendable {
             },
             logger: logger)
         services.append(socketApp)
-        if let port = configuration.managedIdentityPort {
-            guard let broker else {
+        if let port = managedIdentityPort {
+            guard broker != nil || keyVault != nil else {
                 throw AgentError("invalidConfiguration", "the managed-identity endpoint needs a tenant and client id", hint: "give the tenant and the client id", settings: ["tenant", "client-id"])
             }
             services.append(ManagedIdentityEndpoint(agent: self, broker: broker, port: port, logger: logger).application { url in
                 self.managedIdentityURL.withLock { $0 = url }
+                await ready.signal()
+            })
+        }
+        if let keyVault {
+            guard let directory = configuration.keyVaultDirectory else {
+                throw AgentError("invalidConfiguration", "the Key Vault endpoint needs a directory for its CA", settings: ["key-vault-dir"])
+            }
+            let identity: ServerIdentity
+            do {
+                identity = try ServerIdentity.loadOrCreate(directory: directory, name: "agent key vault")
+            } catch {
+                throw AgentError(
+                    "invalidConfiguration", "cannot make or read the Key Vault endpoint's CA in \(directory.path): \(error)",
+                    hint: "give a directory the agent can write (0700)", settings: ["key-vault-dir"])
+            }
+            services.append(try KeyVaultEndpoint(agent: self, vault: keyVault, identity: identity, logger: logger).application { _ in
                 await ready.signal()
             })
         }
@@ -222,6 +251,10 @@ public final class Agent: Sendable {
         if let url = managedIdentityURL.withLock({ $0 }) {
             env["IDENTITY_ENDPOINT"] = url
             env["IDENTITY_HEADER"] = identitySecret
+        }
+        if let url = keyVault?.url, let directory = configuration.keyVaultDirectory {
+            env["AZURE_KEYVAULT_URL"] = url
+            env["P11JWT_KEY_VAULT_CA"] = directory.appendingPathComponent("ca.pem").path
         }
         if let path = configuration.assertionFile, let entra = configuration.entra {
             env["AZURE_FEDERATED_TOKEN_FILE"] = path

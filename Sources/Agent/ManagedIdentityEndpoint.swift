@@ -18,7 +18,8 @@ import ServiceLifecycle
 struct ManagedIdentityEndpoint: Sendable {
     static let path = "/msi/token"
     let agent: Agent
-    let broker: TokenBroker
+    /// nil: the agent has no Entra app, and answers only for its Key Vault resource.
+    let broker: TokenBroker?
     let port: Int
     let logger: Logger
 
@@ -59,6 +60,18 @@ struct ManagedIdentityEndpoint: Sendable {
             return try json(["error": "invalid_resource", "error_description": "resource must be an application id URI such as https://graph.microsoft.com"], status: .badRequest)
         }
         if resource.hasSuffix("/.default") { resource.removeLast("/.default".count) }
+        if let vault = agent.keyVault, vault.isResource(resource) {
+            // The agent's own Key Vault surface: a token it issues, not one from Entra.
+            let (token, expiresOn) = vault.issueToken()
+            logger.info("managed identity: issued a Key Vault token")
+            return try json([
+                "access_token": token, "expires_on": String(Int(expiresOn.timeIntervalSince1970)), "resource": resource,
+                "token_type": "Bearer", "client_id": broker?.client.clientID ?? "p11jwt-agent",
+            ])
+        }
+        guard let broker else {
+            return try json(["error": "invalid_resource", "error_description": "this agent has no Entra application (no tenant and client id): it issues tokens only for its Key Vault resource \(agent.keyVault?.resource ?? "")"], status: .badRequest)
+        }
         let scope = resource.hasSuffix("/") ? resource + ".default" : resource + "/.default"
         do {
             let token = try await agent.accessToken(broker: broker, scope: scope, keyURI: nil)

@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
+import LocalCA
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -44,7 +45,7 @@ public struct Emulator: Sendable {
         let scheme = configuration.http ? "http" : "https"
         let server: HTTPServerBuilder = configuration.http
             ? .http1()
-            : try .tls(.http1(), tlsConfiguration: try ServerIdentity.loadOrCreate(in: store).tlsConfiguration())
+            : try .tls(.http1(), tlsConfiguration: try ServerIdentity.loadOrCreate(directory: store.directory, name: "entra-emulator").tlsConfiguration())
         let urlFile = store.directory.appendingPathComponent("url")
         let host = configuration.host
         let baseURL = routes.baseURL

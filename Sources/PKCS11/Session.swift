@@ -156,6 +156,26 @@ final class Session {
         return Array(output.prefix(try PKCS11Error.checkedCount(length, limit: output.count, "C_Sign", "a signature length of")))
     }
 
+    /// `C_VerifyInit` + `C_Verify` of `signature` over `data` with a public key: false for
+    /// `CKR_SIGNATURE_INVALID` / `CKR_SIGNATURE_LEN_RANGE`, an error for any other failure.
+    public func verify(mechanism: MechanismType, parameter: [UInt8]? = nil, key: CK_OBJECT_HANDLE, data: [UInt8], signature: [UInt8]) throws -> Bool {
+        var parameterBytes = parameter ?? []
+        var rv: ReturnValue = parameterBytes.withUnsafeMutableBytes { buffer in
+            var mech = CK_MECHANISM(
+                mechanism: mechanism.rawValue,
+                pParameter: parameter == nil ? nil : buffer.baseAddress,
+                ulParameterLen: CK_ULONG(parameter == nil ? 0 : buffer.count))
+            return ReturnValue(f.C_VerifyInit(handle, &mech, key))
+        }
+        guard rv.isOK else { throw PKCS11Error.call("C_VerifyInit", rv, "\(mechanism) verify init failed") }
+        var input = data
+        var signature = signature
+        rv = ReturnValue(f.C_Verify(handle, &input, CK_ULONG(input.count), &signature, CK_ULONG(signature.count)))
+        if rv.rawValue == CK_RV(CKR_SIGNATURE_INVALID) || rv.rawValue == CK_RV(CKR_SIGNATURE_LEN_RANGE) { return false }
+        guard rv.isOK else { throw PKCS11Error.call("C_Verify", rv, "\(mechanism) verification failed") }
+        return true
+    }
+
     /// `C_GenerateKeyPair`; returns (public, private) handles.
     public func generateKeyPair(
         mechanism: MechanismType, publicTemplate: [Attribute], privateTemplate: [Attribute]

@@ -49,4 +49,18 @@ extension Token {
     public func sign(_ data: [UInt8], mechanism: Mechanism, key: PrivateKeyObject) async throws -> [UInt8] {
         try await run { try $0.sign(data, mechanism: mechanism, key: key) }
     }
+
+    /// Verifies `signature` over `data` with the public key object of `key` (same `CKA_ID`) on a
+    /// pooled session: the token checks it, as Key Vault's `verify` has the HSM check it.
+    public func verify(_ data: [UInt8], signature: [UInt8], mechanism: Mechanism, key: PrivateKeyObject) throws -> Bool {
+        guard let id = key.id, !id.isEmpty,
+              let publicKey = try withPrimary({ try $0.findObjects([.objectClass(.publicKey), .id(id)]) }).first else {
+            throw PKCS11Error(
+                .objectNotFound, "token '\(info.label)' holds no public key object for \(key.uri) to verify with",
+                hint: "verify with the public key itself (p11jwt export gives it)")
+        }
+        return try pool.withSession { session in
+            try session.verify(mechanism: mechanism.type, parameter: mechanism.parameter, key: publicKey, data: data, signature: signature)
+        }
+    }
 }

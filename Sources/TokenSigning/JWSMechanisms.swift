@@ -177,6 +177,28 @@ extension Token {
         return try sign(data, mechanism: mechanism, key: key)
     }
 
+    /// Whether `signature` is a JWS signature of `algorithm` over `digest` by `key`, checked by
+    /// the token with the key's public key object. Not for keys whose PSS signatures are
+    /// encoded here (a token without `CKM_RSA_PKCS_PSS`): the token cannot check those.
+    public func verify(digest: [UInt8], signature: [UInt8], algorithm: JWSAlgorithm, key: PrivateKeyObject) throws -> Bool {
+        guard digest.count == algorithm.hash.length else {
+            throw PKCS11Error(.invalidArgument, "a \(algorithm.rawValue) digest is \(algorithm.hash.length) bytes, not \(digest.count)")
+        }
+        let path = try signingPath(algorithm, key: key)
+        switch path {
+        case .rsaPKCS1:
+            return try verify(algorithm.hash.digestInfoPrefix + digest, signature: signature, mechanism: .rsaPKCS, key: key)
+        case .rsaPSS:
+            return try verify(digest, signature: signature, mechanism: path.mechanism(algorithm), key: key)
+        case .ecdsa:
+            return try verify(digest, signature: signature, mechanism: .ecdsa, key: key)
+        case .rsaPSSOverX509:
+            throw PKCS11Error(
+                .mechanismUnsupported, "token '\(info.label)' has no CKM_RSA_PKCS_PSS to check a PS signature with",
+                hint: "verify with the public key itself")
+        }
+    }
+
     /// The same on the token's executor.
     public func sign(digest: [UInt8], algorithm: JWSAlgorithm, key: PrivateKeyObject) async throws -> [UInt8] {
         let (mechanism, data) = try jwsSigningInput(digest: digest, algorithm: algorithm, key: key)

@@ -21,12 +21,17 @@ struct AgentCommand: AsyncParsableCommand {
             --managed-identity serves the App Service managed-identity protocol on 127.0.0.1 and \
             --assertion-file keeps a fresh client assertion in a file, so unmodified Azure SDKs \
             (ManagedIdentityCredential, WorkloadIdentityCredential, DefaultAzureCredential) use the key. \
+            --key-vault serves the Azure Key Vault keys API (get, list, sign, verify) for the token's keys \
+            on 127.0.0.1 over HTTPS, a key's name being its label, so code written for Key Vault's sign \
+            (CryptographyClient with ManagedIdentityCredential) works with only the vault URL changed; \
+            its bearer tokens come from the managed-identity endpoint, which it starts. \
             --print-env prints the environment for clients, like ssh-agent -s, once it listens (with \
             --output json: one JSON object on one line).
 
             EXAMPLES:
               p11jwt agent --key "$KEY" --pin-file pin --print-env > agent.env &
               p11jwt agent --tenant T --client-id C --managed-identity --print-env
+              p11jwt agent --key "$KEY" --pin-file pin --key-vault --print-env
             """)
 
     @Option(name: .long, help: ArgumentHelp("The socket (default: $XDG_RUNTIME_DIR/p11jwt/agent.sock, else /tmp/p11jwt-<uid>/agent.sock).", valueName: "path"))
@@ -52,6 +57,18 @@ struct AgentCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Lifetime of the assertions in --assertion-file (more than 330 s; renewed 330 s before expiry).", valueName: "seconds"))
     var assertionLifetime: Int = ClientAssertion.defaultLifetime
+
+    @Flag(name: .long, help: "Serve the Key Vault keys API for the token's keys on 127.0.0.1 over HTTPS (and the managed-identity endpoint its tokens come from).")
+    var keyVault = false
+
+    @Option(name: .long, help: ArgumentHelp("Port of the Key Vault endpoint (0: any free port).", valueName: "port"))
+    var keyVaultPort: Int = 0
+
+    @Option(name: .long, help: ArgumentHelp("Where the Key Vault endpoint keeps its CA (ca.pem for clients) and server key (default: the state directory's key-vault).", valueName: "dir"))
+    var keyVaultDir: String?
+
+    @Option(name: .long, help: ArgumentHelp("Serve only these keys, under these names (NAME=URI, repeatable; default: every key under its label).", valueName: "name=uri"))
+    var keyVaultKey: [String] = []
 
     @OptionGroup var entra: EntraOptions
     @OptionGroup var keyOptions: KeyOptions
@@ -84,6 +101,20 @@ struct AgentCommand: AsyncParsableCommand {
         if assertionFile != nil && (assertionLifetime <= 330 || assertionLifetime > ClientAssertion.maximumLifetime) {
             throw CLIError.usage("--assertion-lifetime must be 331…\(ClientAssertion.maximumLifetime) seconds: readers cache the file up to 5 minutes")
         }
+        var keyVaultNames: [String: String] = [:]
+        for entry in keyVaultKey {
+            guard let equals = entry.firstIndex(of: "="), case let name = String(entry[..<equals]), !name.isEmpty,
+                  name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") }),
+                  case let uri = String(entry[entry.index(after: equals)...]), uri.hasPrefix("pkcs11:") else {
+                throw CLIError.usage("--key-vault-key takes NAME=pkcs11:URI, the name of letters, digits and dashes (got '\(entry.split(separator: "=").first ?? "")')")
+            }
+            keyVaultNames[name] = uri
+        }
+        if !keyVault && (!keyVaultNames.isEmpty || keyVaultDir != nil) {
+            throw CLIError.usage("--key-vault-key and --key-vault-dir need --key-vault")
+        }
+        let keyVaultDirectory = keyVaultDir.map { URL(fileURLWithPath: $0) }
+            ?? CredentialRecords.defaultDirectory().appendingPathComponent("key-vault")
         let socketPath = socket ?? Self.defaultSocket()
         let keyURI = try keyOptions.keyURI()
         // The PIN is asked for here, once.
@@ -96,6 +127,11 @@ struct AgentCommand: AsyncParsableCommand {
                 socketPath: socketPath, defaultKey: keyURI, allowedUIDs: Set(allowUID), entra: hasEntra ? entraConfiguration : nil,
                 managedIdentityPort: managedIdentity ? port : nil, assertionFile: assertionFile, assertionLifetime: assertionLifetime)
             configuration.allowedGIDs = Set(allowGID)
+            if keyVault {
+                configuration.keyVaultPort = keyVaultPort
+                configuration.keyVaultDirectory = keyVaultDirectory
+                configuration.keyVaultNames = keyVaultNames
+            }
             agent = try Agent(configuration: configuration, token: context.token, module: context.module, logger: logger)
         } catch {
             context.close()

@@ -5,16 +5,17 @@ import NIOSSL
 import SwiftASN1
 import X509
 
-/// The emulator's HTTPS identity: a CA (`ca.pem`, for clients to trust) and a server
-/// certificate for 127.0.0.1, ::1 and localhost signed by it, made at first start with
-/// swift-certificates and kept in the state directory (keys 0600).
+/// A loopback HTTPS identity (the emulator's, the agent's Key Vault endpoint's): a CA (`ca.pem`,
+/// for clients to trust) and a server certificate for 127.0.0.1, ::1 and localhost signed by
+/// it, made at first start with swift-certificates and kept in `directory` (keys 0600).
 public struct ServerIdentity: Sendable {
     public let caPEM: String
     let certificatePEM: String
     let privateKeyPEM: String
 
-    public static func loadOrCreate(in store: StateStore, now: Date = Date()) throws -> ServerIdentity {
-        let dir = store.directory
+    /// `name` goes into the CA's subject (`"p11jwt <name>"`).
+    public static func loadOrCreate(directory dir: URL, name: String, now: Date = Date()) throws -> ServerIdentity {
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let caURL = dir.appendingPathComponent("ca.pem"), certURL = dir.appendingPathComponent("server.pem")
         let keyURL = dir.appendingPathComponent("server-key.pem")
         if let ca = try? String(contentsOf: caURL, encoding: .utf8), let cert = try? String(contentsOf: certURL, encoding: .utf8),
@@ -24,8 +25,8 @@ public struct ServerIdentity: Sendable {
         }
         let caKey = P256.Signing.PrivateKey()
         let caName = try DistinguishedName {
-            OrganizationName("p11jwt entra-emulator")
-            CommonName("entra-emulator local CA \(UUID().uuidString.prefix(8))")
+            OrganizationName("p11jwt \(name)")
+            CommonName("\(name) local CA \(UUID().uuidString.prefix(8))")
         }
         let ca = try Certificate(
             version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(caKey.publicKey),
@@ -64,7 +65,7 @@ public struct ServerIdentity: Sendable {
     }
 
     /// The server side TLS configuration (TLS 1.2+).
-    func tlsConfiguration() throws -> TLSConfiguration {
+    public func tlsConfiguration() throws -> TLSConfiguration {
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: try NIOSSLCertificate.fromPEMBytes(Array(certificatePEM.utf8)).map { .certificate($0) },
             privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(privateKeyPEM.utf8), format: .pem)))
