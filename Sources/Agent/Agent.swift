@@ -19,6 +19,33 @@ import Glibc
 /// federated token file, so other programs — the p11jwt CLI, unmodified Azure SDKs — use the
 /// hardware key without a PIN of their own.
 public final class Agent: Sendable {
+    /// An application the agent gets tokens for (`identities` in the config file). Its key is on
+    /// the agent's token.
+    public struct Identity: Sendable {
+        public var name: String
+        public var entra: EntraClient.Configuration
+        /// Its key (a `pkcs11:` URI on the agent's token).
+        public var key: String
+        /// Matched by `object_id` / `principal_id` (the service principal's object id).
+        public var objectID: String?
+        /// Matched by `mi_res_id`.
+        public var resourceID: String?
+        /// When not empty, only these uids (besides the agent's) and the processes of these
+        /// gids may use the identity or its key over the socket.
+        public var allowedUIDs: Set<uid_t> = []
+        public var allowedGIDs: Set<gid_t> = []
+        /// The identity answered when a request names none.
+        public var isDefault = false
+
+        public init(name: String, entra: EntraClient.Configuration, key: String) {
+            self.name = name
+            self.entra = entra
+            self.key = key
+        }
+
+        var isRestricted: Bool { !allowedUIDs.isEmpty || !allowedGIDs.isEmpty }
+    }
+
     public struct Configuration: Sendable {
         public var socketPath: String
         /// The key used when a request names none (a `pkcs11:` URI on the agent's token).
@@ -44,6 +71,8 @@ public final class Agent: Sendable {
         public var keyVaultDirectory: URL?
         /// Key Vault names → key URIs on the token; empty: every key under its label.
         public var keyVaultNames: [String: String] = [:]
+        /// The applications served; empty: the one of `entra` with `defaultKey`.
+        public var identities: [Identity] = []
 
         public init(
             socketPath: String, defaultKey: String, allowedUIDs: Set<uid_t> = [], entra: EntraClient.Configuration? = nil,
@@ -72,6 +101,15 @@ public final class Agent: Sendable {
     public let identitySecret: String
     /// The Key Vault surface, when configured.
     let keyVault: KeyVault?
+    /// Each identity served with its broker.
+    let served: [Served]
+
+    struct Served: Sendable {
+        let identity: Identity
+        let broker: TokenBroker
+        /// Its key's `CKA_ID` (for access checks on requests that name the key, not the identity).
+        let keyID: [UInt8]?
+    }
 
     let fatal: AsyncStream<String>
     let fatalContinuation: AsyncStream<String>.Continuation
@@ -91,8 +129,49 @@ public final class Agent: Sendable {
         signers.withLock { $0[configuration.defaultKey] = defaultSigner }
         var rng = SystemRandomNumberGenerator()
         identitySecret = Base64URL.encode((0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })
-        broker = try configuration.entra.map { try TokenBroker(configuration: $0, logger: logger) }
+        var served: [Served] = []
+        for identity in configuration.identities {
+            let signer = try Self.resolve(identity.key, on: token)
+            signers.withLock { $0[identity.key] = signer }
+            served.append(Served(identity: identity, broker: try TokenBroker(configuration: identity.entra, logger: logger), keyID: signer.key.id))
+        }
+        if served.isEmpty, let entra = configuration.entra {
+            var identity = Identity(name: "default", entra: entra, key: configuration.defaultKey)
+            identity.isDefault = true
+            served = [Served(identity: identity, broker: try TokenBroker(configuration: entra, logger: logger), keyID: defaultSigner.key.id)]
+        }
+        self.served = served
+        let defaultIdentity = served.first { $0.identity.isDefault } ?? (served.count == 1 ? served.first : nil)
+        broker = defaultIdentity?.broker
         keyVault = configuration.keyVaultPort.map { KeyVault(port: $0, tenant: configuration.entra?.tenant, names: configuration.keyVaultNames) }
+    }
+
+    /// The identity a request names by name or client id (nil: the default one). nil when it
+    /// names none the agent serves, or names none and there is no default.
+    func identity(_ selector: String?) -> Served? {
+        guard let selector else {
+            return served.first { $0.identity.isDefault } ?? (served.count == 1 ? served.first : nil)
+        }
+        return served.first { $0.identity.name == selector || $0.identity.entra.clientID.lowercased() == selector.lowercased() }
+    }
+
+    /// Refuses a socket peer that an identity's allow list leaves out, for a request that uses
+    /// the identity or its key.
+    func authorize(_ peer: PeerCredential?, identity: Served?, key signer: TokenSigner?) throws {
+        var guarded: [Served] = []
+        if let identity { guarded.append(identity) }
+        if let id = signer?.key.id { guarded += served.filter { $0.keyID == id } }
+        for served in guarded where served.identity.isRestricted {
+            guard let peer else {
+                throw AgentError("forbidden", "identity '\(served.identity.name)' is limited to some users, and this connection's are unknown")
+            }
+            let identity = served.identity
+            if peer.uid == getuid() || identity.allowedUIDs.contains(peer.uid) || identity.allowedGIDs.contains(peer.gid) { continue }
+            logger.warning("agent: refused uid \(peer.uid) for identity '\(identity.name)'")
+            throw AgentError(
+                "forbidden", "uid \(peer.uid) may not use identity '\(identity.name)' or its key",
+                hint: "the identity's allowUids / allowGids in the agent's config say who may")
+        }
     }
 
     /// The signer for a request's `key` (nil: the default key). Keys are on the agent's token.
@@ -187,7 +266,7 @@ public final class Agent: Sendable {
             await onReady(environment())
         }
         let peerCheck = PeerCredentialsHandler.Factory(
-            allowed: allowedUIDs, allowedGIDs: configuration.allowedGIDs, connections: ConnectionsPerUID(limit: Self.connectionsPerUID), logger: logger)
+            allowed: allowedUIDs, allowedGIDs: allowedGIDs, connections: ConnectionsPerUID(limit: Self.connectionsPerUID), logger: logger)
         let socketApp = Application(
             router: AgentRoutes(agent: self).router(),
             server: .http1(configuration: .init(additionalChannelHandlers: [peerCheck.make(), OversizedRequestCloser(limit: Self.maximumBody)], idleTimeout: Self.idleTimeout)),
@@ -204,10 +283,10 @@ public final class Agent: Sendable {
             logger: logger)
         services.append(socketApp)
         if let port = managedIdentityPort {
-            guard broker != nil || keyVault != nil else {
+            guard !served.isEmpty || keyVault != nil else {
                 throw AgentError("invalidConfiguration", "the managed-identity endpoint needs a tenant and client id", hint: "give the tenant and the client id", settings: ["tenant", "client-id"])
             }
-            services.append(ManagedIdentityEndpoint(agent: self, broker: broker, port: port, logger: logger).application { url in
+            services.append(ManagedIdentityEndpoint(agent: self, port: port, logger: logger).application { url in
                 self.managedIdentityURL.withLock { $0 = url }
                 await ready.signal()
             })
@@ -243,7 +322,13 @@ public final class Agent: Sendable {
     /// Set once this agent bound the socket: only then does shutdown remove it.
     let ownsSocket = Mutex(false)
 
-    var allowedUIDs: Set<uid_t> { configuration.allowedUIDs.union([getuid()]) }
+    /// Who may connect: the agent's uid, `--allow-uid`, and every identity's allowed uids (each
+    /// request is then checked against the identity it uses).
+    var allowedUIDs: Set<uid_t> {
+        configuration.allowedUIDs.union([getuid()]).union(served.flatMap(\.identity.allowedUIDs))
+    }
+
+    var allowedGIDs: Set<gid_t> { configuration.allowedGIDs.union(served.flatMap(\.identity.allowedGIDs)) }
 
     /// The `--print-env` variables.
     public func environment() -> [String: String] {
@@ -277,7 +362,7 @@ public final class Agent: Sendable {
 
     /// Whether other uids are allowed (`--allow-uid`): then the socket is 0666 and its directory
     /// 0711, so they can reach it, and SO_PEERCRED alone decides who is served.
-    var sharesSocket: Bool { !configuration.allowedUIDs.subtracting([getuid()]).isEmpty || !configuration.allowedGIDs.isEmpty }
+    var sharesSocket: Bool { !allowedUIDs.subtracting([getuid()]).isEmpty || !allowedGIDs.isEmpty }
 
     /// Refuses a socket path an agent is listening on; removes a stale socket; makes the
     /// directory 0700 (0711 when other uids are allowed).
@@ -318,7 +403,7 @@ public final class Agent: Sendable {
 
     /// After the services stopped: log out, forget keys, remove the socket and assertion file.
     public func shutdown() async {
-        await broker?.shutdown()
+        for served in served { await served.broker.shutdown() }
         signers.withLock { $0 = [:] }
         if let token = keeper.shutdown() {
             token.logout()

@@ -50,7 +50,10 @@ public enum AgentAPI {
         public var clientId: String?
         public var alg: String?
         public var lifetime: Int?
-        public init(key: String? = nil, tenant: String? = nil, clientId: String? = nil, alg: String? = nil, lifetime: Int? = nil) {
+        /// The identity (name or client id) whose tenant, client id and key to use; nil: the default.
+        public var identity: String?
+        public init(key: String? = nil, tenant: String? = nil, clientId: String? = nil, alg: String? = nil, lifetime: Int? = nil, identity: String? = nil) {
+            self.identity = identity
             self.key = key
             self.tenant = tenant
             self.clientId = clientId
@@ -93,7 +96,10 @@ public enum AgentAPI {
         public var viaFic: String?
         /// The other application's tenant (default: the agent's).
         public var viaFicTenant: String?
-        public init(key: String? = nil, scope: String? = nil, viaFic: String? = nil, viaFicTenant: String? = nil) {
+        /// The identity (name or client id) to get the token for; nil: the default.
+        public var identity: String?
+        public init(key: String? = nil, scope: String? = nil, viaFic: String? = nil, viaFicTenant: String? = nil, identity: String? = nil) {
+            self.identity = identity
             self.key = key
             self.scope = scope
             self.viaFic = viaFic

@@ -15,8 +15,8 @@ import TokenSigning
 struct AgentRoutes: Sendable {
     let agent: Agent
 
-    func router() -> Router<BasicRequestContext> {
-        let router = Router()
+    func router() -> Router<AgentRequestContext> {
+        let router = Router(context: AgentRequestContext.self)
         router.get("/v1/health") { _, _ -> Response in
             let token = try? agent.keeper.current()
             return try json(AgentAPI.Health(
@@ -39,7 +39,7 @@ struct AgentRoutes: Sendable {
         }
         router.post("/v1/sign") { request, context -> Response in
             try await handle("sign", request, context) { (body: AgentAPI.SignRequest) in
-                let signer = try await agent.signer(body.key)
+                let signer = try await signer(body.key, context)
                 guard let algorithm = JWSAlgorithm(name: body.alg) else {
                     throw AgentError("badRequest", "unknown alg '\(body.alg)'", hint: "RS256 … PS512, ES256 … ES512")
                 }
@@ -52,8 +52,10 @@ struct AgentRoutes: Sendable {
         }
         router.post("/v1/assertion") { request, context -> Response in
             try await handle("assertion", request, context) { (body: AgentAPI.AssertionRequest) in
-                let signer = try await agent.signer(body.key)
-                let entra = agent.configuration.entra
+                let served = try identity(body.identity)
+                try agent.authorize(await context.peerCredential(), identity: body.identity == nil ? nil : served, key: nil)
+                let signer = try await signer(body.key ?? served?.identity.key, context)
+                let entra = served?.identity.entra ?? agent.configuration.entra
                 let algorithm: ClientAssertion.AlgorithmChoice = try body.alg.map { name in
                     guard let a = JWSAlgorithm(name: name) else { throw AgentError("badRequest", "unknown alg '\(name)'") }
                     return .fixed(a)
@@ -67,13 +69,13 @@ struct AgentRoutes: Sendable {
         }
         router.post("/v1/pop") { request, context -> Response in
             try await handle("pop", request, context) { (body: AgentAPI.PopRequest) in
-                let signer = try await agent.signer(body.key)
+                let signer = try await signer(body.key, context)
                 return AgentAPI.TokenResponse(token: try await ProofOfPossession.make(objectID: body.objectId, signer: signer, logger: context.logger).compact)
             }
         }
         router.post("/v1/jwt") { request, context -> Response in
             try await handle("jwt", request, context) { (body: AgentAPI.JWTRequest) in
-                let signer = try await agent.signer(body.key)
+                let signer = try await signer(body.key, context)
                 let claims = try JSONObject(parsing: Array(body.claims.utf8), what: "claims")
                 let algorithm: JWSAlgorithm
                 if let name = body.alg {
@@ -88,17 +90,36 @@ struct AgentRoutes: Sendable {
         }
         router.post("/v1/token") { request, context -> Response in
             try await handle("token", request, context) { (body: AgentAPI.AccessTokenRequest) in
-                guard let broker = agent.broker else {
+                guard let served = try identity(body.identity) else {
                     throw AgentError("notConfigured", "this agent was started without a tenant and client id", hint: "start it with a tenant and a client id")
                 }
-                let scope = body.scope ?? broker.graphScope
+                let keyURI = body.key ?? served.identity.key
+                try agent.authorize(await context.peerCredential(), identity: served, key: try await agent.signer(keyURI))
+                let scope = body.scope ?? served.broker.graphScope
                 let token = try await agent.accessToken(
-                    broker: broker, scope: scope, keyURI: body.key, federation: body.viaFic.map { ($0, body.viaFicTenant) })
+                    broker: served.broker, scope: scope, keyURI: keyURI, federation: body.viaFic.map { ($0, body.viaFicTenant) })
                 return AgentAPI.AccessTokenResponse(
                     access_token: token.accessToken, token_type: token.tokenType, expires_on: Int(token.expiresOn.timeIntervalSince1970), scope: scope)
             }
         }
         return router
+    }
+
+    /// The signer for a request's key, for a peer the key's identity allows.
+    func signer(_ key: String?, _ context: AgentRequestContext) async throws -> TokenSigner {
+        let signer = try await agent.signer(key)
+        try agent.authorize(await context.peerCredential(), identity: nil, key: signer)
+        return signer
+    }
+
+    /// The identity a request names (nil: the default); an error for a name the agent does not serve.
+    func identity(_ selector: String?) throws -> Agent.Served? {
+        if let selector, agent.identity(selector) == nil {
+            throw AgentError(
+                "unknownIdentity", "this agent serves no identity '\(selector)'",
+                hint: "identities served: \(agent.served.map { "\($0.identity.name) (\($0.identity.entra.clientID))" }.joined(separator: ", "))")
+        }
+        return agent.identity(selector)
     }
 
     static func info(_ signer: TokenSigner) -> AgentAPI.KeyInfo {
@@ -116,7 +137,7 @@ struct AgentRoutes: Sendable {
 
     /// Decodes the body, runs `body`, encodes the answer; errors become ``AgentAPI/ErrorBody`` (see ``failure(_:_:_:)``).
     func handle<In: AgentKeyedRequest, Out: Encodable>(
-        _ operation: String, _ request: Request, _ context: BasicRequestContext, _ body: (In) async throws -> Out
+        _ operation: String, _ request: Request, _ context: AgentRequestContext, _ body: (In) async throws -> Out
     ) async throws -> Response {
         var request = request
         let bytes = try await request.collectBody(upTo: Agent.maximumBody)
@@ -130,7 +151,7 @@ struct AgentRoutes: Sendable {
     }
 
     func handle<Out: Encodable>(
-        _ operation: String, _ request: Request, _ context: BasicRequestContext, key: String? = nil, _ body: () async throws -> Out
+        _ operation: String, _ request: Request, _ context: AgentRequestContext, key: String? = nil, _ body: () async throws -> Out
     ) async throws -> Response {
         let started = ContinuousClock.now
         var logger = context.logger
@@ -156,7 +177,7 @@ struct AgentRoutes: Sendable {
     /// The one mapping from a library's error to the agent's answer: its code (the agent's own,
     /// or the library's qualified one), message and hint, and an HTTP status saying whose fault
     /// it is — the request's (400), the token's (503) or Entra's (502).
-    static func failure(_ error: any DiagnosticError, _ operation: String, _ context: BasicRequestContext) throws -> Response {
+    static func failure(_ error: any DiagnosticError, _ operation: String, _ context: AgentRequestContext) throws -> Response {
         var message = error.message
         if let function = error.details["function"] {
             message += " (\(function)\(error.details["returnValue"].map { ": \($0)" } ?? ""))"
@@ -169,6 +190,7 @@ struct AgentRoutes: Sendable {
     static func status(of error: any DiagnosticError) -> HTTPResponse.Status {
         switch error {
         case let error as AgentError:
+            if error.codeName == "forbidden" { return .forbidden }
             return error.meansUnavailable ? .serviceUnavailable : .badRequest
         case let error as PKCS11Error:
             // The request's fault, or the token's (removed, logged out, failing).
@@ -191,4 +213,21 @@ func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws ->
     var headers = HTTPFields()
     headers[.contentType] = "application/json"
     return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
+}
+
+/// The socket API's request context: Hummingbird's, plus the connection's peer credentials
+/// (`SO_PEERCRED`), which identity allow lists are checked against.
+struct AgentRequestContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    private let peer: EventLoopFuture<PeerCredential>?
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        peer = (source.channel as? SocketOptionProvider)?.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+    }
+
+    /// nil when the connection's credentials cannot be read (not a Unix socket).
+    func peerCredential() async -> PeerCredential? {
+        try? await peer?.get()
+    }
 }

@@ -18,8 +18,6 @@ import ServiceLifecycle
 struct ManagedIdentityEndpoint: Sendable {
     static let path = "/msi/token"
     let agent: Agent
-    /// nil: the agent has no Entra app, and answers only for its Key Vault resource.
-    let broker: TokenBroker?
     let port: Int
     let logger: Logger
 
@@ -60,21 +58,51 @@ struct ManagedIdentityEndpoint: Sendable {
             return try json(["error": "invalid_resource", "error_description": "resource must be an application id URI such as https://graph.microsoft.com"], status: .badRequest)
         }
         if resource.hasSuffix("/.default") { resource.removeLast("/.default".count) }
+        // The identity, named the way Azure SDKs name a user-assigned one (client_id, object_id
+        // or principal_id, mi_res_id); none named: the default one. An identity the agent does
+        // not serve is refused as App Service refuses it, never answered with another's token.
+        var served: Agent.Served?
+        var named: (String, String)?
+        for selector in ["client_id", "object_id", "principal_id", "mi_res_id"] {
+            guard let value = query.get(selector) else { continue }
+            named = (selector, value)
+            served = agent.served.first { candidate in
+                let identity = candidate.identity
+                switch selector {
+                case "client_id": return identity.entra.clientID.lowercased() == value.lowercased()
+                case "mi_res_id": return identity.resourceID?.lowercased() == value.lowercased()
+                default: return identity.objectID?.lowercased() == value.lowercased()
+                }
+            }
+            break
+        }
+        if let (selector, value) = named, served == nil {
+            logger.notice("managed identity: refused a request for an identity this agent does not serve", metadata: ["selector": "\(selector)"])
+            return try json([
+                "statusCode": "400",
+                "message": "No User Assigned or Delegated Managed Identity found for specified ClientId/ResourceId/PrincipalId.",
+                "error_description": "this agent serves \(agent.served.map { "\($0.identity.name) (client id \($0.identity.entra.clientID))" }.joined(separator: ", ")); \(selector)=\(value) is none of them",
+            ], status: .badRequest)
+        }
+        served = served ?? agent.identity(nil)
         if let vault = agent.keyVault, vault.isResource(resource) {
             // The agent's own Key Vault surface: a token it issues, not one from Entra.
             let (token, expiresOn) = vault.issueToken()
             logger.info("managed identity: issued a Key Vault token")
             return try json([
                 "access_token": token, "expires_on": String(Int(expiresOn.timeIntervalSince1970)), "resource": resource,
-                "token_type": "Bearer", "client_id": broker?.client.clientID ?? "p11jwt-agent",
+                "token_type": "Bearer", "client_id": served?.identity.entra.clientID ?? "p11jwt-agent",
             ])
         }
-        guard let broker else {
-            return try json(["error": "invalid_resource", "error_description": "this agent has no Entra application (no tenant and client id): it issues tokens only for its Key Vault resource \(agent.keyVault?.resource ?? "")"], status: .badRequest)
+        guard let served else {
+            let why = agent.served.isEmpty
+                ? "this agent has no Entra application (no tenant and client id): it issues tokens only for its Key Vault resource \(agent.keyVault?.resource ?? "")"
+                : "this agent serves several identities and none is the default: name one with client_id"
+            return try json(["error": "invalid_request", "error_description": why], status: .badRequest)
         }
         let scope = resource.hasSuffix("/") ? resource + ".default" : resource + "/.default"
         do {
-            let token = try await agent.accessToken(broker: broker, scope: scope, keyURI: nil)
+            let token = try await agent.accessToken(broker: served.broker, scope: scope, keyURI: served.identity.key)
             struct Answer: Encodable {
                 var access_token: String
                 var expires_on: String
@@ -84,7 +112,7 @@ struct ManagedIdentityEndpoint: Sendable {
             }
             return try json(Answer(
                 access_token: token.accessToken, expires_on: String(Int(token.expiresOn.timeIntervalSince1970)), resource: resource,
-                token_type: token.tokenType, client_id: broker.client.clientID))
+                token_type: token.tokenType, client_id: served.identity.entra.clientID))
         } catch {
             agent.keeper.noteFailure(error)
             guard let error = error as? EntraError else {

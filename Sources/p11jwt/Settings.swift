@@ -161,6 +161,8 @@ struct Settings: Sendable {
         for (keyNode, valueNode) in mapping {
             let place = "\(path):\(keyNode.mark?.line ?? 0)"
             guard let key = keyNode.string else { throw CLIError(message: "\(place): a key must be a name", exitCode: 2) }
+            // The agent's list of applications (AgentIdentities reads it); not a setting.
+            if key == AgentIdentities.key { continue }
             guard Setting.named(key).map({ Setting.all.contains($0) }) == true else {
                 throw CLIError(
                     message: "\(place): unknown key '\(key)'", exitCode: 2,

@@ -245,3 +245,19 @@ def test_azure_identity_through_the_agent(agent, hardware, kind, monkeypatch):
     credential = getattr(azure.identity, kind)()
     token = credential.get_token(GRAPH).token
     assert claims(token)["appid"] == hardware.app["appId"]
+
+
+def test_a_managed_identity_request_for_another_identity_is_refused(agent, hardware, monkeypatch):
+    """ManagedIdentityCredential(client_id=X) as azure-identity sends it (client_id in the query):
+    the agent's own client id gets its token; another is refused as App Service refuses an
+    identity it does not have, never answered with this app's token."""
+    import uuid
+    import azure.identity
+    from azure.core.exceptions import ClientAuthenticationError
+    for name, value in agent.items():
+        monkeypatch.setenv(name, value)
+    own = azure.identity.ManagedIdentityCredential(client_id=hardware.app["appId"]).get_token(GRAPH).token
+    assert claims(own)["appid"] == hardware.app["appId"]
+    with pytest.raises(ClientAuthenticationError) as refused:
+        azure.identity.ManagedIdentityCredential(client_id=str(uuid.uuid4())).get_token(GRAPH)
+    assert "No User Assigned or Delegated Managed Identity found" in str(refused.value)

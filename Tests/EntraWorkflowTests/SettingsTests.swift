@@ -74,9 +74,15 @@ struct SettingsTests {
         let environment = ["XDG_CONFIG_HOME": dir.path]
         _ = try dir.write("p11jwt/config.yaml", "tenant: a\n[section]\n")
         #expect(try p11jwt(["config", "show"], hsm: hsm, environment: environment).status == 2)
-        _ = try dir.write("p11jwt/config.yaml", "tenant: a\nidentities:\n  - name: x\n")
+        _ = try dir.write("p11jwt/config.yaml", "tenant: a\nkeys:\n  - name: x\n")
         let section = try p11jwt(["config", "show"], hsm: hsm, environment: environment)
-        #expect(section.status == 2 && section.stderr.contains("config.yaml:2") && section.stderr.contains("identities"), "\(section.stderr)")
+        #expect(section.status == 2 && section.stderr.contains("config.yaml:2") && section.stderr.contains("keys"), "\(section.stderr)")
+        // The agent's identities list is the one list the file holds; its entries are checked
+        // (before any token is opened) and named in the error.
+        _ = try dir.write("p11jwt/config.yaml", "tenant: a\nidentities:\n  - name: x\n    clientid: b\n")
+        #expect(try p11jwt(["config", "show"], hsm: hsm, environment: environment).status == 0)
+        let identity = try p11jwt(["agent"], hsm: hsm, environment: environment)
+        #expect(identity.status == 2 && identity.stderr.contains("identities[0] (x): unknown field 'clientid'"), "\(identity.stderr)")
         _ = try dir.write("p11jwt/config.yaml", "tenant:\n  id: a\n")
         let nested = try p11jwt(["config", "show"], hsm: hsm, environment: environment)
         #expect(nested.status == 2 && nested.stderr.contains("single value"), "\(nested.stderr)")

@@ -53,7 +53,7 @@ runFuzzer { data, size in
     let request = Request(
         head: HTTPRequest(method: method, scheme: "http", authority: "agent", path: path, headerFields: [.contentType: "application/json"]),
         body: RequestBody(buffer: ByteBuffer(bytes: body)))
-    let context = BasicRequestContext(source: ApplicationRequestContextSource(channel: channel, logger: logger))
+    let context = AgentRequestContext(source: ApplicationRequestContextSource(channel: channel, logger: logger))
     // Detached: a plain Task made here would inherit the main actor of this top-level code, and
     // the main thread is the one waiting for it.
     let done = DispatchSemaphore(value: 0)

@@ -21,6 +21,10 @@ struct AgentCommand: AsyncParsableCommand {
             --managed-identity serves the App Service managed-identity protocol on 127.0.0.1 and \
             --assertion-file keeps a fresh client assertion in a file, so unmodified Azure SDKs \
             (ManagedIdentityCredential, WorkloadIdentityCredential, DefaultAzureCredential) use the key. \
+            A config file (--config) with an identities list serves several applications from one process: \
+            the managed-identity endpoint picks one by client_id, object_id / principal_id or mi_res_id (the \
+            default one when none is named), the socket API by "identity", and an identity's allowUids / \
+            allowGids keep other users from it and its key. \
             --key-vault serves the Azure Key Vault keys API (get, list, sign, verify) for the token's keys \
             on 127.0.0.1 over HTTPS, a key's name being its label, so code written for Key Vault's sign \
             (CryptographyClient with ManagedIdentityCredential) works with only the vault URL changed; \
@@ -93,8 +97,11 @@ struct AgentCommand: AsyncParsableCommand {
         let settings = try keyOptions.moduleOptions.settings()
         // Entra settings are optional: without tenant and client id the agent only signs.
         let entraConfiguration = try entra.clientConfiguration(settings, cacheFile: nil)
-        let hasEntra = !entraConfiguration.tenant.isEmpty && !entraConfiguration.clientID.isEmpty
+        // One agent, many applications: the config file's identities.
+        let identities = try settings.filePath.map { try AgentIdentities.read(path: $0, defaults: entraConfiguration) } ?? []
+        var hasEntra = !entraConfiguration.tenant.isEmpty && !entraConfiguration.clientID.isEmpty
         if hasEntra { _ = try entraConfiguration.validated() }
+        if managedIdentity && !identities.isEmpty { hasEntra = true }
         if (managedIdentity || assertionFile != nil) && !hasEntra {
             throw CLIError.usage("--managed-identity and --assertion-file need --tenant and --client-id (or AZURE_TENANT_ID / AZURE_CLIENT_ID)")
         }
@@ -116,9 +123,10 @@ struct AgentCommand: AsyncParsableCommand {
         let keyVaultDirectory = keyVaultDir.map { URL(fileURLWithPath: $0) }
             ?? CredentialRecords.defaultDirectory().appendingPathComponent("key-vault")
         let socketPath = socket ?? Self.defaultSocket()
-        let keyURI = try keyOptions.keyURI()
+        // With identities and no --key: the default identity's key (its token is the agent's).
+        let keyURI = try keyOptions.configuredKey() ?? (identities.first(where: \.isDefault) ?? identities.first)?.key ?? keyOptions.keyURI()
         // The PIN is asked for here, once.
-        let context = try await keyOptions.open()
+        let context = try await TokenContext.open(keyURI, moduleOptions: keyOptions.moduleOptions, pins: keyOptions.pinOptions, login: true)
         // Read once: the PIN no longer sits in the environment block (/proc/PID/environ).
         _ = p11jwt_scrub_environment(keyOptions.pinOptions.provider(settings).environmentVariable)
         let agent: Agent
@@ -127,6 +135,7 @@ struct AgentCommand: AsyncParsableCommand {
                 socketPath: socketPath, defaultKey: keyURI, allowedUIDs: Set(allowUID), entra: hasEntra ? entraConfiguration : nil,
                 managedIdentityPort: managedIdentity ? port : nil, assertionFile: assertionFile, assertionLifetime: assertionLifetime)
             configuration.allowedGIDs = Set(allowGID)
+            configuration.identities = identities
             if keyVault {
                 configuration.keyVaultPort = keyVaultPort
                 configuration.keyVaultDirectory = keyVaultDirectory

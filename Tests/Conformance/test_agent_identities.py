@@ -1,0 +1,127 @@
+"""One agent, many identities: the config file's `identities` list served by one process on one
+token. azure-identity's ManagedIdentityCredential(client_id=…) selects the application the way
+it selects a user-assigned identity; the Unix-socket API selects it by name; an identity's
+allowUids keep other users away from it and from its key (a second uid, via setpriv)."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from conftest import BIN, run
+
+GRAPH = "https://graph.microsoft.com/.default"
+NOBODY = 65534
+
+
+def claims(token):
+    import base64
+    part = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+@pytest.fixture(scope="module")
+def identities(emulator, hardware, workdir):
+    second_key = run([BIN, "keygen", "--token", f"pkcs11:token={hardware.label}", "--label", "billing", "--key-type", "rsa:2048",
+                      "--pin-file", hardware.pin_file], env=hardware.env).stdout.strip()
+    second_cert = workdir / "billing.pem"
+    run([BIN, "cert", "create", "--key", second_key, "--subject", "CN=billing", "--days", "30", "--store", "--out", second_cert,
+         "--pin-file", hardware.pin_file], env=hardware.env)
+    second = emulator.create_app("billing-app", second_cert)
+    first = hardware.app
+    config = workdir / "agent-identities.yaml"
+    config.write_text(f"""pin-file: {hardware.pin_file}
+identities:
+  - name: orders
+    tenant: {first['tenantId']}
+    clientId: {first['appId']}
+    key: "{hardware.key}"
+    authorityHost: {emulator.url}
+    caFile: {emulator.ca}
+    default: true
+  - name: billing
+    tenant: {second['tenantId']}
+    clientId: {second['appId']}
+    objectId: {second['id']}
+    key: "{second_key}"
+    authorityHost: {emulator.url}
+    caFile: {emulator.ca}
+    allowUids: [{NOBODY - 1}]
+""")
+    # A socket directory other uids can reach (the agent makes it 0711 when it shares the socket).
+    socket_dir = tempfile.mkdtemp(prefix="p11jwt-ids-")
+    socket = os.path.join(socket_dir, "agent.sock")
+    out, log = workdir / "ids-agent.env", open(workdir / "ids-agent.log", "w")
+    process = subprocess.Popen(
+        [str(BIN), "agent", "--config", str(config), "--managed-identity", "--print-env", "--output", "json",
+         "--socket", socket, "--allow-uid", str(NOBODY)],
+        stdout=open(out, "w"), stderr=log, env=hardware.env)
+    variables = {}
+    deadline = time.time() + 30
+    while time.time() < deadline and process.poll() is None and not variables:
+        text = out.read_text()
+        if text.endswith("\n"):
+            variables = json.loads(text)
+        time.sleep(0.05)
+    assert "IDENTITY_ENDPOINT" in variables, (workdir / "ids-agent.log").read_text()
+    yield variables, first, second, second_key
+    process.terminate()
+    assert process.wait(timeout=30) == 0
+    log.close()
+    shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_managed_identity_credential_selects_the_application_by_client_id(identities, monkeypatch):
+    import azure.identity
+    from azure.core.exceptions import ClientAuthenticationError
+    variables, first, second, _ = identities
+    monkeypatch.setenv("IDENTITY_ENDPOINT", variables["IDENTITY_ENDPOINT"])
+    monkeypatch.setenv("IDENTITY_HEADER", variables["IDENTITY_HEADER"])
+    for app in (first, second):
+        token = azure.identity.ManagedIdentityCredential(client_id=app["appId"]).get_token(GRAPH).token
+        assert claims(token)["appid"] == app["appId"]
+    # None named: the default identity.
+    assert claims(azure.identity.ManagedIdentityCredential().get_token(GRAPH).token)["appid"] == first["appId"]
+    # By object id, as ManagedIdentityCredential(identity_config={"object_id": …}) asks.
+    by_object = azure.identity.ManagedIdentityCredential(identity_config={"object_id": second["id"]}).get_token(GRAPH).token
+    assert claims(by_object)["appid"] == second["appId"]
+    with pytest.raises(ClientAuthenticationError):
+        azure.identity.ManagedIdentityCredential(client_id=str(uuid.uuid4())).get_token(GRAPH)
+
+
+def socket_call(socket, path, body, uid=None):
+    command = ["curl", "-sS", "--unix-socket", socket, "-H", "content-type: application/json", "-d", json.dumps(body),
+               "-w", "\n%{http_code}", f"http://agent{path}"]
+    if uid is not None:
+        command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] + command
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    text, status = result.stdout.rsplit("\n", 1)
+    return int(status), json.loads(text)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second uid (CI runs as root)")
+def test_an_identity_limited_to_other_uids_is_refused_with_its_key(identities, hardware):
+    variables, first, second, second_key = identities
+    socket = variables["P11JWT_AGENT_SOCK"]
+    # The agent's own uid may use every identity.
+    status, answer = socket_call(socket, "/v1/token", {"identity": "billing"})
+    assert status == 200 and claims(answer["access_token"])["appid"] == second["appId"], answer
+    # Another uid the agent admits: the unrestricted identity and its key, yes …
+    status, answer = socket_call(socket, "/v1/token", {"identity": "orders"}, uid=NOBODY)
+    assert status == 200 and claims(answer["access_token"])["appid"] == first["appId"], answer
+    digest = "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"
+    status, _ = socket_call(socket, "/v1/sign", {"key": hardware.key, "alg": "RS256", "value": digest}, uid=NOBODY)
+    assert status == 200
+    # … the identity limited to another uid, and its key by any route, no.
+    for path, body in (("/v1/token", {"identity": "billing"}), ("/v1/token", {"identity": second["appId"]}),
+                       ("/v1/sign", {"key": second_key, "alg": "RS256", "value": digest}),
+                       ("/v1/assertion", {"key": second_key}), ("/v1/assertion", {"identity": "billing"})):
+        status, answer = socket_call(socket, path, body, uid=NOBODY)
+        assert status == 403 and answer["error"] == "forbidden", (path, body, answer)
+    status, answer = socket_call(socket, "/v1/token", {"identity": "nobody-knows"})
+    assert status == 400 and answer["error"] == "unknownIdentity", answer
