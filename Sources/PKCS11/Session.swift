@@ -129,14 +129,7 @@ final class Session {
         mechanism: MechanismType, parameter: [UInt8]? = nil, key: CK_OBJECT_HANDLE, data: [UInt8],
         contextPIN: ContextPIN? = nil
     ) throws -> [UInt8] {
-        var parameterBytes = parameter ?? []
-        var rv: ReturnValue = parameterBytes.withUnsafeMutableBytes { buffer in
-            var mech = CK_MECHANISM(
-                mechanism: mechanism.rawValue,
-                pParameter: parameter == nil ? nil : buffer.baseAddress,
-                ulParameterLen: CK_ULONG(parameter == nil ? 0 : buffer.count))
-            return ReturnValue(f.C_SignInit(handle, &mech, key))
-        }
+        var rv = withMechanism(mechanism, parameter) { ReturnValue(f.C_SignInit(handle, $0, key)) }
         guard rv.isOK else { throw PKCS11Error.call("C_SignInit", rv, "\(mechanism) sign init failed") }
         if let contextPIN {
             switch contextPIN {
@@ -156,17 +149,22 @@ final class Session {
         return Array(output.prefix(try PKCS11Error.checkedCount(length, limit: output.count, "C_Sign", "a signature length of")))
     }
 
-    /// `C_VerifyInit` + `C_Verify` of `signature` over `data` with a public key: false for
-    /// `CKR_SIGNATURE_INVALID` / `CKR_SIGNATURE_LEN_RANGE`, an error for any other failure.
-    public func verify(mechanism: MechanismType, parameter: [UInt8]? = nil, key: CK_OBJECT_HANDLE, data: [UInt8], signature: [UInt8]) throws -> Bool {
+    /// A `CK_MECHANISM` with its parameter bytes (none: a null pointer), valid during `body`.
+    private func withMechanism<R>(_ mechanism: MechanismType, _ parameter: [UInt8]?, _ body: (UnsafeMutablePointer<CK_MECHANISM>) -> R) -> R {
         var parameterBytes = parameter ?? []
-        var rv: ReturnValue = parameterBytes.withUnsafeMutableBytes { buffer in
+        return parameterBytes.withUnsafeMutableBytes { buffer in
             var mech = CK_MECHANISM(
                 mechanism: mechanism.rawValue,
                 pParameter: parameter == nil ? nil : buffer.baseAddress,
                 ulParameterLen: CK_ULONG(parameter == nil ? 0 : buffer.count))
-            return ReturnValue(f.C_VerifyInit(handle, &mech, key))
+            return body(&mech)
         }
+    }
+
+    /// `C_VerifyInit` + `C_Verify` of `signature` over `data` with a public key: false for
+    /// `CKR_SIGNATURE_INVALID` / `CKR_SIGNATURE_LEN_RANGE`, an error for any other failure.
+    public func verify(mechanism: MechanismType, parameter: [UInt8]? = nil, key: CK_OBJECT_HANDLE, data: [UInt8], signature: [UInt8]) throws -> Bool {
+        var rv = withMechanism(mechanism, parameter) { ReturnValue(f.C_VerifyInit(handle, $0, key)) }
         guard rv.isOK else { throw PKCS11Error.call("C_VerifyInit", rv, "\(mechanism) verify init failed") }
         var input = data
         var signature = signature

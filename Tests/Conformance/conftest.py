@@ -63,6 +63,31 @@ class Emulator:
         self.log.close()
 
 
+class RunningAgent:
+    """`p11jwt agent ARGS --print-env --output json`, started and waited for: `variables` is the
+    environment it printed once it listened."""
+
+    def __init__(self, args, env, workdir, name):
+        out = workdir / f"{name}.env"
+        self.log_file = workdir / f"{name}.log"
+        self.log = open(self.log_file, "w")
+        self.process = subprocess.Popen([str(BIN), "agent", *[str(a) for a in args], "--print-env", "--output", "json"],
+                                        stdout=open(out, "w"), stderr=self.log, env=env)
+        self.variables = {}
+        deadline = time.time() + 30
+        while time.time() < deadline and self.process.poll() is None and not self.variables:
+            text = out.read_text()
+            if text.endswith("\n"):
+                self.variables = json.loads(text)
+            time.sleep(0.05)
+        assert self.variables, self.log_file.read_text()
+
+    def stop(self):
+        self.process.terminate()
+        assert self.process.wait(timeout=30) == 0
+        self.log.close()
+
+
 class SoftwareIdentity:
     """An RSA key in a file and its self-signed certificate: MSAL's and azure-identity's own paths."""
 

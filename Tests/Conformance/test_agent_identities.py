@@ -7,12 +7,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 
 import pytest
 
-from conftest import BIN, run
+from conftest import BIN, RunningAgent, run
 
 GRAPH = "https://graph.microsoft.com/.default"
 NOBODY = 65534
@@ -55,23 +54,12 @@ identities:
     # A socket directory other uids can reach (the agent makes it 0711 when it shares the socket).
     socket_dir = tempfile.mkdtemp(prefix="p11jwt-ids-")
     socket = os.path.join(socket_dir, "agent.sock")
-    out, log = workdir / "ids-agent.env", open(workdir / "ids-agent.log", "w")
-    process = subprocess.Popen(
-        [str(BIN), "agent", "--config", str(config), "--managed-identity", "--print-env", "--output", "json",
-         "--socket", socket, "--allow-uid", str(NOBODY)],
-        stdout=open(out, "w"), stderr=log, env=hardware.env)
-    variables = {}
-    deadline = time.time() + 30
-    while time.time() < deadline and process.poll() is None and not variables:
-        text = out.read_text()
-        if text.endswith("\n"):
-            variables = json.loads(text)
-        time.sleep(0.05)
-    assert "IDENTITY_ENDPOINT" in variables, (workdir / "ids-agent.log").read_text()
+    running = RunningAgent(["--config", config, "--managed-identity", "--socket", socket, "--allow-uid", NOBODY],
+                           hardware.env, workdir, "ids-agent")
+    variables = running.variables
+    assert "IDENTITY_ENDPOINT" in variables, running.log_file.read_text()
     yield variables, first, second, second_key
-    process.terminate()
-    assert process.wait(timeout=30) == 0
-    log.close()
+    running.stop()
     shutil.rmtree(socket_dir, ignore_errors=True)
 
 

@@ -8,7 +8,6 @@ import base64
 import hashlib
 import json
 import re
-import subprocess
 import time
 import uuid
 
@@ -18,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
-from conftest import BIN, run
+from conftest import BIN, RunningAgent, run
 
 API_VERSION = "7.4"
 
@@ -40,21 +39,12 @@ def vault(emulator, hardware, workdir):
     app = hardware.app
     runtime = workdir / "run-kv"
     runtime.mkdir(mode=0o700, exist_ok=True)
-    out, log = workdir / "kv-agent.env", open(workdir / "kv-agent.log", "w")
-    env = dict(hardware.env, XDG_RUNTIME_DIR=str(runtime))
-    process = subprocess.Popen(
-        [str(BIN), "agent", "--key", hardware.key, "--print-env", "--output", "json", "--key-vault",
-         "--key-vault-dir", str(workdir / "kv-ca"), "--tenant", app["tenantId"], "--client-id", app["appId"],
-         "--authority-host", emulator.url, "--ca-file", emulator.ca, "--pin-file", str(hardware.pin_file)],
-        stdout=open(out, "w"), stderr=log, env=env)
-    variables = {}
-    deadline = time.time() + 30
-    while time.time() < deadline and process.poll() is None and not variables:
-        text = out.read_text()
-        if text.endswith("\n"):
-            variables = json.loads(text)
-        time.sleep(0.05)
-    assert "AZURE_KEYVAULT_URL" in variables, (workdir / "kv-agent.log").read_text()
+    running = RunningAgent(
+        ["--key", hardware.key, "--key-vault", "--key-vault-dir", workdir / "kv-ca", "--tenant", app["tenantId"],
+         "--client-id", app["appId"], "--authority-host", emulator.url, "--ca-file", emulator.ca, "--pin-file", hardware.pin_file],
+        dict(hardware.env, XDG_RUNTIME_DIR=str(runtime)), workdir, "kv-agent")
+    variables = running.variables
+    assert "AZURE_KEYVAULT_URL" in variables, running.log_file.read_text()
     assert re.fullmatch(r"https://127\.0\.0\.1:\d+/", variables["AZURE_KEYVAULT_URL"])
     public = {
         "app": serialization.load_pem_public_key(
@@ -63,9 +53,7 @@ def vault(emulator, hardware, workdir):
             run([BIN, "export", ec_key, "--public-key", "--pin-file", hardware.pin_file], env=hardware.env).stdout.encode()),
     }
     yield variables, public
-    process.terminate()
-    assert process.wait(timeout=30) == 0
-    log.close()
+    running.stop()
 
 
 def check(public_key, algorithm, digest, signature):

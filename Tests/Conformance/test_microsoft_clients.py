@@ -206,35 +206,17 @@ def test_every_route_answers_json(emulator, software):
 
 @pytest.fixture(scope="module")
 def agent(emulator, hardware, workdir):
-    import os
-    import subprocess
-    import time
-    from conftest import BIN
+    from conftest import RunningAgent
     app = hardware.app
     runtime = workdir / "run"
     runtime.mkdir(mode=0o700, exist_ok=True)
-    out, log = workdir / "agent.env", open(workdir / "agent.log", "w")
-    env = dict(hardware.env, XDG_RUNTIME_DIR=str(runtime))
-    process = subprocess.Popen(
-        [str(BIN), "agent", "--key", hardware.key, "--print-env", "--managed-identity",
-         "--assertion-file", str(runtime / "assertion.jwt"), "--tenant", app["tenantId"], "--client-id", app["appId"],
-         "--authority-host", emulator.url, "--ca-file", emulator.ca, "--pin-file", str(hardware.pin_file)],
-        stdout=open(out, "w"), stderr=log, env=env)
-    variables = {}
-    deadline = time.time() + 30
-    while time.time() < deadline and process.poll() is None and "P11JWT_AGENT_SOCK" not in variables:
-        text = out.read_text()
-        if text.endswith("\n"):
-            for line in text.splitlines():
-                if line.startswith("export ") and "=" in line:
-                    name, value = line[len("export "):].split("=", 1)
-                    variables[name] = value.strip("'")
-        time.sleep(0.05)
-    assert "IDENTITY_ENDPOINT" in variables, (workdir / "agent.log").read_text()
-    yield variables
-    process.terminate()
-    assert process.wait(timeout=30) == 0
-    log.close()
+    running = RunningAgent(
+        ["--key", hardware.key, "--managed-identity", "--assertion-file", runtime / "assertion.jwt", "--tenant", app["tenantId"],
+         "--client-id", app["appId"], "--authority-host", emulator.url, "--ca-file", emulator.ca, "--pin-file", hardware.pin_file],
+        dict(hardware.env, XDG_RUNTIME_DIR=str(runtime)), workdir, "agent")
+    assert "IDENTITY_ENDPOINT" in running.variables, running.log_file.read_text()
+    yield running.variables
+    running.stop()
 
 
 @pytest.mark.parametrize("kind", ["ManagedIdentityCredential", "WorkloadIdentityCredential"])
