@@ -107,7 +107,13 @@ public enum Fleet {
         var results: [(Int, Result)] = []
         // One read of the token's objects for all its apps: a search per lookup costs time in
         // proportion to the objects on the token, and the token does one thing at a time.
-        let inventory = try? await token.run { try $0.inventory() }
+        let inventory: TokenInventory?
+        do {
+            inventory = try await token.run { try $0.inventory() }
+        } catch {
+            logger.notice("cannot read the token's objects in one pass; each rotation searches instead", metadata: ["error": "\(error)"])
+            inventory = nil
+        }
         await withTaskGroup(of: (Int, Result).self) { group in
             var next = apps.makeIterator()
             for _ in 0..<limit {

@@ -99,10 +99,16 @@ struct AgentCommand: AsyncParsableCommand {
         let entraConfiguration = try entra.clientConfiguration(settings, cacheFile: nil)
         // One agent, many applications: the config file's identities.
         let identities = try settings.filePath.map { try AgentIdentities.read(path: $0, defaults: entraConfiguration) } ?? []
-        var hasEntra = !entraConfiguration.tenant.isEmpty && !entraConfiguration.clientID.isEmpty
-        if hasEntra { _ = try entraConfiguration.validated() }
-        if managedIdentity && !identities.isEmpty { hasEntra = true }
-        if (managedIdentity || assertionFile != nil) && !hasEntra {
+        // The agent's application: with identities, the default one (else the first: flags and
+        // settings then only give the identities' defaults); without, the flags' tenant and client.
+        var agentEntra: EntraClient.Configuration?
+        if let identity = identities.first(where: \.isDefault) ?? identities.first {
+            agentEntra = identity.entra
+        } else if !entraConfiguration.tenant.isEmpty && !entraConfiguration.clientID.isEmpty {
+            _ = try entraConfiguration.validated()
+            agentEntra = entraConfiguration
+        }
+        if (managedIdentity || assertionFile != nil) && agentEntra == nil {
             throw CLIError.usage("--managed-identity and --assertion-file need --tenant and --client-id (or AZURE_TENANT_ID / AZURE_CLIENT_ID)")
         }
         if assertionFile != nil && (assertionLifetime <= 330 || assertionLifetime > ClientAssertion.maximumLifetime) {
@@ -132,7 +138,7 @@ struct AgentCommand: AsyncParsableCommand {
         let agent: Agent
         do {
             var configuration = Agent.Configuration(
-                socketPath: socketPath, defaultKey: keyURI, allowedUIDs: Set(allowUID), entra: hasEntra ? entraConfiguration : nil,
+                socketPath: socketPath, defaultKey: keyURI, allowedUIDs: Set(allowUID), entra: agentEntra,
                 managedIdentityPort: managedIdentity ? port : nil, assertionFile: assertionFile, assertionLifetime: assertionLifetime)
             configuration.allowedGIDs = Set(allowGID)
             configuration.identities = identities
