@@ -82,6 +82,15 @@ struct SigningTests {
         #expect(try IndependentVerifier.openssl(signature, message: message, algorithm: algorithm, publicKeyPEM: pem))
         // And the signature is not valid for another message.
         #expect(try !IndependentVerifier.swiftCrypto(signature, message: message + [1], algorithm: algorithm, key: publicKey))
+        // The token's own check (what the agent's Key Vault verify answers) gives the same verdicts.
+        let digest = algorithm.hash.hash(message)
+        let tampered = [signature[0] ^ 1] + signature.dropFirst()
+        let (valid, tamperedValid, otherValid) = try sharedHSM {
+            (try token.verify(digest: digest, signature: signature, algorithm: algorithm, key: key),
+             try token.verify(digest: digest, signature: tampered, algorithm: algorithm, key: key),
+             try token.verify(digest: algorithm.hash.hash(message + [1]), signature: signature, algorithm: algorithm, key: key))
+        }
+        #expect(valid && !tamperedValid && !otherValid, "token verify: \(valid) / tampered \(tamperedValid) / other digest \(otherValid)")
     }
 
     @Test(arguments: TokenImplementation.available)
