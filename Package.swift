@@ -134,6 +134,7 @@ let package = Package(
             name: "Agent",
             dependencies: [
                 "Diagnostics",
+                "BuildInfo",
                 "LocalCA",
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 "PKCS11",
@@ -144,6 +145,7 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

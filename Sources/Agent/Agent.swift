@@ -1,3 +1,4 @@
+import BuildInfo
 import Entra
 import Foundation
 import Synchronization
@@ -10,6 +11,8 @@ import NIOCore
 import PKCS11
 import TokenSigning
 import ServiceLifecycle
+import UnixSignals
+import Diagnostics
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -73,6 +76,10 @@ public final class Agent: Sendable {
         public var keyVaultNames: [String: String] = [:]
         /// The applications served; empty: the one of `entra` with `defaultKey`.
         public var identities: [Identity] = []
+        /// The secret the managed-identity endpoint requires in `X-IDENTITY-HEADER`, when it is
+        /// shared ahead of time (a Kubernetes secret the app's `IDENTITY_HEADER` also comes
+        /// from); nil: a new random one per start, printed by `--print-env`.
+        public var identitySecret: String?
 
         public init(
             socketPath: String, defaultKey: String, allowedUIDs: Set<uid_t> = [], entra: EntraClient.Configuration? = nil,
@@ -96,13 +103,17 @@ public final class Agent: Sendable {
     /// How often ``KeyWatcher`` looks up again the keys chosen by a URI that does not pin `id=`
     /// (a `rotate` moves the label to the new key).
     static let keyRecheckInterval: Duration = .seconds(1)
-    let broker: TokenBroker?
     /// The secret the managed-identity endpoint requires in `X-IDENTITY-HEADER`, new per start.
     public let identitySecret: String
     /// The Key Vault surface, when configured.
     let keyVault: KeyVault?
-    /// Each identity served with its broker.
-    let served: [Served]
+    /// Each identity served with its broker: swapped whole by ``reload(identities:)``, so a
+    /// request works with the snapshot it started with.
+    private let servedBox: Mutex<[Served]>
+    var served: [Served] { servedBox.withLock { $0 } }
+    /// Brokers of identities a reload removed: requests under way may still use them; their
+    /// HTTP clients are shut down with the agent.
+    private let retiredBrokers = Mutex<[TokenBroker]>([])
 
     struct Served: Sendable {
         let identity: Identity
@@ -113,6 +124,71 @@ public final class Agent: Sendable {
 
     let fatal: AsyncStream<String>
     let fatalContinuation: AsyncStream<String>.Continuation
+
+    /// When the agent started, and what it has answered since (for `agent status`).
+    let startedAt = Date()
+    let activity = Mutex(Activity())
+    /// How many of the latest errors `agent status` shows.
+    public static let recentErrorLimit = 10
+
+    struct Activity {
+        var served = 0
+        var refused = 0
+        var recentErrors: [AgentAPI.Status.RecentError] = []
+    }
+
+    /// Counts an answered request; a refusal or failure is kept among the recent errors.
+    func record(_ operation: String, error: (code: String, message: String)? = nil) {
+        activity.withLock { activity in
+            guard let error else {
+                activity.served += 1
+                return
+            }
+            activity.refused += 1
+            activity.recentErrors.append(.init(
+                time: ISO8601DateFormatter().string(from: Date()), operation: operation, error: error.code, message: error.message))
+            if activity.recentErrors.count > Self.recentErrorLimit { activity.recentErrors.removeFirst() }
+        }
+    }
+
+    /// What `GET /v1/status` answers.
+    func status() async -> AgentAPI.Status {
+        let token = try? keeper.current()
+        let summary = keeper.summary
+        let module = keeper.module
+        let info = token?.info
+        var identities: [AgentAPI.Status.IdentityState] = []
+        for served in served {
+            let identity = served.identity
+            let signer = signers.withLock { $0[identity.key] }
+            identities.append(.init(
+                name: identity.name, tenant: identity.entra.tenant, clientId: identity.entra.clientID, objectId: identity.objectID,
+                isDefault: identity.isDefault || self.served.count == 1, key: Self.redacted(identity.key),
+                keyId: signer?.key.id.map { Hex.encode($0) }, thumbprint: signer?.certificate?.thumbprint.hexSHA1,
+                certificateExpires: signer?.certificate.map { ISO8601DateFormatter().string(from: $0.certificate.notValidAfter) },
+                allowUids: identity.allowedUIDs.sorted(), allowGids: identity.allowedGIDs.sorted(),
+                cachedTokens: await served.broker.held()))
+        }
+        let recorded = activity.withLock { $0 }
+        let formatter = ISO8601DateFormatter()
+        return AgentAPI.Status(
+            pid: getpid(), version: BuildInfo.version, startedAt: formatter.string(from: startedAt),
+            uptimeSeconds: Int(Date().timeIntervalSince(startedAt)),
+            token: .init(
+                label: info?.label ?? keeper.label, serial: info?.serialNumber ?? "", manufacturer: info?.manufacturer ?? "",
+                model: info?.model ?? "", module: module.registeredName ?? module.path ?? "p11-kit-proxy", state: summary.state,
+                loggedIn: token?.isLoggedIn ?? false, reason: summary.reason, since: summary.since.map { formatter.string(from: $0) }),
+            defaultKey: Self.redacted(configuration.defaultKey), identities: identities,
+            endpoints: .init(
+                socket: configuration.socketPath, managedIdentity: managedIdentityURL.withLock { $0 }, keyVault: keyVault?.url,
+                assertionFile: configuration.assertionFile),
+            requests: .init(served: recorded.served, refused: recorded.refused), recentErrors: recorded.recentErrors)
+    }
+
+    /// A key URI as it may be shown: without `pin-value` / `pin-source`.
+    static func redacted(_ text: String) -> String {
+        (try? PKCS11URI(text).redacted) ?? "(not a pkcs11: URI)"
+    }
 
     /// `token` is logged in by the caller (the PIN is asked for once, before the agent starts).
     public init(configuration: Configuration, token: Token, module: Module, logger: Logger) throws {
@@ -128,7 +204,7 @@ public final class Agent: Sendable {
             onFatal: { continuation.yield($0) })
         signers.withLock { $0[configuration.defaultKey] = defaultSigner }
         var rng = SystemRandomNumberGenerator()
-        identitySecret = Base64URL.encode((0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })
+        identitySecret = configuration.identitySecret ?? Base64URL.encode((0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })
         var served: [Served] = []
         for identity in configuration.identities {
             let signer = try Self.resolve(identity.key, on: token)
@@ -140,10 +216,56 @@ public final class Agent: Sendable {
             identity.isDefault = true
             served = [Served(identity: identity, broker: try TokenBroker(configuration: entra, logger: logger), keyID: defaultSigner.key.id)]
         }
-        self.served = served
-        let defaultIdentity = served.first { $0.identity.isDefault } ?? (served.count == 1 ? served.first : nil)
-        broker = defaultIdentity?.broker
+        servedBox = Mutex(served)
         keyVault = configuration.keyVaultPort.map { KeyVault(port: $0, tenant: configuration.entra?.tenant, names: configuration.keyVaultNames) }
+    }
+
+    /// Serves `identities` from now on (SIGHUP re-reads the config file): each key is looked up
+    /// on the agent's token, already logged in, before anything changes, so a list with a key the
+    /// token lacks changes nothing. Requests under way finish with the identities they started
+    /// with; an identity whose application and endpoints are unchanged keeps its broker (and the
+    /// tokens it holds). Returns the names added, removed and kept.
+    public func reload(identities: [Identity]) async throws -> (added: [String], removed: [String], kept: [String]) {
+        guard !identities.isEmpty else {
+            throw AgentError("invalidConfiguration", "the reloaded config has no identities; the agent keeps serving the ones it has",
+                hint: "list the identities in the config file, or restart the agent to serve its one application")
+        }
+        let token = try keeper.current()
+        var resolved: [(Identity, TokenSigner)] = []
+        for identity in identities {
+            let signer = try await token.run { try Self.resolve(identity.key, on: $0) }
+            resolved.append((identity, signer))
+        }
+        let current = served
+        var next: [Served] = []
+        for (identity, signer) in resolved {
+            signers.withLock { held in if held[identity.key] == nil { held[identity.key] = signer } }
+            let broker: TokenBroker
+            if let same = current.first(where: { Self.sameApplication($0.identity, identity) }) {
+                broker = same.broker
+            } else {
+                broker = try TokenBroker(configuration: identity.entra, logger: logger)
+            }
+            next.append(Served(identity: identity, broker: broker, keyID: signer.key.id))
+        }
+        let kept = Set(next.map { ObjectIdentifier($0.broker) })
+        retiredBrokers.withLock { $0 += current.map(\.broker).filter { !kept.contains(ObjectIdentifier($0)) } }
+        servedBox.withLock { $0 = next }
+        if sharesSocket, ownsSocket.withLock({ $0 }) {
+            // Newly allowed uids must reach the socket.
+            chmod((configuration.socketPath as NSString).deletingLastPathComponent, 0o711)
+            chmod(configuration.socketPath, 0o666)
+        }
+        let before = Set(current.map(\.identity.name)), after = Set(next.map(\.identity.name))
+        return (after.subtracting(before).sorted(), before.subtracting(after).sorted(), after.intersection(before).sorted())
+    }
+
+    /// Whether two identities are the same application at the same endpoints (their broker and
+    /// its tokens can be kept).
+    static func sameApplication(_ a: Identity, _ b: Identity) -> Bool {
+        a.name == b.name && a.key == b.key && a.entra.tenant == b.entra.tenant && a.entra.clientID == b.entra.clientID
+            && a.entra.endpoints.authorityHost == b.entra.endpoints.authorityHost && a.entra.caFile == b.entra.caFile
+            && a.entra.cloud == b.entra.cloud
     }
 
     /// The identity a request names by name or client id (nil: the default one). nil when it
@@ -258,7 +380,13 @@ public final class Agent: Sendable {
     /// The services to run in a ServiceGroup: the socket server, and the managed-identity
     /// endpoint and assertion-file writer when configured. `onReady` gets the environment lines
     /// (`--print-env`) once everything listens.
-    public func services(onReady: @escaping @Sendable ([String: String]) async -> Void) throws -> [any Service] {
+    ///
+    /// `reloadIdentities` re-reads the identities on SIGHUP (nil: SIGHUP only says there is
+    /// nothing to reload). The caller blocks SIGHUP in every thread first
+    /// (`ShutdownSignals.blockInAllThreads(also: [SIGHUP])`).
+    public func services(
+        reloadIdentities: (@Sendable () throws -> [Identity])? = nil, onReady: @escaping @Sendable ([String: String]) async -> Void
+    ) throws -> [any Service] {
         try prepareSocketPath()
         var services: [any Service] = []
         let managedIdentityPort = configuration.managedIdentityPort ?? (keyVault == nil ? nil : 0)
@@ -266,7 +394,7 @@ public final class Agent: Sendable {
             await onReady(environment())
         }
         let peerCheck = PeerCredentialsHandler.Factory(
-            allowed: allowedUIDs, allowedGIDs: allowedGIDs, connections: ConnectionsPerUID(limit: Self.connectionsPerUID), logger: logger)
+            allowed: { [self] in (allowedUIDs, allowedGIDs) }, connections: ConnectionsPerUID(limit: Self.connectionsPerUID), logger: logger)
         let socketApp = Application(
             router: AgentRoutes(agent: self).router(),
             server: .http1(configuration: .init(additionalChannelHandlers: [peerCheck.make(), OversizedRequestCloser(limit: Self.maximumBody)], idleTimeout: Self.idleTimeout)),
@@ -308,6 +436,7 @@ public final class Agent: Sendable {
             })
         }
         services.append(FatalWatcher(reasons: fatal))
+        services.append(HangupReloader(agent: self, read: reloadIdentities))
         services.append(KeyWatcher(agent: self))
         if let path = configuration.assertionFile {
             guard configuration.entra != nil else {
@@ -404,6 +533,7 @@ public final class Agent: Sendable {
     /// After the services stopped: log out, forget keys, remove the socket and assertion file.
     public func shutdown() async {
         for served in served { await served.broker.shutdown() }
+        for broker in retiredBrokers.withLock({ $0 }) { await broker.shutdown() }
         signers.withLock { $0 = [:] }
         if let token = keeper.shutdown() {
             token.logout()
@@ -415,6 +545,34 @@ public final class Agent: Sendable {
             if let path = configuration.assertionFile { unlink(path) }
         }
         logger.info("agent stopped")
+    }
+}
+
+/// Reloads the identities on SIGHUP (`systemctl reload`): `read` re-reads them from the config
+/// file. A file that cannot be read, or names a key the token lacks, changes nothing: the agent
+/// keeps serving what it served, and says why (the log, `agent status`).
+struct HangupReloader: Service {
+    let agent: Agent
+    let read: (@Sendable () throws -> [Agent.Identity])?
+
+    func run() async throws {
+        for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+            guard let read else {
+                agent.logger.notice("SIGHUP: nothing to reload (the agent was started without a config file)")
+                continue
+            }
+            do {
+                let (added, removed, kept) = try await agent.reload(identities: try read())
+                agent.record("reload")
+                agent.logger.notice("SIGHUP: identities reloaded", metadata: [
+                    "added": "\(added.joined(separator: ","))", "removed": "\(removed.joined(separator: ","))", "kept": "\(kept.joined(separator: ","))",
+                ])
+            } catch {
+                let diagnostic = error as? any DiagnosticError
+                agent.record("reload", error: (diagnostic?.qualifiedCode ?? "invalidConfiguration", diagnostic?.message ?? "\(error)"))
+                agent.logger.error("SIGHUP: the identities were not reloaded; serving the ones before", metadata: ["error": "\(error)"])
+            }
+        }
     }
 }
 

@@ -121,6 +121,78 @@ public enum AgentAPI {
         public var pid: Int32
     }
 
+    /// `GET /v1/status` (`p11jwt agent status`): what the agent serves and how it is doing. It
+    /// carries no secret: no PIN, token, assertion or identity header, and key URIs redacted.
+    public struct Status: Codable, Sendable {
+        public var pid: Int32
+        public var version: String
+        public var startedAt: String
+        public var uptimeSeconds: Int
+        public var token: TokenState
+        /// The key used when a request names none (redacted URI).
+        public var defaultKey: String
+        public var identities: [IdentityState]
+        public var endpoints: Endpoints
+        public var requests: Requests
+        /// The latest refusals and failures, newest last (at most ``Agent/recentErrorLimit``).
+        public var recentErrors: [RecentError]
+
+        public struct TokenState: Codable, Sendable {
+            public var label: String
+            public var serial: String
+            public var manufacturer: String
+            public var model: String
+            /// The PKCS#11 module (its path, or the p11-kit name it was loaded by).
+            public var module: String
+            /// `ready`, `unavailable` (removed; the agent logs in again when it is back) or `stopped`.
+            public var state: String
+            public var loggedIn: Bool
+            public var reason: String?
+            public var since: String?
+        }
+
+        public struct IdentityState: Codable, Sendable {
+            public var name: String
+            public var tenant: String
+            public var clientId: String
+            public var objectId: String?
+            public var isDefault: Bool
+            public var key: String
+            public var keyId: String?
+            /// The SHA-1 thumbprint of the key's certificate (the keyId Entra shows), when it has one.
+            public var thumbprint: String?
+            public var certificateExpires: String?
+            public var allowUids: [UInt32]
+            public var allowGids: [UInt32]
+            public var cachedTokens: [CachedToken]
+        }
+
+        public struct CachedToken: Codable, Sendable {
+            public var scope: String
+            public var expiresOn: String
+            public var viaFic: String?
+        }
+
+        public struct Endpoints: Codable, Sendable {
+            public var socket: String
+            public var managedIdentity: String?
+            public var keyVault: String?
+            public var assertionFile: String?
+        }
+
+        public struct Requests: Codable, Sendable {
+            public var served: Int
+            public var refused: Int
+        }
+
+        public struct RecentError: Codable, Sendable {
+            public var time: String
+            public var operation: String
+            public var error: String
+            public var message: String
+        }
+    }
+
     /// Every refusal: a stable code, a message, what to do.
     public struct ErrorBody: Codable, Sendable, Error {
         public var error: String

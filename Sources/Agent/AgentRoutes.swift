@@ -10,7 +10,7 @@ import PKCS11
 import TokenSigning
 
 /// The Unix-socket API: `/v1/sign`, `/v1/assertion`, `/v1/pop`, `/v1/jwt`, `/v1/token`,
-/// `/v1/keys`, `/v1/health`. Every request is logged with an id, the operation, the key and the
+/// `/v1/keys`, `/v1/health`, `/v1/status`. Every request is logged with an id, the operation, the key and the
 /// latency — never a PIN, a token or an assertion.
 struct AgentRoutes: Sendable {
     let agent: Agent
@@ -21,6 +21,9 @@ struct AgentRoutes: Sendable {
             let token = try? agent.keeper.current()
             return try json(AgentAPI.Health(
                 status: token == nil ? "tokenUnavailable" : "ok", token: agent.keeper.label, loggedIn: token?.isLoggedIn ?? false, pid: getpid()))
+        }
+        router.get("/v1/status") { _, _ -> Response in
+            try json(await agent.status())
         }
         router.get("/v1/keys") { request, context -> Response in
             try await handle("keys", request, context) {
@@ -145,7 +148,7 @@ struct AgentRoutes: Sendable {
         do {
             input = try JSONDecoder().decode(In.self, from: Data(buffer: bytes))
         } catch {
-            return try Self.failure(AgentError("badRequest", "the \(operation) request is not valid JSON for it: \(error)"), operation, context)
+            return try failure(AgentError("badRequest", "the \(operation) request is not valid JSON for it: \(error)"), operation, context)
         }
         return try await handle(operation, request, context, key: input.key ?? agent.configuration.defaultKey) { try await body(input) }
     }
@@ -160,31 +163,33 @@ struct AgentRoutes: Sendable {
         if let key { logger[metadataKey: "key"] = "\((try? PKCS11URI(key).redacted) ?? "(not a pkcs11: URI)")" }
         do {
             let output = try await body()
+            agent.record(operation)
             let elapsed = ContinuousClock.now - started
             logger.info("ok", metadata: ["ms": "\(elapsed.components.attoseconds / 1_000_000_000_000_000 + elapsed.components.seconds * 1000)"])
             return try json(output)
         } catch let error as PKCS11Error where agent.keeper.noteFailure(error) {
-            return try Self.failure(
+            return try failure(
                 AgentError(
                     "tokenUnavailable", "token '\(agent.keeper.label)' is gone: \(error)",
                     hint: "insert the token again / bring the HSM back: the agent logs in again by itself"),
                 operation, context)
         } catch let error as any DiagnosticError {
-            return try Self.failure(error, operation, context)
+            return try failure(error, operation, context)
         }
     }
 
     /// The one mapping from a library's error to the agent's answer: its code (the agent's own,
     /// or the library's qualified one), message and hint, and an HTTP status saying whose fault
     /// it is — the request's (400), the token's (503) or Entra's (502).
-    static func failure(_ error: any DiagnosticError, _ operation: String, _ context: AgentRequestContext) throws -> Response {
+    func failure(_ error: any DiagnosticError, _ operation: String, _ context: AgentRequestContext) throws -> Response {
         var message = error.message
         if let function = error.details["function"] {
             message += " (\(function)\(error.details["returnValue"].map { ": \($0)" } ?? ""))"
         }
         let body = AgentAPI.ErrorBody(error: error.domain == "agent" ? error.codeName : error.qualifiedCode, message: message, hint: error.hint)
         context.logger.notice("refused", metadata: ["op": "\(operation)", "error": "\(body.error)"])
-        return try json(body, status: status(of: error))
+        agent.record(operation, error: (body.error, message))
+        return try json(body, status: Self.status(of: error))
     }
 
     static func status(of error: any DiagnosticError) -> HTTPResponse.Status {

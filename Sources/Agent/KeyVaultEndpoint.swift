@@ -65,14 +65,23 @@ struct KeyVaultEndpoint: Sendable {
 
     func answer(_ request: Request) async -> Response {
         do {
-            return try await route(request)
+            let response = try await route(request)
+            agent.record("key-vault")
+            return response
         } catch let failure as Failure {
+            // The challenge to an unauthenticated first request is how every SDK starts: not an error.
+            if !failure.challenge || request.headers[.authorization] != nil {
+                agent.record("key-vault", error: (failure.code, failure.message))
+            }
             return respond(failure)
         } catch let error as PKCS11Error {
             agent.keeper.noteFailure(error)
             logger.notice("key vault: token error", metadata: ["error": "\(error.code)", "function": "\(error.function ?? "-")"])
-            return respond(Failure(status: .badGateway, code: "HSMError", message: "\(error.message) (\(error.returnValue?.name ?? "\(error.code)"))"))
+            let failure = Failure(status: .badGateway, code: "HSMError", message: "\(error.message) (\(error.returnValue?.name ?? "\(error.code)"))")
+            agent.record("key-vault", error: (failure.code, failure.message))
+            return respond(failure)
         } catch {
+            agent.record("key-vault", error: ("InternalError", "\(error)"))
             return respond(Failure(status: .internalServerError, code: "InternalError", message: "\(error)"))
         }
     }

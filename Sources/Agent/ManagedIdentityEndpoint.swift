@@ -24,7 +24,11 @@ struct ManagedIdentityEndpoint: Sendable {
     func application(onListening: @escaping @Sendable (String) async -> Void) -> some ServiceLifecycle.Service {
         let router = Router()
         router.get(.init(stringLiteral: Self.path)) { request, _ -> Response in
-            try await answer(request)
+            let response = try await answer(request)
+            if response.status == .ok {
+                agent.record("managed-identity")
+            }
+            return response
         }
         // Any local uid can reach a loopback port: idle connections are closed and their number
         // is capped, so none can pin the agent's descriptors or its accept loop.
@@ -46,16 +50,16 @@ struct ManagedIdentityEndpoint: Sendable {
         let header = request.headers.first { $0.name.canonicalName == "x-identity-header" }?.value
         guard let header, constantTimeEquals(Array(header.utf8), Array(agent.identitySecret.utf8)) else {
             logger.notice("managed identity: refused a request without the right X-IDENTITY-HEADER")
-            return try json(["error": "unauthorized", "error_description": "the X-IDENTITY-HEADER header is missing or wrong"], status: .unauthorized)
+            return try refuse(["error": "unauthorized", "error_description": "the X-IDENTITY-HEADER header is missing or wrong"], status: .unauthorized)
         }
         let query = request.uri.queryParameters
         guard let version = query.get("api-version"), version == "2019-08-01" else {
-            return try json(["error": "invalid_request", "error_description": "api-version must be 2019-08-01"], status: .badRequest)
+            return try refuse(["error": "invalid_request", "error_description": "api-version must be 2019-08-01"], status: .badRequest)
         }
         guard var resource = query.get("resource"), !resource.isEmpty,
               let url = URL(string: resource), url.scheme != nil || resource.range(of: "^[0-9a-fA-F-]{36}$", options: .regularExpression) != nil
         else {
-            return try json(["error": "invalid_resource", "error_description": "resource must be an application id URI such as https://graph.microsoft.com"], status: .badRequest)
+            return try refuse(["error": "invalid_resource", "error_description": "resource must be an application id URI such as https://graph.microsoft.com"], status: .badRequest)
         }
         if resource.hasSuffix("/.default") { resource.removeLast("/.default".count) }
         // The identity, named the way Azure SDKs name a user-assigned one (client_id, object_id
@@ -78,7 +82,7 @@ struct ManagedIdentityEndpoint: Sendable {
         }
         if let (selector, value) = named, served == nil {
             logger.notice("managed identity: refused a request for an identity this agent does not serve", metadata: ["selector": "\(selector)"])
-            return try json([
+            return try refuse([
                 "statusCode": "400",
                 "message": "No User Assigned or Delegated Managed Identity found for specified ClientId/ResourceId/PrincipalId.",
                 "error_description": "this agent serves \(agent.served.map { "\($0.identity.name) (client id \($0.identity.entra.clientID))" }.joined(separator: ", ")); \(selector)=\(value) is none of them",
@@ -98,7 +102,7 @@ struct ManagedIdentityEndpoint: Sendable {
             let why = agent.served.isEmpty
                 ? "this agent has no Entra application (no tenant and client id): it issues tokens only for its Key Vault resource \(agent.keyVault?.resource ?? "")"
                 : "this agent serves several identities and none is the default: name one with client_id"
-            return try json(["error": "invalid_request", "error_description": why], status: .badRequest)
+            return try refuse(["error": "invalid_request", "error_description": why], status: .badRequest)
         }
         let scope = resource.hasSuffix("/") ? resource + ".default" : resource + "/.default"
         do {
@@ -117,11 +121,19 @@ struct ManagedIdentityEndpoint: Sendable {
             agent.keeper.noteFailure(error)
             guard let error = error as? EntraError else {
                 logger.notice("managed identity: no token", metadata: ["error": "\(error)"])
-                return try json(["error": "unavailable", "error_description": "\(error)"], status: .serviceUnavailable)
+                return try refuse(["error": "unavailable", "error_description": "\(error)"], status: .serviceUnavailable)
             }
             logger.notice("managed identity: token refused", metadata: ["aadsts": "\(error.aadsts.map(String.init) ?? "-")"])
-            return try json(["error": "token_refused", "error_description": error.message], status: error.code == .tokenRefused ? .badRequest : .badGateway)
+            return try refuse(["error": "token_refused", "error_description": error.message], status: error.code == .tokenRefused ? .badRequest : .badGateway)
         }
+    }
+}
+
+extension ManagedIdentityEndpoint {
+    /// An error answer, counted among the agent's recent errors.
+    func refuse(_ body: [String: String], status: HTTPResponse.Status) throws -> Response {
+        agent.record("managed-identity", error: (body["error"] ?? body["statusCode"] ?? "\(status.code)", body["error_description"] ?? body["message"] ?? ""))
+        return try json(body, status: status)
     }
 }
 

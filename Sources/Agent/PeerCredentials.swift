@@ -50,14 +50,15 @@ final class PeerCredentialsHandler: ChannelInboundHandler, RemovableChannelHandl
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
 
-    /// A handler per connection.
+    /// A handler per connection, with who is allowed at the time it connects (a reload may
+    /// change the identities and their uids).
     struct Factory: Sendable {
-        let allowed: Set<uid_t>
-        let allowedGIDs: Set<gid_t>
+        let allowed: @Sendable () -> (uids: Set<uid_t>, gids: Set<gid_t>)
         let connections: ConnectionsPerUID
         let logger: Logger
         func make() -> PeerCredentialsHandler {
-            PeerCredentialsHandler(allowed: allowed, allowedGIDs: allowedGIDs, connections: connections, logger: logger)
+            let (uids, gids) = allowed()
+            return PeerCredentialsHandler(allowed: uids, allowedGIDs: gids, connections: connections, logger: logger)
         }
     }
 

@@ -48,6 +48,17 @@ actor TokenBroker {
         return token
     }
 
+    /// The tokens held now (for `agent status`): their scope and expiry, never the token.
+    func held() -> [AgentAPI.Status.CachedToken] {
+        let now = Date()
+        return cached.filter { $0.value.expiresOn > now }.map { key, token in
+            let parts = key.split(separator: "\n", omittingEmptySubsequences: false)
+            return AgentAPI.Status.CachedToken(
+                scope: String(parts.first ?? ""), expiresOn: ISO8601DateFormatter().string(from: token.expiresOn),
+                viaFic: parts.count > 2 ? String(parts[2].dropFirst("via ".count).split(separator: " ").first ?? "") : nil)
+        }.sorted { ($0.scope, $0.expiresOn) < ($1.scope, $1.expiresOn) }
+    }
+
     func shutdown() async {
         await client.shutdown()
     }

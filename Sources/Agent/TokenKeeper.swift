@@ -61,6 +61,15 @@ final class TokenKeeper: Sendable {
         }
     }
 
+    /// For `agent status`: ready / unavailable / stopped, why, and since when.
+    var summary: (state: String, reason: String?, since: Date?) {
+        switch state.withLock({ $0 }) {
+        case .ready: return ("ready", nil, nil)
+        case .unavailable(let reason, let since): return ("unavailable", reason, since)
+        case .stopped(let reason): return ("stopped", reason, nil)
+        }
+    }
+
     var isReady: Bool {
         if case .ready = state.withLock({ $0 }) { return true }
         return false

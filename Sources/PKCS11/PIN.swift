@@ -110,9 +110,11 @@ public struct PINProvider: Sendable {
 
     /// Reads a PIN file: its first line, without `\r\n`. Refused before anything reaches the
     /// token (a refusal costs no PIN try): anything but a regular file (a directory, a FIFO that
-    /// could block for ever, `/dev/zero`), a file that group or others may read or write, one
-    /// larger than ``maximumFileSize``, and one whose first line is empty.
-    static func read(path: String, origin: PINOrigin) throws -> SecretBytes {
+    /// could block for ever, `/dev/zero`), a file that others may read or write, or that its group
+    /// may (unless it is root's and the group is the process's own, as Kubernetes mounts a secret
+    /// for a pod's `fsGroup`: `0440 root:GID`), one larger than ``maximumFileSize``, and one whose
+    /// first line is empty.
+    static func read(path: String, origin: PINOrigin, what: String = "the PIN file") throws -> SecretBytes {
         let expanded = (path as NSString).expandingTildeInPath
         // O_NONBLOCK: opening a FIFO with no writer must not hang; it is refused below.
         let fd = open(expanded, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
@@ -131,15 +133,16 @@ public struct PINProvider: Sendable {
             throw PKCS11Error(.pinSourceUnreadable, "the PIN source \(origin) is \(kind)",
                               hint: "give a regular file that holds the PIN on its first line; nothing was sent to the token")
         }
-        guard info.st_mode & 0o077 == 0 else {
+        let groupMayRead = info.st_uid == 0 && info.st_gid == getegid() && info.st_mode & 0o037 == 0
+        guard info.st_mode & 0o077 == 0 || groupMayRead else {
             throw PKCS11Error(.pinSourceUnreadable,
-                "the PIN file \(expanded) may be read or written by others (mode \(String(info.st_mode & 0o777, radix: 8)))",
+                "\(what) \(expanded) may be read or written by others (mode \(String(info.st_mode & 0o777, radix: 8)))",
                 hint: "chmod 600 \(expanded); nothing was sent to the token")
         }
         guard info.st_size <= maximumFileSize else {
             throw PKCS11Error(.pinSourceUnreadable,
-                "the PIN file \(expanded) is \(info.st_size) bytes; a PIN file holds one line",
-                hint: "check the path (is it the PIN file?); nothing was sent to the token")
+                "\(what) \(expanded) is \(info.st_size) bytes; it should hold one line",
+                hint: "check the path; nothing was sent to the token")
         }
         var buffer = [UInt8](repeating: 0, count: maximumFileSize + 1)
         defer { for i in buffer.indices { buffer[i] = 0 } }
@@ -151,15 +154,21 @@ public struct PINProvider: Sendable {
             length += n
         }
         guard length <= maximumFileSize else {
-            throw PKCS11Error(.pinSourceUnreadable, "the PIN file \(expanded) grew past \(maximumFileSize) bytes while it was read")
+            throw PKCS11Error(.pinSourceUnreadable, "\(what) \(expanded) grew past \(maximumFileSize) bytes while it was read")
         }
         var end = buffer[0..<length].firstIndex(of: 0x0a) ?? length
         if end > 0 && buffer[end - 1] == 0x0d { end -= 1 }
         guard end > 0 else {
-            throw PKCS11Error(.pinSourceUnreadable, "the PIN file \(expanded) is empty (its first line has no PIN)",
-                              hint: "write the PIN on the file's first line; nothing was sent to the token")
+            throw PKCS11Error(.pinSourceUnreadable, "\(what) \(expanded) is empty (its first line holds nothing)",
+                              hint: "write the secret on the file's first line; nothing was sent to the token")
         }
         return SecretBytes(buffer[0..<end])
+    }
+
+    /// A secret that is not a PIN (a shared header value, a password) read from a file by the PIN
+    /// file's rules: its first line, the file readable by its owner only.
+    public static func readSecretFile(_ path: String, what: String) throws -> SecretBytes {
+        try read(path: path, origin: .file(path), what: what)
     }
 
     /// Reads a line from the terminal with echo off.

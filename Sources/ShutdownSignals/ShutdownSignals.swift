@@ -9,12 +9,14 @@ public enum ShutdownSignals {
     /// the process dies (status 143) before the ServiceGroup sees the signal. Call this first in
     /// the command, before NIO and Hummingbird start their threads (which inherit the mask): the
     /// signals then stay pending for the signalfd.
-    public static func blockInAllThreads() {
+    /// `also`: other signals a service of the process handles the same way (the agent's SIGHUP).
+    public static func blockInAllThreads(also: [Int32] = []) {
         #if os(Linux)
         var set = sigset_t()
         sigemptyset(&set)
         sigaddset(&set, SIGTERM)
         sigaddset(&set, SIGINT)
+        for signal in also { sigaddset(&set, signal) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
         #endif
     }

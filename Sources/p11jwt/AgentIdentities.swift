@@ -63,7 +63,8 @@ enum AgentIdentities {
                 })
             }
             var entra = defaults
-            entra.tenant = try string("tenant", required: true)!
+            // The tenant may be the agent's (flag, environment, the file's own `tenant`).
+            entra.tenant = try string("tenant", required: defaults.tenant.isEmpty) ?? defaults.tenant
             entra.clientID = try string("clientId", required: true)!
             entra.cacheFile = nil
             if let host = try string("authorityHost") { entra.endpoints.authorityHost = try EntraValue.endpoint(host, what: "\(place): authorityHost") }

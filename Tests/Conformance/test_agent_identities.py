@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 
 import pytest
@@ -113,3 +114,91 @@ def test_an_identity_limited_to_other_uids_is_refused_with_its_key(identities, h
         assert status == 403 and answer["error"] == "forbidden", (path, body, answer)
     status, answer = socket_call(socket, "/v1/token", {"identity": "nobody-knows"})
     assert status == 400 and answer["error"] == "unknownIdentity", answer
+
+
+def managed_identity_token(variables, client_id):
+    """One App Service managed-identity request, as azure-identity sends it: (status, body)."""
+    import http.client
+    import urllib.parse
+    url = urllib.parse.urlsplit(variables["IDENTITY_ENDPOINT"])
+    query = urllib.parse.urlencode({"api-version": "2019-08-01", "resource": "https://graph.microsoft.com", "client_id": client_id})
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        connection.request("GET", f"{url.path}?{query}", headers={"X-IDENTITY-HEADER": variables["IDENTITY_HEADER"]})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_sighup_adds_an_identity_without_dropping_a_request(emulator, hardware, workdir):
+    """SIGHUP (systemctl reload) re-reads the identities: one added is served, requests for the
+    one kept never fail meanwhile (nor lose its cached token), and a broken file changes nothing."""
+    import signal
+    import threading
+    key = run([BIN, "keygen", "--token", f"pkcs11:token={hardware.label}", "--label", "reloaded", "--key-type", "rsa:2048",
+               "--pin-file", hardware.pin_file], env=hardware.env).stdout.strip()
+    cert = workdir / "reloaded.pem"
+    run([BIN, "cert", "create", "--key", key, "--subject", "CN=reloaded", "--days", "30", "--store", "--out", cert,
+         "--pin-file", hardware.pin_file], env=hardware.env)
+    added = emulator.create_app("reloaded-app", cert)
+    first = hardware.app
+    entry = """  - name: {name}
+    clientId: {client}
+    key: "{key}"
+"""
+    head = f"pin-file: {hardware.pin_file}\ntenant: {first['tenantId']}\nauthority-host: {emulator.url}\nca-file: {emulator.ca}\nidentities:\n"
+    config = workdir / "agent-reload.yaml"
+    config.write_text(head + entry.format(name="orders", client=first["appId"], key=hardware.key))
+    socket_dir = tempfile.mkdtemp(prefix="p11jwt-reload-")
+    socket = os.path.join(socket_dir, "agent.sock")
+    running = RunningAgent(["--config", config, "--managed-identity", "--socket", socket], hardware.env, workdir, "reload-agent")
+    try:
+        variables = running.variables
+        assert managed_identity_token(variables, first["appId"])[0] == 200
+        status, answer = managed_identity_token(variables, added["appId"])
+        assert status == 400, answer
+
+        statuses, stop = [], threading.Event()
+
+        def hammer():
+            while not stop.is_set():
+                statuses.append(managed_identity_token(variables, first["appId"])[0])
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        config.write_text(head + entry.format(name="orders", client=first["appId"], key=hardware.key)
+                          + entry.format(name="reloaded", client=added["appId"], key=key))
+        running.process.send_signal(signal.SIGHUP)
+        deadline = time.time() + 20
+        while time.time() < deadline and managed_identity_token(variables, added["appId"])[0] != 200:
+            time.sleep(0.1)
+        time.sleep(0.3)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        status, answer = managed_identity_token(variables, added["appId"])
+        assert status == 200 and claims(answer["access_token"])["appid"] == added["appId"], answer
+        assert len(statuses) > 20 and set(statuses) == {200}, f"{len(statuses)} requests: {sorted(set(statuses))}"
+        report = json.loads(run([BIN, "agent", "status", "--socket", socket, "--output", "json"]).stdout)
+        kept = {i["name"]: i for i in report["identities"]}
+        assert set(kept) == {"orders", "reloaded"}
+        # The identity kept, kept its broker: its token is still held, not fetched again.
+        assert [t["scope"] for t in kept["orders"]["cachedTokens"]] == ["https://graph.microsoft.com/.default"]
+
+        # A broken file: refused, said in the status, and the identities before keep working.
+        config.write_text(head + "  - name: broken\n")
+        running.process.send_signal(signal.SIGHUP)
+        deadline = time.time() + 20
+        errors = []
+        while time.time() < deadline and not errors:
+            report = json.loads(run([BIN, "agent", "status", "--socket", socket, "--output", "json"]).stdout)
+            errors = [e for e in report["recentErrors"] if e["operation"] == "reload"]
+            time.sleep(0.1)
+        assert errors and "broken" in errors[0]["message"], report["recentErrors"]
+        assert managed_identity_token(variables, added["appId"])[0] == 200
+        assert running.process.poll() is None
+    finally:
+        running.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)

@@ -177,6 +177,40 @@ struct AgentTests {
     }
 
     /// Many clients asking for the same token at once: one request reaches Entra.
+    /// `p11jwt agent status`: the token and its login, the identity and its certificate, the
+    /// token held in memory, the requests served and refused with the latest refusal — and no
+    /// secret; exit 1 once no agent listens.
+    @Test func statusReportsWhatTheAgentServesAndNoSecret() throws {
+        let f = try WorkflowFixture()
+        let agent = try RunningAgent(f)
+        let client = agent.client
+        let token: AgentAPI.AccessTokenResponse = try client.call("POST", "/v1/token", body: AgentAPI.AccessTokenRequest())
+        #expect(throws: AgentClientError.self) { try client.sign(.init(key: nil, alg: "HS256", value: "AAAA")) }
+
+        let result = try agent.cli(["agent", "status", "--output", "json"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let status = try JSONDecoder().decode(AgentAPI.Status.self, from: Data(result.stdout.utf8))
+        #expect(status.pid == agent.process.processIdentifier)
+        #expect(status.token.label == f.tokenLabel && status.token.state == "ready" && status.token.loggedIn)
+        #expect(status.endpoints.socket == agent.socket)
+        let identity = try #require(status.identities.first)
+        #expect(identity.clientId == f.appId && identity.isDefault)
+        #expect(identity.thumbprint == (try opensslThumbprint(f.bootstrapCertificate)))
+        let scopes = identity.cachedTokens.map(\.scope)
+        #expect(scopes == [token.scope], "\(scopes)")
+        #expect(status.requests.served == 1 && status.requests.refused == 1, "\(status.requests)")
+        #expect(status.recentErrors.map(\.operation) == ["sign"] && status.recentErrors.first?.error == "badRequest")
+        let text = try agent.cli(["agent", "status"])
+        #expect(text.status == 0 && text.stdout.contains("ready, logged in") && text.stdout.contains(f.appId), "\(text.stdout)")
+        for output in [result.stdout, text.stdout] {
+            #expect(!output.contains(token.access_token) && !output.contains("pin-value"), "a secret in the status")
+        }
+
+        #expect(agent.stop() == 0)
+        let gone = try agent.cli(["agent", "status"])
+        #expect(gone.status == 1 && gone.stderr.contains("no agent is listening"), "\(gone.stderr)")
+    }
+
     @Test func concurrentTokenRequestsAreOneFlightThenCached() throws {
         let f = try WorkflowFixture()
         let agent = try RunningAgent(f)

@@ -36,6 +36,10 @@ struct ServiceUnitTests {
         ] {
             #expect(lines.contains(directive), "\(unit) lacks \(directive)")
         }
+        if unit == "p11jwt-agent.service" {
+            // systemctl reload re-reads the identities (SIGHUP).
+            #expect(lines.contains("ExecReload=/bin/kill -HUP $MAINPID"))
+        }
         // No PIN on a command line or in the unit's environment.
         #expect(!text.contains("P11JWT_PIN=") && !text.contains("pin-value"))
 

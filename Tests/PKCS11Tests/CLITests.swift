@@ -447,7 +447,7 @@ struct HelpTextTests {
     /// that ignored or refused it (issue 16).
     @Test func helpListsNoOptionTheCommandIgnores() throws {
         let absent: [[String]: [String]] = [
-            ["agent"]: ["--no-agent", "--cert ", "--cert-file"],
+            ["agent", "run"]: ["--no-agent", "--cert ", "--cert-file"],
             ["rotate"]: ["--service-principal", "--no-agent"],
             ["access-token"]: ["--state-dir"],
             ["cert", "create"]: ["--cert ", "--cert-file"],

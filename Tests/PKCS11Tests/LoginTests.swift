@@ -115,6 +115,17 @@ struct LoginTests {
         let twoLines = try dir.write("two-lines", "\(testPIN)\nsecond line\n")
         let (pin, _) = try #require(try PINProvider(pinFile: twoLines, environment: [:], allowPrompt: false).pin(uri: nil, tokenLabel: "x"))
         #expect(pin.withUnsafeBytes { Array($0) } == Array(testPIN.utf8))
+        // A Kubernetes secret mounted for the pod's fsGroup is 0440 root:GID: readable when it
+        // is root's and GID is the process's; a group-readable file of anyone else's is refused.
+        let groupReadable = try dir.write("group-readable", "\(testPIN)\n", mode: 0o440)
+        let provider = PINProvider(pinFile: groupReadable, environment: [:], allowPrompt: false)
+        if getuid() == 0 && getegid() == 0 {
+            let (fromGroup, _) = try #require(try provider.pin(uri: nil, tokenLabel: "x"))
+            #expect(fromGroup.withUnsafeBytes { Array($0) } == Array(testPIN.utf8))
+            #expect(chown(groupReadable, 0, 12345) == 0)
+        }
+        let other = #expect(throws: PKCS11Error.self) { try provider.pin(uri: nil, tokenLabel: "x") }
+        #expect(other?.hint?.contains("chmod 600") == true)
     }
 
     @Test(arguments: TokenImplementation.available)

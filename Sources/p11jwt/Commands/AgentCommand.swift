@@ -9,12 +9,34 @@ import TokenSigning
 import ServiceLifecycle
 import ShutdownSignals
 
+/// `p11jwt agent`: run the agent (`run`, the default subcommand, so `p11jwt agent --key …` runs
+/// it) or ask a running one how it is doing (`status`).
 struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "agent",
         abstract: "Log in once and serve signatures, assertions and tokens to other processes over a Unix socket.",
         discussion: """
-            Runs in the foreground until SIGTERM / SIGINT. The socket is 0600 in a 0700 directory (0666 in a \
+            p11jwt agent OPTIONS runs the agent (agent run, the default); p11jwt agent status asks a \
+            running one what it serves and how it is doing.
+            """,
+        subcommands: [AgentRunCommand.self, AgentStatusCommand.self],
+        defaultSubcommand: AgentRunCommand.self)
+
+    static func defaultSocket() -> String {
+        if let runtime = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], !runtime.isEmpty {
+            return runtime + "/p11jwt/agent.sock"
+        }
+        return "/tmp/p11jwt-\(getuid())/agent.sock"
+    }
+}
+
+struct AgentRunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Log in once and serve signatures, assertions and tokens to other processes over a Unix socket (the default).",
+        discussion: """
+            Runs in the foreground until SIGTERM / SIGINT; SIGHUP reloads the config file's identities \
+            (the same token and login). The socket is 0600 in a 0700 directory (0666 in a \
             0711 one with --allow-uid/--allow-gid), and a connection from another uid is closed unless --allow-uid names it or \
             --allow-gid names its effective gid; another uid may hold at most 16 connections. With P11JWT_AGENT_SOCK set, \
             every p11jwt command that signs goes through the agent (--no-agent bypasses it). \
@@ -56,6 +78,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Port of the managed-identity endpoint (0: any free port).", valueName: "port"))
     var port: Int = 0
 
+    @Option(name: .long, help: ArgumentHelp("Require the secret in this file (its first line; 0600) in X-IDENTITY-HEADER, instead of a new one per start: for apps given IDENTITY_HEADER ahead of time (a Kubernetes secret).", valueName: "file"))
+    var identityHeaderFile: String?
+
     @Option(name: .long, help: ArgumentHelp("Keep a fresh client assertion in this file (0600) for AZURE_FEDERATED_TOKEN_FILE.", valueName: "path"))
     var assertionFile: String?
 
@@ -78,15 +103,9 @@ struct AgentCommand: AsyncParsableCommand {
     @OptionGroup var keyOptions: KeyOptions
     @OptionGroup var outputOptions: OutputOptions
 
-    static func defaultSocket() -> String {
-        if let runtime = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], !runtime.isEmpty {
-            return runtime + "/p11jwt/agent.sock"
-        }
-        return "/tmp/p11jwt-\(getuid())/agent.sock"
-    }
-
     func run() async throws {
-        ShutdownSignals.blockInAllThreads()
+        // SIGHUP reloads the config file's identities (HangupReloader).
+        ShutdownSignals.blockInAllThreads(also: [SIGHUP])
         // The agent holds the PIN for its whole life: no core file may carry it, and no other
         // process of this user may read its memory or environment through /proc.
         if p11jwt_set_not_dumpable() != 0 {
@@ -108,6 +127,16 @@ struct AgentCommand: AsyncParsableCommand {
             _ = try entraConfiguration.validated()
             agentEntra = entraConfiguration
         }
+        var identitySecret: String?
+        if let identityHeaderFile {
+            guard managedIdentity || keyVault else { throw CLIError.usage("--identity-header-file needs --managed-identity (or --key-vault)") }
+            let secret = try PINProvider.readSecretFile(identityHeaderFile, what: "the identity header file")
+            let text = secret.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+            guard text.count >= 16, text.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else {
+                throw CLIError.usage("the identity header file \(identityHeaderFile) must hold at least 16 printable characters, no spaces, on its first line (e.g. openssl rand -hex 32)")
+            }
+            identitySecret = text
+        }
         if (managedIdentity || assertionFile != nil) && agentEntra == nil {
             throw CLIError.usage("--managed-identity and --assertion-file need --tenant and --client-id (or AZURE_TENANT_ID / AZURE_CLIENT_ID)")
         }
@@ -128,7 +157,7 @@ struct AgentCommand: AsyncParsableCommand {
         }
         let keyVaultDirectory = keyVaultDir.map { URL(fileURLWithPath: $0) }
             ?? CredentialRecords.defaultDirectory().appendingPathComponent("key-vault")
-        let socketPath = socket ?? Self.defaultSocket()
+        let socketPath = socket ?? AgentCommand.defaultSocket()
         // With identities and no --key: the default identity's key (its token is the agent's).
         let keyURI = try keyOptions.configuredKey() ?? (identities.first(where: \.isDefault) ?? identities.first)?.key ?? keyOptions.keyURI()
         // The PIN is asked for here, once.
@@ -142,6 +171,7 @@ struct AgentCommand: AsyncParsableCommand {
                 managedIdentityPort: managedIdentity ? port : nil, assertionFile: assertionFile, assertionLifetime: assertionLifetime)
             configuration.allowedGIDs = Set(allowGID)
             configuration.identities = identities
+            configuration.identitySecret = identitySecret
             if keyVault {
                 configuration.keyVaultPort = keyVaultPort
                 configuration.keyVaultDirectory = keyVaultDirectory
@@ -155,7 +185,12 @@ struct AgentCommand: AsyncParsableCommand {
         let printEnv = self.printEnv
         let json = outputOptions.output == .json
         do {
-            let services = try agent.services { environment in
+            var reload: (@Sendable () throws -> [Agent.Identity])?
+            if let path = settings.filePath {
+                let defaults = entraConfiguration
+                reload = { @Sendable in try AgentIdentities.read(path: path, defaults: defaults) }
+            }
+            let services = try agent.services(reloadIdentities: reload) { environment in
                 guard printEnv else { return }
                 if json {
                     // One line of JSON: a reader can take it as soon as the agent listens.
