@@ -157,20 +157,22 @@ public final class Agent: Sendable {
         let summary = keeper.summary
         let module = keeper.module
         let info = token?.info
+        let formatter = ISO8601DateFormatter()
+        let snapshot = served
+        let defaultName = Self.defaultIdentity(of: snapshot)?.identity.name
         var identities: [AgentAPI.Status.IdentityState] = []
-        for served in served {
+        for served in snapshot {
             let identity = served.identity
             let signer = signers.withLock { $0[identity.key] }
             identities.append(.init(
                 name: identity.name, tenant: identity.entra.tenant, clientId: identity.entra.clientID, objectId: identity.objectID,
-                isDefault: identity.isDefault || self.served.count == 1, key: Self.redacted(identity.key),
+                isDefault: identity.name == defaultName, key: Self.redacted(identity.key),
                 keyId: signer?.key.id.map { Hex.encode($0) }, thumbprint: signer?.certificate?.thumbprint.hexSHA1,
-                certificateExpires: signer?.certificate.map { ISO8601DateFormatter().string(from: $0.certificate.notValidAfter) },
+                certificateExpires: signer?.certificate.map { formatter.string(from: $0.certificate.notValidAfter) },
                 allowUids: identity.allowedUIDs.sorted(), allowGids: identity.allowedGIDs.sorted(),
                 cachedTokens: await served.broker.held()))
         }
         let recorded = activity.withLock { $0 }
-        let formatter = ISO8601DateFormatter()
         return AgentAPI.Status(
             pid: getpid(), version: BuildInfo.version, startedAt: formatter.string(from: startedAt),
             uptimeSeconds: Int(Date().timeIntervalSince(startedAt)),
@@ -261,20 +263,24 @@ public final class Agent: Sendable {
     }
 
     /// Whether two identities are the same application at the same endpoints (their broker and
-    /// its tokens can be kept).
+    /// its tokens can be kept: the broker's cache is keyed by scope and certificate, so a new key
+    /// gets new tokens through it).
     static func sameApplication(_ a: Identity, _ b: Identity) -> Bool {
-        a.name == b.name && a.key == b.key && a.entra.tenant == b.entra.tenant && a.entra.clientID == b.entra.clientID
+        a.entra.tenant == b.entra.tenant && a.entra.clientID == b.entra.clientID && a.entra.cloud == b.entra.cloud
             && a.entra.endpoints.authorityHost == b.entra.endpoints.authorityHost && a.entra.caFile == b.entra.caFile
-            && a.entra.cloud == b.entra.cloud
     }
 
     /// The identity a request names by name or client id (nil: the default one). nil when it
     /// names none the agent serves, or names none and there is no default.
     func identity(_ selector: String?) -> Served? {
-        guard let selector else {
-            return served.first { $0.identity.isDefault } ?? (served.count == 1 ? served.first : nil)
-        }
+        let served = served
+        guard let selector else { return Self.defaultIdentity(of: served) }
         return served.first { $0.identity.name == selector || $0.identity.entra.clientID.lowercased() == selector.lowercased() }
+    }
+
+    /// The identity answered when a request names none: the one marked default, else the only one.
+    static func defaultIdentity(of served: [Served]) -> Served? {
+        served.first { $0.identity.isDefault } ?? (served.count == 1 ? served.first : nil)
     }
 
     /// Refuses a socket peer that an identity's allow list leaves out, for a request that uses

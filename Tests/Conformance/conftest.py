@@ -137,6 +137,16 @@ class HardwareIdentity:
         run([BIN, "cert", "create", "--key", self.key, "--subject", "CN=p11jwt conformance", "--days", "30",
              "--store", "--out", self.cert_file, "--pin-file", self.pin_file], env=self.env)
 
+    def another_app(self, emulator, workdir, label):
+        """A second key on the token (labelled `label`), its certificate made in the token, and an
+        emulator application registered with that certificate: (key URI, app)."""
+        key = run([BIN, "keygen", "--token", f"pkcs11:token={self.label}", "--label", label, "--key-type", "rsa:2048",
+                   "--pin-file", self.pin_file], env=self.env).stdout.strip()
+        cert = workdir / f"{label}.pem"
+        run([BIN, "cert", "create", "--key", key, "--subject", f"CN={label}", "--days", "30", "--store", "--out", cert,
+             "--pin-file", self.pin_file], env=self.env)
+        return key, emulator.create_app(f"{label}-app", cert)
+
     def assertion(self, tenant, client_id, authority):
         """`p11jwt assertion`: a client assertion signed in the token."""
         return run([BIN, "assertion", "--key", self.key, "--tenant", tenant, "--client-id", client_id,

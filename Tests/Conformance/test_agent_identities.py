@@ -26,12 +26,7 @@ def claims(token):
 
 @pytest.fixture(scope="module")
 def identities(emulator, hardware, workdir):
-    second_key = run([BIN, "keygen", "--token", f"pkcs11:token={hardware.label}", "--label", "billing", "--key-type", "rsa:2048",
-                      "--pin-file", hardware.pin_file], env=hardware.env).stdout.strip()
-    second_cert = workdir / "billing.pem"
-    run([BIN, "cert", "create", "--key", second_key, "--subject", "CN=billing", "--days", "30", "--store", "--out", second_cert,
-         "--pin-file", hardware.pin_file], env=hardware.env)
-    second = emulator.create_app("billing-app", second_cert)
+    second_key, second = hardware.another_app(emulator, workdir, "billing")
     first = hardware.app
     config = workdir / "agent-identities.yaml"
     config.write_text(f"""pin-file: {hardware.pin_file}
@@ -136,12 +131,7 @@ def test_sighup_adds_an_identity_without_dropping_a_request(emulator, hardware, 
     one kept never fail meanwhile (nor lose its cached token), and a broken file changes nothing."""
     import signal
     import threading
-    key = run([BIN, "keygen", "--token", f"pkcs11:token={hardware.label}", "--label", "reloaded", "--key-type", "rsa:2048",
-               "--pin-file", hardware.pin_file], env=hardware.env).stdout.strip()
-    cert = workdir / "reloaded.pem"
-    run([BIN, "cert", "create", "--key", key, "--subject", "CN=reloaded", "--days", "30", "--store", "--out", cert,
-         "--pin-file", hardware.pin_file], env=hardware.env)
-    added = emulator.create_app("reloaded-app", cert)
+    key, added = hardware.another_app(emulator, workdir, "reloaded")
     first = hardware.app
     entry = """  - name: {name}
     clientId: {client}

@@ -38,7 +38,7 @@ let agent = try! Agent(
     configuration: .init(socketPath: directory + "/agent.sock", defaultKey: "pkcs11:token=fuzz;object=rsa"), token: token, module: module, logger: logger)
 let responder = AgentRoutes(agent: agent).router().buildResponder()
 nonisolated(unsafe) let channel = EmbeddedChannel()
-let routes = ["/v1/sign", "/v1/assertion", "/v1/pop", "/v1/jwt", "/v1/token", "/v1/keys", "/v1/health", "/v1/nothing"]
+let routes = ["/v1/sign", "/v1/assertion", "/v1/pop", "/v1/jwt", "/v1/token", "/v1/keys", "/v1/health", "/v1/status", "/v1/nothing"]
 
 runFuzzer { data, size in
     let input = bytes(data, size)
@@ -46,7 +46,7 @@ runFuzzer { data, size in
     let body = Array(input.dropFirst())
     var path = routes[Int(selector) % routes.count]
     var method = HTTPRequest.Method.post
-    if path == "/v1/keys" || path == "/v1/health" {
+    if path == "/v1/keys" || path == "/v1/health" || path == "/v1/status" {
         method = .get
         path += "?" + String(decoding: body, as: UTF8.self)
     }
