@@ -211,6 +211,26 @@ struct AgentTests {
         #expect(gone.status == 1 && gone.stderr.contains("no agent is listening"), "\(gone.stderr)")
     }
 
+    /// A header secret shared ahead of time is read by the PIN file's rules and refused, before
+    /// the token is opened, when it is short, readable by others, or given without an endpoint.
+    @Test func aBadIdentityHeaderFileIsRefusedBeforeTheToken() throws {
+        let f = try WorkflowFixture()
+        let short = try f.dir.write("short-header", "abc\n")
+        let open = try f.dir.write("open-header", String(repeating: "a", count: 32) + "\n", mode: 0o644)
+        let good = try f.dir.write("good-header", String(repeating: "a", count: 32) + "\n")
+        let base = ["agent", "--key", f.keyURI] + f.entraFlags
+        // Exit 2 for usage, 1 for a file that cannot be used (as for a PIN file).
+        for (extra, status, needle) in [
+            (["--managed-identity", "--identity-header-file", short], Int32(2), "at least 16 printable characters"),
+            (["--managed-identity", "--identity-header-file", open], Int32(1), "may be read or written by others"),
+            (["--identity-header-file", good], Int32(2), "needs --managed-identity"),
+        ] {
+            let result = try f.cli(base + extra)
+            #expect(result.status == status, "\(extra): \(result.stderr)")
+            #expect(result.stderr.contains(needle), "\(extra): \(result.stderr)")
+        }
+    }
+
     @Test func concurrentTokenRequestsAreOneFlightThenCached() throws {
         let f = try WorkflowFixture()
         let agent = try RunningAgent(f)

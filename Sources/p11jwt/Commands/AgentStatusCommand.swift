@@ -74,8 +74,7 @@ struct AgentStatusCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let environment = ProcessInfo.processInfo.environment["P11JWT_AGENT_SOCK"].flatMap { $0.isEmpty ? nil : $0 }
-        let path = socket ?? environment ?? AgentCommand.defaultSocket()
+        let path = socket ?? runningAgentSocket(noAgent: false) ?? AgentCommand.defaultSocket()
         guard AgentClient.isListening(path) else {
             throw CLIError(
                 message: "no agent is listening on \(path)",
