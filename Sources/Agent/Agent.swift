@@ -80,6 +80,10 @@ public final class Agent: Sendable {
         /// shared ahead of time (a Kubernetes secret the app's `IDENTITY_HEADER` also comes
         /// from); nil: a new random one per start, printed by `--print-env`.
         public var identitySecret: String?
+        /// A listening socket systemd passed (socket activation): served instead of binding
+        /// `socketPath` (which is then its path). systemd owns the file: the agent neither
+        /// changes its mode nor removes it.
+        public var inheritedSocket: InheritedSocket?
 
         public init(
             socketPath: String, defaultKey: String, allowedUIDs: Set<uid_t> = [], entra: EntraClient.Configuration? = nil,
@@ -182,8 +186,8 @@ public final class Agent: Sendable {
                 loggedIn: token?.isLoggedIn ?? false, reason: summary.reason, since: summary.since.map { formatter.string(from: $0) }),
             defaultKey: Self.redacted(configuration.defaultKey), identities: identities,
             endpoints: .init(
-                socket: configuration.socketPath, managedIdentity: managedIdentityURL.withLock { $0 }, keyVault: keyVault?.url,
-                assertionFile: configuration.assertionFile),
+                socket: configuration.socketPath, socketFromSystemd: configuration.inheritedSocket != nil,
+                managedIdentity: managedIdentityURL.withLock { $0 }, keyVault: keyVault?.url, assertionFile: configuration.assertionFile),
             requests: .init(served: recorded.served, refused: recorded.refused), recentErrors: recorded.recentErrors)
     }
 
@@ -393,7 +397,7 @@ public final class Agent: Sendable {
     public func services(
         reloadIdentities: (@Sendable () throws -> [Identity])? = nil, onReady: @escaping @Sendable ([String: String]) async -> Void
     ) throws -> [any Service] {
-        try prepareSocketPath()
+        if configuration.inheritedSocket == nil { try prepareSocketPath() }
         var services: [any Service] = []
         let managedIdentityPort = configuration.managedIdentityPort ?? (keyVault == nil ? nil : 0)
         let ready = ReadinessCounter(expected: 1 + (managedIdentityPort == nil ? 0 : 1) + (keyVault == nil ? 0 : 1)) { [self] in
@@ -401,21 +405,32 @@ public final class Agent: Sendable {
         }
         let peerCheck = PeerCredentialsHandler.Factory(
             allowed: { [self] in (allowedUIDs, allowedGIDs) }, connections: ConnectionsPerUID(limit: Self.connectionsPerUID), logger: logger)
-        let socketApp = Application(
-            router: AgentRoutes(agent: self).router(),
-            server: .http1(configuration: .init(additionalChannelHandlers: [peerCheck.make(), OversizedRequestCloser(limit: Self.maximumBody)], idleTimeout: Self.idleTimeout)),
-            configuration: .init(
-                address: .unixDomainSocket(path: configuration.socketPath), serverName: "p11jwt-agent",
-                availableConnectionsDelegate: MaximumAvailableConnections(Self.maximumConnections, logger: logger)),
-            onServerRunning: { [self] _ in
-                // Other uids named by --allow-uid must be able to connect; SO_PEERCRED decides who is served.
-                chmod(configuration.socketPath, sharesSocket ? 0o666 : 0o600)
-                ownsSocket.withLock { $0 = true }
-                logger.info("agent listening", metadata: ["socket": "\(configuration.socketPath)"])
+        let channel = HTTP1Channel.Configuration(
+            additionalChannelHandlers: [peerCheck.make(), OversizedRequestCloser(limit: Self.maximumBody)], idleTimeout: Self.idleTimeout)
+        if let inherited = configuration.inheritedSocket {
+            services.append(InheritedSocketServer(
+                socket: inherited, responder: AgentRoutes(agent: self).router().buildResponder(), channel: channel,
+                maximumConnections: Self.maximumConnections, serverName: "p11jwt-agent", logger: logger
+            ) { [self] in
+                logger.info("agent listening on the socket systemd passed", metadata: ["socket": "\(inherited.path)", "mode": "\(Self.describeFile(inherited.path))"])
                 await ready.signal()
-            },
-            logger: logger)
-        services.append(socketApp)
+            })
+        } else {
+            services.append(Application(
+                router: AgentRoutes(agent: self).router(),
+                server: .http1(configuration: channel),
+                configuration: .init(
+                    address: .unixDomainSocket(path: configuration.socketPath), serverName: "p11jwt-agent",
+                    availableConnectionsDelegate: MaximumAvailableConnections(Self.maximumConnections, logger: logger)),
+                onServerRunning: { [self] _ in
+                    // Other uids named by --allow-uid must be able to connect; SO_PEERCRED decides who is served.
+                    chmod(configuration.socketPath, sharesSocket ? 0o666 : 0o600)
+                    ownsSocket.withLock { $0 = true }
+                    logger.info("agent listening", metadata: ["socket": "\(configuration.socketPath)"])
+                    await ready.signal()
+                },
+                logger: logger))
+        }
         if let port = managedIdentityPort {
             guard !served.isEmpty || keyVault != nil else {
                 throw AgentError("invalidConfiguration", "the managed-identity endpoint needs a tenant and client id", hint: "give the tenant and the client id", settings: ["tenant", "client-id"])
@@ -454,6 +469,13 @@ public final class Agent: Sendable {
     }
 
     let managedIdentityURL = Mutex<String?>(nil)
+
+    /// A socket file's mode and owner, for the log: systemd set them, the agent did not.
+    static func describeFile(_ path: String) -> String {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return "unknown (\(String(cString: strerror(errno))))" }
+        return "0" + String(info.st_mode & 0o7777, radix: 8) + " owner \(info.st_uid):\(info.st_gid)"
+    }
     /// Set once this agent bound the socket: only then does shutdown remove it.
     let ownsSocket = Mutex(false)
 

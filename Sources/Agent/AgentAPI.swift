@@ -175,6 +175,8 @@ public enum AgentAPI {
 
         public struct Endpoints: Codable, Sendable {
             public var socket: String
+            /// The socket was passed by systemd (socket activation), which owns its file.
+            public var socketFromSystemd: Bool?
             public var managedIdentity: String?
             public var keyVault: String?
             public var assertionFile: String?

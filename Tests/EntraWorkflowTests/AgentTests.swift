@@ -783,3 +783,169 @@ extension AgentTests {
 func canImportAzureIdentity() -> Bool {
     (try? run(testPython, (testPython == "/usr/bin/env" ? ["python3"] : []) + ["-c", "import azure.identity"]).status) == 0
 }
+
+/// `systemd-socket-activate`, systemd's own implementation of the socket-passing protocol: it
+/// binds the socket, waits for the first connection and execs the command with LISTEN_FDS.
+let socketActivator: String? = ["/usr/bin/systemd-socket-activate", "/bin/systemd-socket-activate", "/lib/systemd/systemd-socket-activate"]
+    .first { FileManager.default.isExecutableFile(atPath: $0) }
+
+/// `p11jwt agent` under systemd-socket-activate (what p11jwt-agent.socket does), which execs it
+/// on a client's first connection, so the agent keeps the activator's pid.
+///
+/// Spawned with posix_spawn and reaped here, not by Foundation's `Process`: the activator closes
+/// the descriptors it inherits, among them the one `Process` watches for the child's exit, and
+/// `Process` would then block its reaper thread in `waitpid` on a process still running.
+final class ActivatedAgent: @unchecked Sendable {
+    let pid: pid_t
+    let logPath: String
+    private var exitStatus: Int32?
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    init(_ f: WorkflowFixture, socket: String, activatorFlags: [String] = [], extra: [String] = []) throws {
+        logPath = f.dir.file("activated-\(UUID().uuidString.prefix(6)).log")
+        let environment = f.hsm.environment.merging(f.environment) { $1 }.merging(["PATH": "/usr/bin:/bin"]) { $1 }
+        let arguments = [try #require(socketActivator), "--listen", socket] + activatorFlags
+            + environment.keys.sorted().flatMap { ["-E", $0] } + [try p11jwtBinary, "agent", "--key", f.keyURI] + f.entraFlags + extra
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // The signals as a fresh process has them: none blocked, none ignored.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var none = sigset_t(), all = sigset_t()
+        sigemptyset(&none)
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { (argv + envp).forEach { free($0) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, arguments[0], &actions, &attributes, argv, envp)
+        try #require(spawned == 0, "posix_spawn: \(String(cString: strerror(spawned)))")
+        self.pid = pid
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline, !FileManager.default.fileExists(atPath: socket) { Thread.sleep(forTimeInterval: 0.02) }
+        try #require(FileManager.default.fileExists(atPath: socket), "systemd-socket-activate did not listen: \(log)")
+    }
+
+    /// SIGTERM to the agent (or the activator still waiting); its exit status.
+    @discardableResult
+    func stop() -> Int32 {
+        if exitStatus == nil { kill(pid, SIGTERM) }
+        return waitForExit()
+    }
+
+    /// The exit status (128 + the signal for a signalled exit).
+    func waitForExit() -> Int32 {
+        if let exitStatus { return exitStatus }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let code = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        exitStatus = code
+        return code
+    }
+
+    var status: Int32 { waitForExit() }
+
+    deinit {
+        if exitStatus == nil {
+            kill(pid, SIGKILL)
+            _ = waitForExit()
+        }
+    }
+}
+
+extension AgentTests {
+    /// Socket activation: the agent serves on the listening socket systemd made and passed,
+    /// started by the first client, which is answered; systemd's mode stays on the file, and on
+    /// SIGTERM the agent leaves the file to systemd. The agent is the activator's own process
+    /// (exec keeps the pid), so it did not bind a socket of its own.
+    @Test(.enabled(if: socketActivator != nil, "needs systemd-socket-activate (the systemd package)"))
+    func theAgentServesOnTheSocketSystemdPasses() throws {
+        let f = try WorkflowFixture()
+        let directory = f.dir.file("activated")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let socket = directory + "/agent.sock"
+        let agent = try ActivatedAgent(f, socket: socket, extra: ["--socket", socket])
+        defer { agent.stop() }
+        // The socket unit's SocketMode=: one the agent never sets on a socket of its own.
+        chmod(socket, 0o640)
+        let client = AgentClient(socketPath: socket)
+        let health = try client.health()
+        #expect(health.status == "ok" && health.loggedIn, "\(agent.log)")
+        let publicKeyPEM = try run("openssl", ["x509", "-in", f.bootstrapCertificate, "-noout", "-pubkey"]).stdout
+        let message = Array("signed on an inherited socket".utf8)
+        let answer = try client.sign(.init(key: nil, alg: "PS256", value: Base64URL.encode(Array(SHA256.hash(data: message)))))
+        #expect(try IndependentVerifier.openssl(try #require(Base64URL.decode(answer.value)), message: message, algorithm: .PS256, publicKeyPEM: publicKeyPEM))
+
+        let status = try f.cli(["agent", "status", "--socket", socket, "--output", "json"])
+        #expect(status.status == 0, "\(status.stderr)")
+        let report = try JSONDecoder().decode(AgentAPI.Status.self, from: Data(status.stdout.utf8))
+        #expect(report.pid == agent.pid)
+        #expect(report.endpoints.socket == socket && report.endpoints.socketFromSystemd == true)
+        var info = stat()
+        #expect(stat(socket, &info) == 0 && info.st_mode & 0o777 == 0o640, "the agent changed systemd's mode: \(String(info.st_mode & 0o777, radix: 8))")
+        #expect(agent.stop() == 0, "\(agent.log)")
+        #expect(FileManager.default.fileExists(atPath: socket), "the agent removed the socket systemd owns")
+        #expect(agent.log.contains("agent listening on the socket systemd passed"), "\(agent.log)")
+    }
+
+    /// A socket systemd should not have passed is refused with what to change in the socket
+    /// unit, before the PIN is used: a connection (Accept=yes), two sockets, a --socket that is
+    /// not the one passed. LISTEN_PID naming another process is not this agent's activation.
+    @Test(.enabled(if: socketActivator != nil, "needs systemd-socket-activate (the systemd package)"))
+    func aSocketSystemdShouldNotHavePassedIsRefused() throws {
+        let f = try WorkflowFixture()
+        let directory = f.dir.file("refused")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        func firstConnection(_ socket: String) {
+            let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                let bytes = Array(socket.utf8)
+                raw.copyBytes(from: bytes)
+                raw[bytes.count] = 0
+            }
+            _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            var timeout = timeval(tv_sec: 30, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var byte: UInt8 = 0
+            _ = read(fd, &byte, 1)  // until the agent exits (its end closes)
+            close(fd)
+        }
+        func refused(_ agent: ActivatedAgent, _ socket: String, _ needle: String) {
+            firstConnection(socket)
+            let status = agent.waitForExit()
+            #expect(status != 0 && agent.log.contains(needle), "\(agent.log)")
+            #expect(!agent.log.contains("agent listening"), "\(agent.log)")
+        }
+        // Two ListenStream= lines.
+        refused(try ActivatedAgent(f, socket: directory + "/one.sock", activatorFlags: ["--listen", directory + "/two.sock"]),
+                directory + "/one.sock", "systemd passed 2 sockets")
+        // --socket naming another path: a usage error, exit 2.
+        let mismatched = try ActivatedAgent(f, socket: directory + "/passed.sock", extra: ["--socket", directory + "/other.sock"])
+        refused(mismatched, directory + "/passed.sock", "is not the socket systemd passed")
+        #expect(mismatched.status == 2)
+        // Accept=yes: the activator forks an agent per connection and goes on listening.
+        let accepting = try ActivatedAgent(f, socket: directory + "/accept.sock", activatorFlags: ["--accept"])
+        firstConnection(directory + "/accept.sock")
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline, !accepting.log.contains("Accept=yes") { Thread.sleep(forTimeInterval: 0.05) }
+        #expect(accepting.log.contains("the socket unit has Accept=yes") && !accepting.log.contains("agent listening"), "\(accepting.log)")
+        accepting.stop()
+
+        // LISTEN_PID of another process: the agent binds its own socket, as without systemd.
+        let agent = try RunningAgent(f, environment: ["LISTEN_PID": "1", "LISTEN_FDS": "1"])
+        defer { agent.stop() }
+        var info = stat()
+        #expect(stat(agent.socket, &info) == 0 && info.st_mode & 0o777 == 0o600)
+        #expect(try agent.client.health().status == "ok")
+    }
+}

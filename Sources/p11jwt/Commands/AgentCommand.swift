@@ -157,7 +157,13 @@ struct AgentRunCommand: AsyncParsableCommand {
         }
         let keyVaultDirectory = keyVaultDir.map { URL(fileURLWithPath: $0) }
             ?? CredentialRecords.defaultDirectory().appendingPathComponent("key-vault")
-        let socketPath = socket ?? AgentCommand.defaultSocket()
+        // Socket activation (p11jwt-agent.socket): systemd's listening socket, checked before the
+        // PIN is asked for. --socket, when given too, must name the same path.
+        let inherited = try InheritedSocket.fromEnvironment()
+        if let inherited, let socket, (socket as NSString).standardizingPath != (inherited.path as NSString).standardizingPath {
+            throw CLIError.usage("--socket \(socket) is not the socket systemd passed (\(inherited.path)): drop --socket or make it the socket unit's ListenStream=")
+        }
+        let socketPath = inherited?.path ?? socket ?? AgentCommand.defaultSocket()
         // With identities and no --key: the default identity's key (its token is the agent's).
         let keyURI = try keyOptions.configuredKey() ?? (identities.first(where: \.isDefault) ?? identities.first)?.key ?? keyOptions.keyURI()
         // The PIN is asked for here, once.
@@ -172,6 +178,7 @@ struct AgentRunCommand: AsyncParsableCommand {
             configuration.allowedGIDs = Set(allowGID)
             configuration.identities = identities
             configuration.identitySecret = identitySecret
+            configuration.inheritedSocket = inherited
             if keyVault {
                 configuration.keyVaultPort = keyVaultPort
                 configuration.keyVaultDirectory = keyVaultDirectory

@@ -37,7 +37,7 @@ struct AgentStatusCommand: AsyncParsableCommand {
             if let reason = s.token.reason { token += " — \(reason)\(s.token.since.map { " since \($0)" } ?? "")" }
             lines.append(token)
             lines.append("default key: \(s.defaultKey)")
-            lines.append("socket: \(s.endpoints.socket)")
+            lines.append("socket: \(s.endpoints.socket)\(s.endpoints.socketFromSystemd == true ? " (from systemd)" : "")")
             if let url = s.endpoints.managedIdentity { lines.append("managed identity: \(url)") }
             if let url = s.endpoints.keyVault { lines.append("key vault: \(url)") }
             if let path = s.endpoints.assertionFile { lines.append("assertion file: \(path)") }
