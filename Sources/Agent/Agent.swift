@@ -115,9 +115,12 @@ public final class Agent: Sendable {
     /// request works with the snapshot it started with.
     private let servedBox: Mutex<[Served]>
     var served: [Served] { servedBox.withLock { $0 } }
-    /// Brokers of identities a reload removed: requests under way may still use them; their
-    /// HTTP clients are shut down with the agent.
-    private let retiredBrokers = Mutex<[TokenBroker]>([])
+    /// Brokers of identities a reload removed: requests under way may still use them, so their
+    /// HTTP clients are shut down by a later reload once ``retirementGrace`` has passed (an agent
+    /// reloaded often holds only the last few minutes' worth), or with the agent.
+    private let retiredBrokers = Mutex(Retirements<TokenBroker>(grace: Agent.retirementGrace))
+    /// Longer than any request takes (the token endpoint's timeouts and retries included).
+    static let retirementGrace: Duration = .seconds(300)
 
     struct Served: Sendable {
         let identity: Identity
@@ -255,8 +258,12 @@ public final class Agent: Sendable {
             next.append(Served(identity: identity, broker: broker, keyID: signer.key.id))
         }
         let kept = Set(next.map { ObjectIdentifier($0.broker) })
-        retiredBrokers.withLock { $0 += current.map(\.broker).filter { !kept.contains(ObjectIdentifier($0)) } }
+        let due = retiredBrokers.withLock { retired in
+            retired.retire(current.map(\.broker).filter { !kept.contains(ObjectIdentifier($0)) })
+            return retired.due()
+        }
         servedBox.withLock { $0 = next }
+        for broker in due { await broker.shutdown() }
         if sharesSocket, ownsSocket.withLock({ $0 }) {
             // Newly allowed uids must reach the socket.
             chmod((configuration.socketPath as NSString).deletingLastPathComponent, 0o711)
@@ -561,7 +568,7 @@ public final class Agent: Sendable {
     /// After the services stopped: log out, forget keys, remove the socket and assertion file.
     public func shutdown() async {
         for served in served { await served.broker.shutdown() }
-        for broker in retiredBrokers.withLock({ $0 }) { await broker.shutdown() }
+        for broker in retiredBrokers.withLock({ $0.all() }) { await broker.shutdown() }
         signers.withLock { $0 = [:] }
         if let token = keeper.shutdown() {
             token.logout()
@@ -573,6 +580,33 @@ public final class Agent: Sendable {
             if let path = configuration.assertionFile { unlink(path) }
         }
         logger.info("agent stopped")
+    }
+}
+
+/// Things taken out of service that may still be in use: each handed back by `due()` once
+/// `grace` has passed since it was retired.
+struct Retirements<Item> {
+    let grace: Duration
+    private var items: [(item: Item, since: ContinuousClock.Instant)] = []
+
+    init(grace: Duration) { self.grace = grace }
+
+    mutating func retire(_ retired: [Item], at now: ContinuousClock.Instant = .now) {
+        items += retired.map { ($0, now) }
+    }
+
+    /// Those retired at least `grace` ago, removed from the list.
+    mutating func due(at now: ContinuousClock.Instant = .now) -> [Item] {
+        let grace = self.grace
+        let due = items.filter { now - $0.since >= grace }.map(\.item)
+        items.removeAll { now - $0.since >= grace }
+        return due
+    }
+
+    /// Everything still held, removed from the list (the agent stops).
+    mutating func all() -> [Item] {
+        defer { items = [] }
+        return items.map(\.item)
     }
 }
 

@@ -9,7 +9,7 @@ import TestSupport
 @Suite("systemd units")
 struct ServiceUnitTests {
     static let directory = repositoryRoot.appendingPathComponent("deploy/systemd")
-    static let units = ["p11jwt-agent.service", "p11jwt-rotate.service", "p11jwt-rotate.timer"]
+    static let units = ["p11jwt-agent.service", "p11jwt-agent.socket", "p11jwt-rotate.service", "p11jwt-rotate.timer"]
 
     @Test func systemdAnalyzeVerifyAcceptsTheUnits() throws {
         let binary = try p11jwtBinary
@@ -52,6 +52,30 @@ struct ServiceUnitTests {
         let result = try run(try p11jwtBinary, arguments, environment: ["HOME": dir.path, "PATH": "/usr/bin:/bin"])
         #expect(result.status == 2, "\(result.stderr)")
         #expect(result.stderr.contains("cannot read the") && result.stderr.contains(dir.file("etc")), "\(result.stderr)")
+    }
+
+    /// The agent's socket is the socket unit's: the service requires it, names its path, and has
+    /// no runtime directory (systemd would remove it, socket and all, when the agent stops); the
+    /// unit passes one listening socket (Accept=no), which the agent takes.
+    @Test func theAgentsSocketIsTheSocketUnits() throws {
+        func lines(_ unit: String) throws -> [String: String] {
+            let text = try String(contentsOf: Self.directory.appendingPathComponent(unit), encoding: .utf8)
+            var lines: [String: String] = [:]
+            for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+                guard let equals = line.firstIndex(of: "=") else { continue }
+                let key = String(line[..<equals]), value = String(line[line.index(after: equals)...])
+                lines[key] = lines[key].map { $0 + " " + value } ?? value  // After= lines add up
+            }
+            return lines
+        }
+        let socket = try lines("p11jwt-agent.socket"), service = try lines("p11jwt-agent.service")
+        let path = try #require(socket["ListenStream"])
+        #expect(path.hasPrefix("/") && !path.contains(" "), "one ListenStream= with a path: \(path)")
+        #expect(socket["Accept"] == "no" && socket["SocketUser"] == service["User"])
+        #expect(service["Requires"]?.contains("p11jwt-agent.socket") == true && service["After"]?.contains("p11jwt-agent.socket") == true)
+        #expect(service["Also"] == "p11jwt-agent.socket")
+        #expect(service["ExecStart"]?.contains("--socket \(path)") == true, "\(service["ExecStart"] ?? "")")
+        #expect(service["RuntimeDirectory"] == nil)
     }
 
     @Test func theTimerRunsTheRotationDailyWithARandomDelay() throws {

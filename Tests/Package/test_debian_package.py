@@ -2,9 +2,11 @@
 installed files only (the binaries, the units, the example config, the system user), and purged.
 Run by `scripts/package --test` (root: it is a system install); P11JWT_DEB names the package.
 
-The agent is started the way systemd starts p11jwt-agent.service: the unit's own ExecStart and
-Environment lines, as its User=, with the PIN in a credentials directory (%d), its runtime and
-state directories, and UMask; a drop-in's SOFTHSM2_CONF points it at a test token."""
+The agent is started the way systemd starts p11jwt-agent.service from p11jwt-agent.socket: the
+socket unit's listening socket (made by systemd-socket-activate, with the unit's owner, mode and
+directory mode), then on the first connection the service's own ExecStart and Environment lines,
+as its User=, with the PIN in a credentials directory (%d), its state directory, and UMask; a
+drop-in's SOFTHSM2_CONF points it at a test token."""
 import base64
 import grp
 import json
@@ -105,7 +107,7 @@ def test_postinst_made_a_system_user_without_a_login(installed):
 
 
 def test_the_installed_units_verify_and_the_completion_loads(installed):
-    units = [f"{UNITS}/{name}" for name in ("p11jwt-agent.service", "p11jwt-rotate.service", "p11jwt-rotate.timer")]
+    units = [f"{UNITS}/{name}" for name in ("p11jwt-agent.service", "p11jwt-agent.socket", "p11jwt-rotate.service", "p11jwt-rotate.timer")]
     result = run(["systemd-analyze", "verify", *units], check=False)
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
     completion = run(["bash", "-c", "source /usr/share/bash-completion/completions/p11jwt && complete -p p11jwt"])
@@ -172,14 +174,14 @@ class Emulator:
         assert self.process.wait(timeout=30) == 0
 
 
-def unit_service_lines(unit):
-    """The [Service] section's `Key=value` lines of an installed unit, in order."""
+def unit_lines(unit, wanted="[Service]"):
+    """A section's `Key=value` lines of an installed unit, in order."""
     lines, section = [], None
     for raw in Path(unit).read_text().splitlines():
         line = raw.strip()
         if line.startswith("["):
             section = line
-        elif section == "[Service]" and line and not line.startswith("#") and "=" in line:
+        elif section == wanted and line and not line.startswith("#") and "=" in line:
             key, value = line.split("=", 1)
             lines.append((key, value))
     return lines
@@ -221,7 +223,7 @@ def agent(softhsm, workdir):
     pin.write_text(PIN + "\n")
     os.chmod(pin, 0o600)
 
-    service = unit_service_lines(f"{UNITS}/p11jwt-agent.service")
+    service = unit_lines(f"{UNITS}/p11jwt-agent.service")
     settings = dict(service)
     user = settings["User"]
     account = pwd.getpwnam(user)
@@ -232,12 +234,11 @@ def agent(softhsm, workdir):
     shutil.copy(source, credentials / name)
     os.chmod(credentials / name, 0o400)
     run(["chown", "-R", f"{user}:{user}", credentials])
-    # RuntimeDirectory= and StateDirectory=, made by systemd with their modes.
-    for key, base in (("RuntimeDirectory", "/run"), ("StateDirectory", "/var/lib")):
-        path = Path(base) / settings[key]
-        path.mkdir(exist_ok=True)
-        os.chown(path, account.pw_uid, account.pw_gid)
-        os.chmod(path, int(settings[f"{key}Mode"], 8))
+    # StateDirectory=, made by systemd with its mode.
+    state = Path("/var/lib") / settings["StateDirectory"]
+    state.mkdir(exist_ok=True)
+    os.chown(state, account.pw_uid, account.pw_gid)
+    os.chmod(state, int(settings["StateDirectoryMode"], 8))
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": account.pw_dir, "USER": user, "LOGNAME": user,
            "SOFTHSM2_CONF": conf}  # the drop-in: Environment=SOFTHSM2_CONF=…
     for key, value in service:
@@ -247,17 +248,29 @@ def agent(softhsm, workdir):
     command = shlex.split(settings["ExecStart"])
     assert command[0] == "/usr/bin/p11jwt"
     umask = int(settings["UMask"], 8)
+    # p11jwt-agent.socket: its directory (DirectoryMode=, root's), its listening socket, made
+    # by systemd-socket-activate, which execs the service's command on the first connection.
+    unit = dict(unit_lines(f"{UNITS}/p11jwt-agent.socket", "[Socket]"))
+    socket_path = unit["ListenStream"]
+    os.makedirs(os.path.dirname(socket_path), mode=int(unit["DirectoryMode"], 8), exist_ok=True)
+    os.chmod(os.path.dirname(socket_path), int(unit["DirectoryMode"], 8))
     log = open(workdir / "agent.log", "w")
-    process = subprocess.Popen(as_user(user, command), env=env, stdout=log, stderr=log, preexec_fn=lambda: os.umask(umask))
-    socket_path = command[command.index("--socket") + 1]
+    activator = ["systemd-socket-activate", "--listen", socket_path, *[f"-E{name}" for name in sorted(env)]]
+    process = subprocess.Popen(activator + as_user(user, command), env=env, stdout=log, stderr=log,
+                               preexec_fn=lambda: os.umask(umask))
     deadline = time.time() + 60
     while time.time() < deadline and not os.path.exists(socket_path):
         assert process.poll() is None, (workdir / "agent.log").read_text()
         time.sleep(0.05)
     assert os.path.exists(socket_path), (workdir / "agent.log").read_text()
+    # SocketUser=, SocketGroup=, SocketMode=: systemd's, before any client connects.
+    shutil.chown(socket_path, unit["SocketUser"], unit["SocketGroup"])
+    os.chmod(socket_path, int(unit["SocketMode"], 8))
     yield process, socket_path, apps, user
     if process.poll() is None:
         process.kill()
+    # systemctl stop p11jwt-agent.socket (RemoveOnStop=yes).
+    Path(socket_path).unlink(missing_ok=True)
     emulator.stop()
     for path in ("/etc/p11jwt/config.yaml", "/etc/p11jwt/pin", str(ca)):
         Path(path).unlink(missing_ok=True)
@@ -280,15 +293,21 @@ def test_the_agent_runs_from_the_unit_and_serves_each_identity_to_its_user(agent
     # Another uid (root here) is not one the config allows: its connection is closed unanswered.
     refused = run(["curl", "-sS", "--unix-socket", socket_path, "http://agent/v1/health"], check=False)
     assert refused.returncode != 0
-    # The socket and state directories are the service user's, closed to others (the socket's is
-    # 0711 here: the example's allowUids make the agent open it to be walked through, not listed).
-    for directory in (os.path.dirname(socket_path), "/var/lib/p11jwt"):
-        info = os.stat(directory)
-        assert info.st_mode & 0o066 == 0 and pwd.getpwuid(info.st_uid).pw_name == user, (directory, oct(info.st_mode))
-    # SIGTERM (systemctl stop): a clean exit that removes the socket.
+    # The agent serves the socket it was handed (it is the activator's process, exec'd), and
+    # leaves the socket unit's owner and mode as they were.
+    status = json.loads(run(as_user(user, ["/usr/bin/p11jwt", "agent", "status", "--socket", socket_path, "--output", "json"])).stdout)
+    assert status["pid"] == process.pid and status["endpoints"]["socketFromSystemd"] is True, status
+    unit = dict(unit_lines(f"{UNITS}/p11jwt-agent.socket", "[Socket]"))
+    info = os.stat(socket_path)
+    assert oct(info.st_mode & 0o777) == oct(int(unit["SocketMode"], 8)) and pwd.getpwuid(info.st_uid).pw_name == unit["SocketUser"]
+    # The state directory is the service user's, closed to others.
+    info = os.stat("/var/lib/p11jwt")
+    assert info.st_mode & 0o077 == 0 and pwd.getpwuid(info.st_uid).pw_name == user, oct(info.st_mode)
+    # SIGTERM (systemctl stop p11jwt-agent.service): a clean exit; the socket stays, systemd's,
+    # for the next connection to start the agent again.
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0, (workdir / "agent.log").read_text()
-    assert not os.path.exists(socket_path)
+    assert os.path.exists(socket_path)
 
 
 def test_purge_removes_every_file_the_user_and_the_state(installed, agent):

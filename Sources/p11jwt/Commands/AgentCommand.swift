@@ -40,6 +40,9 @@ struct AgentRunCommand: AsyncParsableCommand {
             0711 one with --allow-uid/--allow-gid), and a connection from another uid is closed unless --allow-uid names it or \
             --allow-gid names its effective gid; another uid may hold at most 16 connections. With P11JWT_AGENT_SOCK set, \
             every p11jwt command that signs goes through the agent (--no-agent bypasses it). \
+            Started by systemd socket activation (p11jwt-agent.socket), it serves the listening socket \
+            systemd passes (LISTEN_FDS): the file, its mode and its removal stay systemd's, and --socket, \
+            if given, must name the same path. \
             --managed-identity serves the App Service managed-identity protocol on 127.0.0.1 and \
             --assertion-file keeps a fresh client assertion in a file, so unmodified Azure SDKs \
             (ManagedIdentityCredential, WorkloadIdentityCredential, DefaultAzureCredential) use the key. \
