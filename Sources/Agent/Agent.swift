@@ -297,19 +297,28 @@ public final class Agent: Sendable {
     /// Refuses a socket peer that an identity's allow list leaves out, for a request that uses
     /// the identity or its key.
     func authorize(_ peer: PeerCredential?, identity: Served?, key signer: TokenSigner?) throws {
+        try authorize(uid: peer?.uid, gid: peer?.gid, identity: identity, key: signer)
+    }
+
+    /// The same for a peer whose uid, or gid, may be unknown (a loopback TCP peer has no gid the
+    /// agent can learn): an unknown one matches no allow list.
+    func authorize(uid: uid_t?, gid: gid_t?, identity: Served?, key signer: TokenSigner?) throws {
         var guarded: [Served] = []
         if let identity { guarded.append(identity) }
         if let id = signer?.key.id { guarded += served.filter { $0.keyID == id } }
         for served in guarded where served.identity.isRestricted {
-            guard let peer else {
-                throw AgentError("forbidden", "identity '\(served.identity.name)' is limited to some users, and this connection's are unknown")
-            }
             let identity = served.identity
-            if peer.uid == getuid() || identity.allowedUIDs.contains(peer.uid) || identity.allowedGIDs.contains(peer.gid) { continue }
-            logger.warning("agent: refused uid \(peer.uid) for identity '\(identity.name)'")
+            guard let uid else {
+                logger.warning("agent: refused a connection whose uid is unknown for identity '\(identity.name)'")
+                throw AgentError("forbidden", "identity '\(identity.name)' is limited to some users, and this connection's are unknown")
+            }
+            if uid == getuid() || identity.allowedUIDs.contains(uid) || gid.map(identity.allowedGIDs.contains) == true { continue }
+            logger.warning("agent: refused uid \(uid) for identity '\(identity.name)'")
             throw AgentError(
-                "forbidden", "uid \(peer.uid) may not use identity '\(identity.name)' or its key",
-                hint: "the identity's allowUids / allowGids in the agent's config say who may")
+                "forbidden", "uid \(uid) may not use identity '\(identity.name)' or its key",
+                hint: gid == nil && identity.allowedUIDs.isEmpty
+                    ? "the identity allows only gids, which a TCP connection does not show: add its users to allowUids, or use the socket API"
+                    : "the identity's allowUids / allowGids in the agent's config say who may")
         }
     }
 

@@ -22,9 +22,9 @@ struct ManagedIdentityEndpoint: Sendable {
     let logger: Logger
 
     func application(onListening: @escaping @Sendable (String) async -> Void) -> some ServiceLifecycle.Service {
-        let router = Router()
-        router.get(.init(stringLiteral: Self.path)) { request, _ -> Response in
-            let response = try await answer(request)
+        let router = Router(context: LoopbackRequestContext.self)
+        router.get(.init(stringLiteral: Self.path)) { request, context -> Response in
+            let response = try await answer(request, peerUID: { context.peerUID })
             if response.status == .ok {
                 agent.record("managed-identity")
             }
@@ -46,7 +46,9 @@ struct ManagedIdentityEndpoint: Sendable {
             logger: logger)
     }
 
-    func answer(_ request: Request) async throws -> Response {
+    /// `peerUID`: the uid of the process that connected, when it can be learnt (asked only for
+    /// an identity limited to some users).
+    func answer(_ request: Request, peerUID: () -> uid_t? = { nil }) async throws -> Response {
         let header = request.headers.first { $0.name.canonicalName == "x-identity-header" }?.value
         guard let header, constantTimeEquals(Array(header.utf8), Array(agent.identitySecret.utf8)) else {
             logger.notice("managed identity: refused a request without the right X-IDENTITY-HEADER")
@@ -103,6 +105,15 @@ struct ManagedIdentityEndpoint: Sendable {
                 ? "this agent has no Entra application (no tenant and client id): it issues tokens only for its Key Vault resource \(agent.keyVault?.resource ?? "")"
                 : "this agent serves several identities and none is the default: name one with client_id"
             return try refuse(["error": "invalid_request", "error_description": why], status: .badRequest)
+        }
+        // An identity limited to some uids (allowUids) is theirs here too: the connection's
+        // owner is read from the kernel's socket table, as SO_PEERCRED gives it on the socket.
+        if served.identity.isRestricted {
+            do {
+                try agent.authorize(uid: peerUID(), gid: nil, identity: served, key: nil)
+            } catch let error as AgentError {
+                return try refuse(["error": "forbidden", "error_description": error.message + (error.hint.map { "; \($0)" } ?? "")], status: .forbidden)
+            }
         }
         let scope = resource.hasSuffix("/") ? resource + ".default" : resource + "/.default"
         do {

@@ -111,6 +111,33 @@ def test_an_identity_limited_to_other_uids_is_refused_with_its_key(identities, h
     assert status == 400 and answer["error"] == "unknownIdentity", answer
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second uid (CI runs as root)")
+def test_the_managed_identity_endpoint_keeps_a_limited_identity_to_its_uids(identities):
+    """Any local process reaches the loopback endpoint; an identity's allowUids hold there too
+    (the connection's owner read from the kernel's socket table), as SO_PEERCRED makes them hold
+    on the socket. Requests as azure-identity sends them, from other uids through setpriv."""
+    variables, first, second, _ = identities
+
+    def request(client_id, uid):
+        url = f"{variables['IDENTITY_ENDPOINT']}?api-version=2019-08-01&resource=https://graph.microsoft.com&client_id={client_id}"
+        command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "curl", "-sS",
+                   "-H", f"X-IDENTITY-HEADER: {variables['IDENTITY_HEADER']}", "-w", "\n%{http_code}", url]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        text, status = result.stdout.rsplit("\n", 1)
+        return int(status), json.loads(text)
+
+    # billing is limited to NOBODY - 1: that uid gets its token …
+    status, answer = request(second["appId"], NOBODY - 1)
+    assert status == 200 and claims(answer["access_token"])["appid"] == second["appId"], answer
+    # … another uid with the right header does not,
+    status, answer = request(second["appId"], NOBODY)
+    assert status == 403 and answer["error"] == "forbidden" and f"uid {NOBODY}" in answer["error_description"], answer
+    # and gets the identities no one limited.
+    status, answer = request(first["appId"], NOBODY)
+    assert status == 200 and claims(answer["access_token"])["appid"] == first["appId"], answer
+
+
 def managed_identity_token(variables, client_id):
     """One App Service managed-identity request, as azure-identity sends it: (status, body)."""
     import http.client

@@ -695,18 +695,7 @@ struct AgentTests {
         #expect(agent.stop() == 0, "\(agent.log)")
         #expect(!FileManager.default.fileExists(atPath: socket))
         // A stale socket file (no one listening) is replaced.
-        let fd = socket.withCString { path -> Int32 in
-            let s = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                let bytes = Array(socket.utf8)
-                raw.copyBytes(from: bytes)
-                raw[bytes.count] = 0
-            }
-            _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-            return s
-        }
+        let fd = unixSocket(socket, bind: true)
         close(fd)
         #expect(FileManager.default.fileExists(atPath: socket))
         let restarted = try RunningAgent(f)
@@ -714,6 +703,23 @@ struct AgentTests {
         #expect(restarted.stop() == 0)
         #expect(!FileManager.default.fileExists(atPath: socket))
     }
+}
+
+/// A Unix stream socket bound to `path` (`bind`), else connected to it.
+func unixSocket(_ path: String, bind shouldBind: Bool) -> Int32 {
+    let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        let bytes = Array(path.utf8)
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    let length = socklen_t(MemoryLayout<sockaddr_un>.size)
+    _ = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { shouldBind ? bind(fd, $0, length) : connect(fd, $0, length) }
+    }
+    return fd
 }
 
 /// The Python with azure-identity that scripts/test prepared (else whatever python3 is).
@@ -905,15 +911,7 @@ extension AgentTests {
         let directory = f.dir.file("refused")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         func firstConnection(_ socket: String) {
-            let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                let bytes = Array(socket.utf8)
-                raw.copyBytes(from: bytes)
-                raw[bytes.count] = 0
-            }
-            _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            let fd = unixSocket(socket, bind: false)
             var timeout = timeval(tv_sec: 30, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             var byte: UInt8 = 0
