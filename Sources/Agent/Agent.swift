@@ -297,18 +297,19 @@ public final class Agent: Sendable {
     /// Refuses a socket peer that an identity's allow list leaves out, for a request that uses
     /// the identity or its key.
     func authorize(_ peer: PeerCredential?, identity: Served?, key signer: TokenSigner?) throws {
-        try authorize(uid: peer?.uid, gid: peer?.gid, identity: identity, key: signer)
+        try authorize(uid: { peer?.uid }, gid: peer?.gid, identity: identity, key: signer)
     }
 
     /// The same for a peer whose uid, or gid, may be unknown (a loopback TCP peer has no gid the
     /// agent can learn): an unknown one matches no allow list.
-    func authorize(uid: uid_t?, gid: gid_t?, identity: Served?, key signer: TokenSigner?) throws {
+    /// `uid` is asked for only when an identity is limited.
+    func authorize(uid peerUID: () -> uid_t?, gid: gid_t?, identity: Served?, key signer: TokenSigner?) throws {
         var guarded: [Served] = []
         if let identity { guarded.append(identity) }
         if let id = signer?.key.id { guarded += served.filter { $0.keyID == id } }
         for served in guarded where served.identity.isRestricted {
             let identity = served.identity
-            guard let uid else {
+            guard let uid = peerUID() else {
                 logger.warning("agent: refused a connection whose uid is unknown for identity '\(identity.name)'")
                 throw AgentError("forbidden", "identity '\(identity.name)' is limited to some users, and this connection's are unknown")
             }

@@ -32,10 +32,10 @@ struct KeyVaultEndpoint: Sendable {
     let logger: Logger
 
     func application(onListening: @escaping @Sendable (Int) async -> Void) throws -> some ServiceLifecycle.Service {
-        let router = Router()
+        let router = Router(context: LoopbackRequestContext.self)
         for method in [HTTPRequest.Method.get, .post, .put, .patch, .delete] {
-            router.on("/**", method: method) { request, _ -> Response in
-                await answer(request)
+            router.on("/**", method: method) { request, context -> Response in
+                await answer(request, peerUID: { context.peerUID })
             }
         }
         return Application(
@@ -63,9 +63,11 @@ struct KeyVaultEndpoint: Sendable {
         var challenge = false
     }
 
-    func answer(_ request: Request) async -> Response {
+    /// `peerUID`: the connecting process's uid, asked for when the key is an identity's that is
+    /// limited to some users (``LoopbackPeer``).
+    func answer(_ request: Request, peerUID: () -> uid_t? = { nil }) async -> Response {
         do {
-            let response = try await route(request)
+            let response = try await route(request, peerUID: peerUID)
             agent.record("key-vault")
             return response
         } catch let failure as Failure {
@@ -95,7 +97,7 @@ struct KeyVaultEndpoint: Sendable {
         return response
     }
 
-    func route(_ request: Request) async throws -> Response {
+    func route(_ request: Request, peerUID: () -> uid_t?) async throws -> Response {
         var request = request
         try vault.authorize(request.headers[.authorization])
         let query = request.uri.queryParameters
@@ -127,7 +129,14 @@ struct KeyVaultEndpoint: Sendable {
             let key = try await vault.key(agent: agent, name: parts[1], version: parts.count == 4 ? parts[2] : nil)
             let body = try await request.collectBody(upTo: 1 << 16)
             switch operation {
-            case "sign": return try await sign(key, body: Data(buffer: body))
+            case "sign":
+                // The key of an identity limited to some uids signs only for them, as on the socket.
+                do {
+                    try agent.authorize(uid: peerUID, gid: nil, identity: nil, key: key.signer)
+                } catch let error as AgentError {
+                    throw Failure(status: .forbidden, code: "Forbidden", message: error.message + (error.hint.map { "; \($0)" } ?? ""))
+                }
+                return try await sign(key, body: Data(buffer: body))
             case "verify": return try await verify(key, body: Data(buffer: body))
             default:
                 throw Failure(status: .badRequest, code: "BadParameter", message: "Operation '\(operation)' is not supported: this vault signs and verifies.")

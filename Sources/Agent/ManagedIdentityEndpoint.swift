@@ -108,12 +108,10 @@ struct ManagedIdentityEndpoint: Sendable {
         }
         // An identity limited to some uids (allowUids) is theirs here too: the connection's
         // owner is read from the kernel's socket table, as SO_PEERCRED gives it on the socket.
-        if served.identity.isRestricted {
-            do {
-                try agent.authorize(uid: peerUID(), gid: nil, identity: served, key: nil)
-            } catch let error as AgentError {
-                return try refuse(["error": "forbidden", "error_description": error.message + (error.hint.map { "; \($0)" } ?? "")], status: .forbidden)
-            }
+        do {
+            try agent.authorize(uid: peerUID, gid: nil, identity: served, key: nil)
+        } catch let error as AgentError {
+            return try refuse(["error": "forbidden", "error_description": error.message + (error.hint.map { "; \($0)" } ?? "")], status: .forbidden)
         }
         let scope = resource.hasSuffix("/") ? resource + ".default" : resource + "/.default"
         do {

@@ -50,8 +50,8 @@ identities:
     # A socket directory other uids can reach (the agent makes it 0711 when it shares the socket).
     socket_dir = tempfile.mkdtemp(prefix="p11jwt-ids-")
     socket = os.path.join(socket_dir, "agent.sock")
-    running = RunningAgent(["--config", config, "--managed-identity", "--socket", socket, "--allow-uid", NOBODY],
-                           hardware.env, workdir, "ids-agent")
+    running = RunningAgent(["--config", config, "--managed-identity", "--socket", socket, "--allow-uid", NOBODY,
+                            "--key-vault", "--key-vault-dir", workdir / "ids-kv"], hardware.env, workdir, "ids-agent")
     variables = running.variables
     assert "IDENTITY_ENDPOINT" in variables, running.log_file.read_text()
     yield variables, first, second, second_key
@@ -136,6 +136,50 @@ def test_the_managed_identity_endpoint_keeps_a_limited_identity_to_its_uids(iden
     # and gets the identities no one limited.
     status, answer = request(first["appId"], NOBODY)
     assert status == 200 and claims(answer["access_token"])["appid"] == first["appId"], answer
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second uid (CI runs as root)")
+def test_the_key_vault_endpoint_signs_with_a_limited_identitys_key_only_for_its_uids(identities):
+    """The Key Vault surface serves every key on the token by its label; the key of an identity
+    limited to some uids ('billing') signs only for them, whoever holds a vault token."""
+    import http.client
+    import urllib.parse
+    variables, _, _, _ = identities
+    vault = variables["AZURE_KEYVAULT_URL"]
+    # A vault token (the agent issues them to anyone with the header), used by every uid below.
+    endpoint = urllib.parse.urlsplit(variables["IDENTITY_ENDPOINT"])
+    resource = "https://0.0.1:" + str(urllib.parse.urlsplit(vault).port)
+    connection = http.client.HTTPConnection(endpoint.hostname, endpoint.port, timeout=30)
+    connection.request("GET", f"{endpoint.path}?api-version=2019-08-01&resource={urllib.parse.quote(resource)}",
+                       headers={"X-IDENTITY-HEADER": variables["IDENTITY_HEADER"]})
+    bearer = json.loads(connection.getresponse().read())["access_token"]
+    connection.close()
+    # The vault's CA where other uids can read it.
+    ca_dir = tempfile.mkdtemp(prefix="p11jwt-kv-ca-")
+    os.chmod(ca_dir, 0o755)
+    ca = os.path.join(ca_dir, "ca.pem")
+    shutil.copy(variables["P11JWT_KEY_VAULT_CA"], ca)
+    os.chmod(ca, 0o644)
+
+    def sign(name, uid):
+        body = json.dumps({"alg": "RS256", "value": "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"})
+        command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "curl", "-sS", "--cacert", ca,
+                   "-H", f"Authorization: Bearer {bearer}", "-H", "content-type: application/json", "-d", body,
+                   "-w", "\n%{http_code}", f"{vault}keys/{name}/sign?api-version=7.4"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        text, status = result.stdout.rsplit("\n", 1)
+        return int(status), json.loads(text)
+
+    try:
+        status, answer = sign("billing", NOBODY - 1)
+        assert status == 200 and answer["value"], answer
+        status, answer = sign("billing", NOBODY)
+        assert status == 403 and answer["error"]["code"] == "Forbidden" and f"uid {NOBODY}" in answer["error"]["message"], answer
+        status, answer = sign("app", NOBODY)
+        assert status == 200 and answer["value"], answer
+    finally:
+        shutil.rmtree(ca_dir, ignore_errors=True)
 
 
 def managed_identity_token(variables, client_id):
