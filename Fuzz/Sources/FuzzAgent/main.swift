@@ -2,6 +2,7 @@ import Foundation
 import FuzzSupport
 import HTTPTypes
 import Hummingbird
+import LocalCA
 import Logging
 import NIOCore
 import NIOEmbedded
@@ -13,6 +14,9 @@ import TokenSigning
 // Unix-socket API (JSON decoding, key URIs, algorithms, digests, claims, lifetimes) over a real
 // SoftHSM token with an RSA key (and certificate) and an EC key. The first byte picks the route;
 // the rest is the body (or the /v1/keys query). No Entra configuration: nothing leaves the process.
+// A first byte of 0x80 or more goes to the Key Vault endpoint instead: the first line of the rest
+// is "METHOD /path?query", the others the body; with bit 0x40 set the request carries no bearer
+// token (the challenge path), else one the vault issued.
 let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fuzz-agent-\(getpid())").path
 try! FileManager.default.createDirectory(atPath: directory + "/tokens", withIntermediateDirectories: true)
 try! "directories.tokendir = \(directory)/tokens\nobjectstore.backend = file\nlog.level = ERROR\n".write(toFile: directory + "/softhsm2.conf", atomically: true, encoding: .utf8)
@@ -34,8 +38,13 @@ _ = try! token.generateKeyPair(.ec(.p256), label: "ec", id: [2])
 let certificate = try! TokenCertificates.selfSigned(
     signer: try! TokenSigner(token: token, key: rsa, certificateChain: []), subject: try! TokenCertificates.distinguishedName("CN=fuzz"), days: 30)
 _ = try! token.storeCertificate(der: certificate.der, label: "rsa", id: [1])
-let agent = try! Agent(
-    configuration: .init(socketPath: directory + "/agent.sock", defaultKey: "pkcs11:token=fuzz;object=rsa"), token: token, module: module, logger: logger)
+var configuration = Agent.Configuration(socketPath: directory + "/agent.sock", defaultKey: "pkcs11:token=fuzz;object=rsa")
+configuration.keyVaultPort = 0
+let agent = try! Agent(configuration: configuration, token: token, module: module, logger: logger)
+let keyVault = KeyVaultEndpoint(
+    agent: agent, vault: agent.keyVault!, identity: try! ServerIdentity.loadOrCreate(directory: URL(fileURLWithPath: directory + "/kv"), name: "fuzz"),
+    logger: logger)
+let bearer = agent.keyVault!.issueToken().token
 let responder = AgentRoutes(agent: agent).router().buildResponder()
 nonisolated(unsafe) let channel = EmbeddedChannel()
 let routes = ["/v1/sign", "/v1/assertion", "/v1/pop", "/v1/jwt", "/v1/token", "/v1/keys", "/v1/health", "/v1/status", "/v1/nothing"]
@@ -44,6 +53,24 @@ runFuzzer { data, size in
     let input = bytes(data, size)
     guard let selector = input.first else { return 0 }
     let body = Array(input.dropFirst())
+    if selector >= 0x80 {
+        let newline = body.firstIndex(of: UInt8(ascii: "\n")) ?? body.endIndex
+        let line = String(decoding: body[..<newline], as: UTF8.self).split(separator: " ", maxSplits: 1).map(String.init)
+        let method = line.first.flatMap { HTTPRequest.Method($0) } ?? .get
+        let target = line.count > 1 && line[1].hasPrefix("/") ? line[1] : "/" + (line.count > 1 ? line[1] : "")
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if selector & 0x40 == 0 { headers[.authorization] = "Bearer " + bearer }
+        let request = Request(
+            head: HTTPRequest(method: method, scheme: "https", authority: "127.0.0.1", path: target, headerFields: headers),
+            body: RequestBody(buffer: ByteBuffer(bytes: body[min(newline + 1, body.endIndex)...])))
+        let done = DispatchSemaphore(value: 0)
+        Task.detached {
+            _ = await keyVault.answer(request, peerUID: { getuid() })
+            done.signal()
+        }
+        done.wait()
+        return 0
+    }
     var path = routes[Int(selector) % routes.count]
     var method = HTTPRequest.Method.post
     if path == "/v1/keys" || path == "/v1/health" || path == "/v1/status" {
