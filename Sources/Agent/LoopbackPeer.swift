@@ -18,8 +18,27 @@ enum LoopbackPeer {
     static func uid(peer: SocketAddress?, local: SocketAddress?) -> uid_t? {
         guard let peer, let local, let peerKey = key(peer), let localKey = key(local) else { return nil }
         let table = peerKey.hasPrefix("6:") ? "/proc/net/tcp6" : "/proc/net/tcp"
-        guard let text = try? String(contentsOfFile: table, encoding: .utf8) else { return nil }
+        guard let text = readToEnd(table) else { return nil }
         return uid(in: text, peer: String(peerKey.dropFirst(2)), local: String(localKey.dropFirst(2)))
+    }
+
+    /// The whole of a /proc file. Its size reads as 0 and the kernel hands it out a page per
+    /// read, so it is read until end of file (Foundation's `String(contentsOfFile:)` stops after
+    /// the first page: a busy machine's table is longer).
+    static func readToEnd(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            guard count >= 0 else { return nil }
+            if count == 0 { break }
+            bytes += chunk[..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// The uid of the row `local_address == peer`, `rem_address == local` of a table's text.

@@ -1,4 +1,5 @@
 @testable import Agent
+import Foundation
 import NIOCore
 import Testing
 
@@ -22,5 +23,37 @@ struct LoopbackPeerTests {
         #expect(LoopbackPeer.uid(in: Self.table, peer: String(peer), local: String(local)) == 65534)
         #expect(LoopbackPeer.uid(in: Self.table, peer: "0100007F:1234", local: String(local)) == nil)
         #expect(LoopbackPeer.key(try SocketAddress(ipAddress: "::1", port: 80)) == "6:00000000000000000000000001000000:0050")
+    }
+
+    /// The live table, made longer than a page (the kernel hands /proc files out a page per
+    /// read): every one of 200 loopback connections is found, as this process's.
+    @Test func everyConnectionIsFoundInATableLongerThanAPage() throws {
+        func address(_ fd: Int32) -> UInt16 {
+            var address = sockaddr_in()
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+            return UInt16(bigEndian: address.sin_port)
+        }
+        let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(server) }
+        var bound = sockaddr_in()
+        bound.sin_family = sa_family_t(AF_INET)
+        bound.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        _ = withUnsafePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(server, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        listen(server, 512)
+        bound.sin_port = address(server).bigEndian
+        var clients: [Int32] = []
+        defer { clients.forEach { close($0) } }
+        for _ in 0..<200 {
+            let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let connected = withUnsafePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            try #require(connected == 0)
+            clients.append(client)
+        }
+        let table = try #require(LoopbackPeer.readToEnd("/proc/net/tcp"))
+        #expect(table.utf8.count > 4096 * 2, "\(table.utf8.count) bytes")
+        let local = try SocketAddress(ipAddress: "127.0.0.1", port: Int(address(server)))
+        let found = try clients.filter { LoopbackPeer.uid(peer: try SocketAddress(ipAddress: "127.0.0.1", port: Int(address($0))), local: local) == getuid() }
+        #expect(found.count == clients.count)
     }
 }
