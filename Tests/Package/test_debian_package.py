@@ -74,7 +74,8 @@ def test_it_installs_the_programs_pages_completions_units_and_examples(installed
         "/usr/share/man/man1/p11jwt.1.gz", "/usr/share/man/man1/p11jwt.agent.1.gz", "/usr/share/man/man1/entra-emulator.1.gz",
         "/usr/share/bash-completion/completions/p11jwt", "/usr/share/zsh/vendor-completions/_p11jwt",
         "/usr/share/fish/vendor_completions.d/p11jwt.fish",
-        f"{UNITS}/p11jwt-agent.service", f"{UNITS}/p11jwt-rotate.service", f"{UNITS}/p11jwt-rotate.timer",
+        f"{UNITS}/p11jwt-agent.service", f"{UNITS}/p11jwt-agent.socket", f"{UNITS}/p11jwt-rotate.service",
+        f"{UNITS}/p11jwt-rotate.timer",
         "/usr/share/doc/p11jwt/examples/config.yaml", "/usr/share/doc/p11jwt/examples/fleet.yaml",
         "/usr/share/doc/p11jwt/copyright", "/usr/share/doc/p11jwt/changelog.gz",
     ]
