@@ -121,8 +121,9 @@ def test_the_managed_identity_endpoint_keeps_a_limited_identity_to_its_uids(iden
     def request(client_id, uid):
         url = f"{variables['IDENTITY_ENDPOINT']}?api-version=2019-08-01&resource=https://graph.microsoft.com&client_id={client_id}"
         command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "curl", "-sS",
-                   "-H", f"X-IDENTITY-HEADER: {variables['IDENTITY_HEADER']}", "-w", "\n%{http_code}", url]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+                   "-H", "@-", "-w", "\n%{http_code}", url]  # the secret header on stdin, not in argv
+        result = subprocess.run(command, input=f"X-IDENTITY-HEADER: {variables['IDENTITY_HEADER']}\n",
+                                capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
         text, status = result.stdout.rsplit("\n", 1)
         return int(status), json.loads(text)
@@ -164,9 +165,9 @@ def test_the_key_vault_endpoint_signs_with_a_limited_identitys_key_only_for_its_
     def sign(name, uid):
         body = json.dumps({"alg": "RS256", "value": "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"})
         command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "curl", "-sS", "--cacert", ca,
-                   "-H", f"Authorization: Bearer {bearer}", "-H", "content-type: application/json", "-d", body,
+                   "-H", "@-", "-H", "content-type: application/json", "-d", body,
                    "-w", "\n%{http_code}", f"{vault}keys/{name}/sign?api-version=7.4"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(command, input=f"Authorization: Bearer {bearer}\n", capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
         text, status = result.stdout.rsplit("\n", 1)
         return int(status), json.loads(text)
