@@ -33,6 +33,9 @@ public struct AgentError: DiagnosticError {
     public var underlying: (any Error & Sendable)? { cause }
     public var details: [String: String] { status.map { ["httpStatus": String($0)] } ?? [:] }
 
+    /// The message and, after "; ", the hint: one line for an error body that has no hint field.
+    var messageWithHint: String { message + (hint.map { "; \($0)" } ?? "") }
+
     /// The agent's own failures that mean "try again later" (503).
     var meansUnavailable: Bool { code == "tokenUnavailable" || code == "stopped" }
 }

@@ -134,7 +134,7 @@ struct KeyVaultEndpoint: Sendable {
                 do {
                     try agent.authorize(uid: peerUID, gid: nil, identity: nil, key: key.signer)
                 } catch let error as AgentError {
-                    throw Failure(status: .forbidden, code: "Forbidden", message: error.message + (error.hint.map { "; \($0)" } ?? ""))
+                    throw Failure(status: .forbidden, code: "Forbidden", message: error.messageWithHint)
                 }
                 return try await sign(key, body: Data(buffer: body))
             case "verify": return try await verify(key, body: Data(buffer: body))

@@ -111,7 +111,7 @@ struct ManagedIdentityEndpoint: Sendable {
         do {
             try agent.authorize(uid: peerUID, gid: nil, identity: served, key: nil)
         } catch let error as AgentError {
-            return try refuse(["error": "forbidden", "error_description": error.message + (error.hint.map { "; \($0)" } ?? "")], status: .forbidden)
+            return try refuse(["error": "forbidden", "error_description": error.messageWithHint], status: .forbidden)
         }
         let scope = resource.hasSuffix("/") ? resource + ".default" : resource + "/.default"
         do {
